@@ -1,0 +1,63 @@
+"""raystream: one pipeline API over history and live feeds, on Ray.
+
+Build a stream from a source, chain operators, then call a terminal::
+
+    import raystream as rs
+
+    counts = rs.read_text("words/").flat_map(split).key_by("word").agg(n=rs.count())
+    counts.print()
+"""
+
+from raystream.aggregates import Aggregate, count, count_distinct, max, mean, min, sum
+from raystream.config import RunConfig
+from raystream.errors import ConfigError, JobFailedError, PlanError, RaystreamError, UserFunctionError
+from raystream.runtime.job import Job
+from raystream.sinks.base import Sink, SinkContext
+from raystream.sources import (
+    Source,
+    Split,
+    SplitReader,
+    from_arrow,
+    from_pandas,
+    from_source,
+    read_csv,
+    read_json,
+    read_parquet,
+    read_socket,
+    read_text,
+)
+from raystream.stream import KeyedStream, Stream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aggregate",
+    "ConfigError",
+    "Job",
+    "JobFailedError",
+    "KeyedStream",
+    "PlanError",
+    "RaystreamError",
+    "RunConfig",
+    "Sink",
+    "SinkContext",
+    "Source",
+    "Split",
+    "SplitReader",
+    "Stream",
+    "UserFunctionError",
+    "count",
+    "count_distinct",
+    "from_arrow",
+    "from_pandas",
+    "from_source",
+    "max",
+    "mean",
+    "min",
+    "read_csv",
+    "read_json",
+    "read_parquet",
+    "read_socket",
+    "read_text",
+    "sum",
+]

@@ -1,0 +1,246 @@
+"""``RunConfig`` (how to run a pipeline) and YAML job configs, both validated.
+
+A YAML job config has up to three sections::
+
+    job:   # the job's own settings, validated against the job module's Config dataclass
+      source: {kind: text, path: data/words/}
+    run:   # RunConfig fields
+      parallelism: 2
+    sink:  # where the output goes
+      kind: print
+
+An unknown key or a value of the wrong type is a :class:`ConfigError` that
+names the key, such as ``run.parallelism``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from raystream.errors import ConfigError
+
+if typing.TYPE_CHECKING:
+    from raystream.runtime.job import Job
+    from raystream.stream import Stream
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How to run a pipeline. Every terminal accepts one.
+
+    Attributes:
+        parallelism: Reader actors, and partition actors per keyed stage.
+        max_batch_rows: The most rows a reader takes per epoch.
+        address: A Ray cluster to join (as ``ray.init(address=...)``); when
+            ``None``, ``RAY_ADDRESS`` is used if set, and otherwise a local
+            Ray starts when none is running.
+        max_in_flight_epochs: Epochs started but not yet complete. Readers
+            wait when this many are in flight, so a slow sink slows the
+            readers instead of filling memory.
+        num_key_groups: Key groups that keys hash to; state is kept per key
+            group, so it bounds the parallelism a job can be rescaled to.
+        actor_cpus: The CPUs Ray reserves for each reader or partition actor.
+    """
+
+    parallelism: int = 2
+    max_batch_rows: int = 100_000
+    address: str | None = None
+    max_in_flight_epochs: int = 2
+    num_key_groups: int = 128
+    actor_cpus: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("parallelism", "max_batch_rows", "max_in_flight_epochs", "num_key_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"RunConfig.{name} must be a positive int, got {value!r}")
+        if self.parallelism > self.num_key_groups:
+            raise ConfigError(
+                f"RunConfig.parallelism ({self.parallelism}) exceeds num_key_groups ({self.num_key_groups}); "
+                "raise num_key_groups or lower parallelism"
+            )
+        if not isinstance(self.actor_cpus, (int, float)) or isinstance(self.actor_cpus, bool) or self.actor_cpus < 0:
+            raise ConfigError(f"RunConfig.actor_cpus must be a number >= 0, got {self.actor_cpus!r}")
+        if self.address is not None and not isinstance(self.address, str):
+            raise ConfigError(f"RunConfig.address must be a string such as 'ray://head:10001', got {self.address!r}")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """A source chosen in YAML, so one job file can read files or a live feed.
+
+    Attributes:
+        kind: ``text``, ``parquet``, ``csv``, ``json`` or ``socket``.
+        path: For file kinds: a file, folder, glob or URL.
+        host: For ``socket``.
+        port: For ``socket``.
+        time_column: The event-time column, if any.
+        storage_options: fsspec options for ``path``.
+    """
+
+    kind: Literal["text", "parquet", "csv", "json", "socket"]
+    path: str | None = None
+    host: str = "localhost"
+    port: int = 9999
+    time_column: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Stream:
+        """Return the stream this config describes."""
+        import raystream as rs
+
+        options = self.storage_options or None
+        if self.kind == "socket":
+            return rs.read_socket(self.host, self.port)
+        if self.path is None:
+            raise ConfigError(f"source.path is required for source kind {self.kind!r}")
+        if self.kind == "text":
+            return rs.read_text(self.path, storage_options=options)
+        reader = {"parquet": rs.read_parquet, "csv": rs.read_csv, "json": rs.read_json}[self.kind]
+        return reader(self.path, time_column=self.time_column, storage_options=options)
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """Where a job run from the CLI writes.
+
+    Attributes:
+        kind: ``print`` or ``parquet``.
+        path: For ``parquet``: the output folder or URL.
+        partition_by: For ``parquet``: Hive-style partition columns.
+        num_rows: For ``print``: rows shown per epoch.
+        storage_options: fsspec options for ``path``.
+    """
+
+    kind: Literal["print", "parquet"] = "print"
+    path: str | None = None
+    partition_by: list[str] = field(default_factory=list)
+    num_rows: int = 20
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, stream: Stream, config: RunConfig) -> Job:
+        """Run ``stream`` into this sink and wait for it to end."""
+        if self.kind == "print":
+            return stream.print(config, num_rows=self.num_rows)
+        if self.path is None:
+            raise ConfigError("sink.path is required for sink kind 'parquet'")
+        return stream.write_parquet(
+            self.path, config, partition_by=self.partition_by or None, storage_options=self.storage_options or None
+        )
+
+
+def parse_config(cls: type[Any], data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from plain YAML data, checking every key and type.
+
+    Args:
+        cls: A dataclass type whose fields have type hints.
+        data: A mapping (from YAML).
+        where: The key path of ``data``, used in errors (``"job"``).
+
+    Raises:
+        ConfigError: naming the unknown key or the key of the wrong type.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config: '{where}' must be a mapping of keys to values, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(
+                f"config: unknown key '{_join(where, key)}'; the keys of '{where}' are: {', '.join(fields)}"
+            )
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in data:
+            values[name] = _coerce(hints[name], data[name], _join(where, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"config: missing key '{_join(where, name)}'")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config: '{where}' is invalid: {exc}") from exc
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"config: '{where}' has an invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config: '{where}' must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"config: '{where}' must be a list, got {_describe(value)}")
+        items = [_coerce(args[0] if args else Any, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config: '{where}' must be a mapping, got {_describe(value)}")
+        return dict(value)
+    if dataclasses.is_dataclass(hint):
+        return parse_config(hint, value, where)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int or hint is bool or hint is str:
+        if type(value) is hint:
+            return value
+    else:  # pragma: no cover - a hint this parser does not know
+        raise ConfigError(f"config: '{where}' has an unsupported type {hint!r}")
+    raise ConfigError(f"config: '{where}' must be {hint.__name__}, got {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a mapping, with an error naming the file when it is not one."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {str(path)!r} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {str(path)!r} must hold a mapping with keys job, run and sink")
+    unknown = set(data) - {"job", "run", "sink"}
+    if unknown:
+        raise ConfigError(
+            f"config: unknown top-level key '{sorted(unknown)[0]}' in {str(path)!r}; the keys are: job, run, sink"
+        )
+    return data

@@ -1,0 +1,278 @@
+"""The coordinator: drives epochs, computes watermarks, completes epochs in order.
+
+It runs on the driver, in the thread of a :class:`~raystream.Job`. It moves
+object refs and small metadata dicts only: every ``ray.get`` it makes goes
+through :meth:`Coordinator._get_metadata`, on the metadata refs that actors
+return first. Rows flow from reader actors to partition actors (and to
+distributed sinks) through the Ray object store without passing here.
+
+One epoch:
+
+1. Every reader with splits left reads up to ``max_batch_rows`` rows, runs
+   the fused stateless chain and, before a keyed stage, pre-aggregates and
+   hash-partitions its output; it returns metadata plus one ref per partition.
+2. The coordinator reads the readers' metadata (positions, largest event
+   time per split), and computes the watermark; when every split of a
+   bounded source is done it is +infinity.
+3. It hands the partition refs of each keyed stage to that stage's actors,
+   with the watermark, without waiting for them.
+4. Up to ``max_in_flight_epochs`` epochs are in flight; the oldest is then
+   completed: its metadata is read, and the sink makes it visible.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from raystream.config import RunConfig
+from raystream.errors import ConfigError, JobFailedError, RaystreamError
+from raystream.runtime.actors import Downstream, PartitionActor, ReaderActor
+from raystream.runtime.planner import PhysicalPlan
+from raystream.runtime.sink_runner import SinkRunner
+from raystream.runtime.watermarks import WatermarkTracker
+from raystream.sinks.base import Sink, SinkContext
+
+_ACTOR_START_TIMEOUT_S = 120.0
+_IDLE_SLEEP_S = 0.01
+
+
+@dataclass
+class _EpochInFlight:
+    epoch: int
+    meta_refs: list[ray.ObjectRef]
+    output_refs: list[ray.ObjectRef]
+    reader_metas: list[dict[str, Any]]
+    started: float
+
+
+@dataclass
+class Metrics:
+    """Counters of a running job, read through ``Job.metrics()``."""
+
+    epochs_completed: int = 0
+    rows_read: int = 0
+    rows_written: int = 0
+    watermark_ms: int | None = None
+    last_epoch_seconds: float = 0.0
+    coordinator_seconds: float = 0.0
+    started_at: float = field(default_factory=time.time)
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    state_rows: dict[str, int] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, Any]:
+        elapsed = max(time.time() - self.started_at, 1e-9)
+        return {
+            "epochs_completed": self.epochs_completed,
+            "rows_read": self.rows_read,
+            "rows_written": self.rows_written,
+            "rows_read_per_second": self.rows_read / elapsed,
+            "watermark_ms": self.watermark_ms,
+            "last_epoch_seconds": self.last_epoch_seconds,
+            "coordinator_ms_per_epoch": 1000 * self.coordinator_seconds / max(self.epochs_completed, 1),
+            "splits": {k: dict(v) for k, v in self.splits.items()},
+            "state_rows": dict(self.state_rows),
+        }
+
+
+def _refs(result: Any) -> list[ray.ObjectRef]:
+    return [result] if isinstance(result, ray.ObjectRef) else list(result)
+
+
+class Coordinator:
+    """Runs one physical plan into one sink until the source ends or ``stop`` is called."""
+
+    def __init__(self, plan: PhysicalPlan, sink: Sink, config: RunConfig) -> None:
+        self.plan = plan
+        self.sink = sink
+        self.config = config
+        self.metrics = Metrics()
+        self.readers: list[Any] = []
+        self.stage_actors: list[list[Any]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._blocked_seconds = 0.0
+
+    # -- the public face, used by Job ----------------------------------------
+
+    def request_stop(self) -> None:
+        """Finish the epochs in flight, then end the job without firing the rest."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Run the job to its end. Raises the job's error, if any."""
+        runner = SinkRunner(self.sink)
+        try:
+            self._start_actors()
+            runner.start(SinkContext(self.plan.output_schema, self.plan.upsert_keys, self.plan.source.bounded))
+            self._loop(runner)
+            runner.finish()
+        except BaseException as error:
+            runner.fail(error)
+            raise
+        finally:
+            self._kill_actors()
+
+    # -- set-up ----------------------------------------------------------------
+
+    def _downstream(self, stage_index: int) -> Downstream:
+        """Where the output of layer ``stage_index`` goes (-1: the readers)."""
+        stages = self.plan.stages
+        if stage_index + 1 < len(stages):
+            return Downstream(
+                stage=stages[stage_index + 1],
+                num_partitions=self.config.parallelism,
+                num_key_groups=self.config.num_key_groups,
+            )
+        return Downstream(sink=None if self.sink.on_driver else self.sink)
+
+    def _start_actors(self) -> None:
+        config = self.config
+        source = self.plan.source
+        splits = source.splits(config.parallelism)
+        num_readers = max(1, min(config.parallelism, len(splits))) if source.bounded else config.parallelism
+        num_actors = num_readers + config.parallelism * len(self.plan.stages)
+        available = ray.cluster_resources().get("CPU", 0.0)
+        if num_actors * config.actor_cpus > available:
+            raise ConfigError(
+                f"RunConfig: {num_actors} actors at actor_cpus={config.actor_cpus} need "
+                f"{num_actors * config.actor_cpus:g} CPUs but the Ray cluster has {available:g}; "
+                "lower actor_cpus or parallelism, or add nodes"
+            )
+        options = {"num_cpus": config.actor_cpus, "scheduling_strategy": "SPREAD", "max_restarts": 0}
+        reader_class = ray.remote(ReaderActor).options(**options)
+        self.readers = [
+            reader_class.remote(i, source, self.plan.reader_chain, self._downstream(-1)) for i in range(num_readers)
+        ]
+        partition_class = ray.remote(PartitionActor).options(**options)
+        self.stage_actors = [
+            [
+                partition_class.remote(stage, p, config.parallelism, config.num_key_groups, self._downstream(s))
+                for p in range(config.parallelism)
+            ]
+            for s, stage in enumerate(self.plan.stages)
+        ]
+        assignments: list[list[Any]] = [[] for _ in range(num_readers)]
+        for i, split in enumerate(splits):
+            assignments[i % num_readers].append((split, None))
+        self.watermarks = WatermarkTracker(self.plan.event_time)
+        now = time.monotonic()
+        for split in splits:
+            self.watermarks.add_split(split.split_id, now)
+        ready = [reader.assign.remote(chunk) for reader, chunk in zip(self.readers, assignments, strict=True)]
+        ready += [actor.ping.remote() for layer in self.stage_actors for actor in layer]
+        try:
+            self._get_metadata(ready, timeout=_ACTOR_START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as exc:
+            raise JobFailedError(
+                f"the job's {num_actors} actors did not start within {_ACTOR_START_TIMEOUT_S:g}s; "
+                "check that the Ray cluster has room for them (ray status)"
+            ) from exc
+
+    def _kill_actors(self) -> None:
+        for actor in [*self.readers, *(a for layer in self.stage_actors for a in layer)]:
+            ray.kill(actor, no_restart=True)
+
+    # -- the epoch loop --------------------------------------------------------
+
+    def _loop(self, runner: SinkRunner) -> None:
+        config = self.config
+        bounded = self.plan.source.bounded
+        active = list(range(len(self.readers)))
+        in_flight: deque[_EpochInFlight] = deque()
+        epoch = 0
+        while active and not self._stop.is_set():
+            loop_started = time.perf_counter()
+            blocked_before = self._blocked_seconds
+            calls = {
+                i: _refs(
+                    self.readers[i]
+                    .run_epoch.options(num_returns=1 + self._downstream(-1).num_outputs)
+                    .remote(epoch, config.max_batch_rows)
+                )
+                for i in active
+            }
+            reader_metas = self._get_metadata([calls[i][0] for i in active])
+            now = time.monotonic()
+            rows = 0
+            for meta in reader_metas:
+                rows += meta["rows_in"]
+                for split_id, progress in meta["splits"].items():
+                    self.watermarks.observe(
+                        split_id, progress["max_event_time_ms"], progress["rows"], progress["done"], now
+                    )
+                if meta["done"]:
+                    active.remove(meta["index"])
+            end_of_input = bounded and not active
+            watermark = self.watermarks.advance(now, end_of_input)
+            layer = [calls[i][1:] for i in calls]
+            meta_refs: list[ray.ObjectRef] = []
+            for s, actors in enumerate(self.stage_actors):
+                num_returns = 1 + self._downstream(s).num_outputs
+                stage_calls = [
+                    _refs(
+                        actor.process.options(num_returns=num_returns).remote(
+                            epoch, watermark, end_of_input, *[outputs[p] for outputs in layer]
+                        )
+                    )
+                    for p, actor in enumerate(actors)
+                ]
+                meta_refs += [c[0] for c in stage_calls]
+                layer = [c[1:] for c in stage_calls]
+            output_refs = [outputs[0] for outputs in layer if outputs]
+            in_flight.append(_EpochInFlight(epoch, meta_refs, output_refs, reader_metas, loop_started))
+            with self._lock:
+                self.metrics.rows_read += rows
+                self.metrics.watermark_ms = watermark
+            while in_flight and (len(in_flight) >= config.max_in_flight_epochs or end_of_input):
+                self._complete(in_flight.popleft(), runner)
+            epoch += 1
+            self.metrics.coordinator_seconds += (time.perf_counter() - loop_started) - (
+                self._blocked_seconds - blocked_before
+            )
+            if not bounded and rows == 0:
+                time.sleep(_IDLE_SLEEP_S)
+        while in_flight:
+            self._complete(in_flight.popleft(), runner)
+
+    def _complete(self, epoch: _EpochInFlight, runner: SinkRunner) -> None:
+        metas = self._get_metadata(epoch.meta_refs) if epoch.meta_refs else []
+        final_layer = metas[-self.config.parallelism :] if self.stage_actors else epoch.reader_metas
+        results = [m["sink_result"] for m in final_layer if m["sink_result"] is not None]
+        written = runner.complete_epoch(epoch.epoch, epoch.output_refs, results)
+        with self._lock:
+            metrics = self.metrics
+            metrics.epochs_completed += 1
+            metrics.rows_written += written or sum(m["rows_out"] for m in final_layer)
+            metrics.last_epoch_seconds = time.perf_counter() - epoch.started
+            for meta in epoch.reader_metas:
+                for split_id, progress in meta["splits"].items():
+                    entry = metrics.splits.setdefault(split_id, {"rows": 0})
+                    entry["rows"] += progress["rows"]
+                    entry["position"] = progress["position"]
+                    entry["done"] = progress["done"]
+            for stage in self.plan.stages:
+                metrics.state_rows[stage.name] = sum(
+                    m["state_rows"] for m in metas if m.get("stage") == stage.name
+                )
+
+    def _get_metadata(self, refs: Sequence[ray.ObjectRef], timeout: float | None = None) -> list[Any]:
+        """Fetch actor metadata (never rows), turning actor errors into clear job errors."""
+        waited = time.perf_counter()
+        try:
+            return ray.get(list(refs), timeout=timeout)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, RaystreamError):
+                raise cause from None
+            raise JobFailedError(f"a raystream actor failed: {exc}") from exc
+        except ray.exceptions.RayActorError as exc:
+            raise JobFailedError(f"a raystream actor died: {exc}") from exc
+        finally:
+            self._blocked_seconds += time.perf_counter() - waited

@@ -1,0 +1,123 @@
+"""The ``Job`` handle of a running pipeline, and starting Ray when needed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import pandas as pd
+import ray
+
+from raystream.config import RunConfig
+from raystream.errors import ConfigError, JobFailedError
+from raystream.runtime.coordinator import Coordinator
+from raystream.runtime.planner import plan
+from raystream.sinks.base import Sink
+from raystream.sinks.memory import MemorySink
+from raystream.stream import Node
+
+
+def ensure_ray(config: RunConfig) -> None:
+    """Connect to Ray: ``config.address``, else ``RAY_ADDRESS``, else start a local instance.
+
+    Does nothing when Ray is already initialized in this process (a notebook
+    or a test may have called ``ray.init`` itself).
+    """
+    if ray.is_initialized():
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"cannot connect to the Ray cluster at {address!r}: {exc}; check RunConfig.address or RAY_ADDRESS"
+        ) from exc
+
+
+class Job:
+    """A running (or finished) pipeline. Returned by ``stream.start()`` and by ``wait=False`` terminals.
+
+    The job runs in a background thread of the driver, so a notebook or a
+    script stays free while it runs.
+    """
+
+    def __init__(self, coordinator: Coordinator, sink: Sink) -> None:
+        self._coordinator = coordinator
+        self._sink = sink
+        self._error: BaseException | None = None
+        self._status = "running"
+        self._thread = threading.Thread(target=self._run, name="raystream-coordinator", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._coordinator.run()
+            self._status = "stopped" if self._coordinator._stop.is_set() else "finished"
+        except BaseException as error:  # noqa: BLE001 - handed to the caller of wait()
+            self._error = error
+            self._status = "failed"
+
+    def results(self) -> pd.DataFrame:
+        """The output that has arrived so far, as a pandas DataFrame.
+
+        For running aggregates this is the latest value of each key. Only
+        jobs started with ``start()`` (or ``to_pandas``) collect results.
+        """
+        if not isinstance(self._sink, MemorySink):
+            raise TypeError(
+                f"results() is for jobs started with start(); this job writes to {self._sink.name}, "
+                "so read its output there"
+            )
+        return self._sink.table().to_pandas()
+
+    def status(self) -> str:
+        """``"running"``, ``"finished"``, ``"stopped"`` or ``"failed"``."""
+        return self._status
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters: epochs, rows read and written, rows/s, watermark, per-split progress, state rows."""
+        with self._coordinator._lock:
+            return self._coordinator.metrics.snapshot()
+
+    def stop(self, timeout: float | None = 60.0) -> Job:
+        """Ask the job to stop after the epochs in flight, and wait for it to end."""
+        self._coordinator.request_stop()
+        self._thread.join(timeout)
+        return self
+
+    def wait(self, timeout: float | None = None) -> Job:
+        """Block until the job ends.
+
+        Raises:
+            TimeoutError: when ``timeout`` seconds pass first.
+            Exception: the job's own error, when it failed (for a user
+                function, a :class:`~raystream.errors.UserFunctionError` with
+                its traceback).
+        """
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the job is still running after {timeout}s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __repr__(self) -> str:
+        return f"Job(status={self._status!r})"
+
+
+def run_pipeline(node: Node, sink: Sink, config: RunConfig | None, wait: bool) -> Job:
+    """Plan ``node``, start it into ``sink`` and return its Job (after it ends when ``wait``)."""
+    config = config or RunConfig()
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"config must be a raystream.RunConfig, got {type(config).__name__}")
+    physical = plan(node)
+    ensure_ray(config)
+    job = Job(Coordinator(physical, sink, config), sink)
+    if wait:
+        try:
+            job.wait()
+        except JobFailedError:
+            raise
+    return job

@@ -1,0 +1,200 @@
+"""Mergeable partial aggregates per key, computed with ``Table.group_by``.
+
+A :class:`Partial` is what a batch reduces to: one row per key in
+``Partial.table`` (partial sums, counts, minima, maxima), plus, for each
+``count_distinct``, a table of the distinct ``(key, value)`` pairs. Partials
+merge associatively and commutatively, so readers pre-aggregate before the
+shuffle (a combiner) and partition actors merge into their state, and the
+result does not depend on how the stream was cut into batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raystream.aggregates import Aggregate
+
+_VALUE = "__value"
+_TOUCHED = "__touched"
+_ONLY_VALID = pc.CountOptions(mode="only_valid")
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Partial aggregates of some rows.
+
+    Attributes:
+        table: One row per key: the key columns, then the partial columns.
+        distinct: For each ``count_distinct`` aggregate, in order, the
+            distinct ``(key columns..., __value)`` pairs seen.
+    """
+
+    table: pa.Table
+    distinct: tuple[pa.Table, ...] = ()
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One column of a partial: how to compute it from rows and how to merge it."""
+
+    name: str
+    source: str | None  # the input column, None for count_all
+    compute: str  # the group_by function over input rows
+    merge: str  # the group_by function over partials
+
+
+class KeyedAggregation:
+    """Named aggregates over the rows of each key.
+
+    Args:
+        keys: The key columns.
+        aggregates: ``(output name, Aggregate)`` pairs, in output order.
+    """
+
+    def __init__(self, keys: Sequence[str], aggregates: Sequence[tuple[str, Aggregate]]) -> None:
+        self.keys = tuple(keys)
+        self.aggregates = tuple(aggregates)
+        self._columns: list[_Column] = []
+        self._distinct: list[tuple[str, str]] = []  # (output name, input column)
+        for name, agg in self.aggregates:
+            if agg.kind == "count":
+                if agg.column is None:
+                    self._columns.append(_Column(name, None, "count_all", "sum"))
+                else:
+                    self._columns.append(_Column(name, agg.column, "count", "sum"))
+            elif agg.kind in ("sum", "min", "max"):
+                self._columns.append(_Column(name, agg.column, agg.kind, agg.kind))
+            elif agg.kind == "mean":
+                self._columns.append(_Column(f"{name}.__sum", agg.column, "sum", "sum"))
+                self._columns.append(_Column(f"{name}.__count", agg.column, "count", "sum"))
+            elif agg.kind == "count_distinct":
+                assert agg.column is not None
+                self._distinct.append((name, agg.column))
+            else:  # pragma: no cover - Aggregate.kind is a Literal
+                raise ValueError(f"unknown aggregate {agg!r}")
+
+    # -- building partials -------------------------------------------------
+
+    def partial(self, rows: pa.Table) -> Partial:
+        """Reduce input rows to one partial row per key."""
+        specs = [
+            ([], "count_all") if col.source is None else (col.source, col.compute, _ONLY_VALID)
+            if col.compute == "count"
+            else (col.source, col.compute)
+            for col in self._columns
+        ]
+        grouped = rows.group_by(list(self.keys), use_threads=False).aggregate(specs)
+        table = self._named(grouped, [col.name for col in self._columns])
+        if not self._columns:
+            table = grouped.select(list(self.keys))
+        distinct = tuple(
+            rows.select([*self.keys, column])
+            .rename_columns([*self.keys, _VALUE])
+            .group_by([*self.keys, _VALUE], use_threads=False)
+            .aggregate([])
+            for _, column in self._distinct
+        )
+        return Partial(table, distinct)
+
+    def merge(self, partials: Sequence[Partial], track_touched_from: int | None = None) -> Partial:
+        """Merge partials into one.
+
+        Args:
+            partials: The partials, of the same aggregation.
+            track_touched_from: When given, the result's table gains a boolean
+                ``__touched`` column, true for keys present in
+                ``partials[track_touched_from:]``.
+        """
+        tables = [p.table for p in partials]
+        if track_touched_from is not None:
+            tables = [
+                t.append_column(_TOUCHED, pa.repeat(pa.scalar(i >= track_touched_from), t.num_rows))
+                for i, t in enumerate(tables)
+            ]
+        combined = pa.concat_tables(tables, promote_options="default")
+        specs: list[tuple[str, str]] = [(col.name, col.merge) for col in self._columns]
+        names = [col.name for col in self._columns]
+        if track_touched_from is not None:
+            specs.append((_TOUCHED, "any"))
+            names.append(_TOUCHED)
+        grouped = combined.group_by(list(self.keys), use_threads=False).aggregate(specs)
+        table = self._named(grouped, names)
+        distinct = tuple(
+            pa.concat_tables([p.distinct[i] for p in partials], promote_options="default")
+            .group_by([*self.keys, _VALUE], use_threads=False)
+            .aggregate([])
+            for i in range(len(self._distinct))
+        )
+        return Partial(table, distinct)
+
+    # -- results -----------------------------------------------------------
+
+    def finalize(self, partial: Partial, only_touched: bool = False) -> pa.Table:
+        """Turn a partial into output rows: the key columns, then one column per aggregate.
+
+        Args:
+            partial: A partial, possibly with a ``__touched`` column.
+            only_touched: Keep only the keys whose ``__touched`` is true.
+        """
+        table = partial.table
+        if self._distinct:
+            table = self._attach_distinct_counts(partial)
+        if only_touched:
+            table = table.filter(pc.field(_TOUCHED))
+        columns: dict[str, pa.ChunkedArray] = {key: table.column(key) for key in self.keys}
+        for name, agg in self.aggregates:
+            if agg.kind == "mean":
+                total = pc.cast(table.column(f"{name}.__sum"), pa.float64())
+                columns[name] = pc.divide(total, pc.cast(table.column(f"{name}.__count"), pa.float64()))
+            elif agg.kind == "count_distinct":
+                columns[name] = table.column(name).fill_null(0)
+            else:
+                columns[name] = table.column(name)
+        return pa.table(columns)
+
+    def strip_touched(self, partial: Partial) -> Partial:
+        """Drop the ``__touched`` column that :meth:`merge` may have added."""
+        if _TOUCHED in partial.table.column_names:
+            return Partial(partial.table.drop_columns([_TOUCHED]), partial.distinct)
+        return partial
+
+    def _attach_distinct_counts(self, partial: Partial) -> pa.Table:
+        # Arrow joins never match null keys, but group_by groups them. So the
+        # counts are joined by a union followed by a group_by over the keys.
+        main = partial.table
+        extra = [name for name, _ in self._distinct]
+        pieces = [self._with_null_columns(main, {n: pa.int64() for n in extra})]
+        for (name, _), pairs in zip(self._distinct, partial.distinct, strict=True):
+            counts = pairs.group_by(list(self.keys), use_threads=False).aggregate([(_VALUE, "count", _ONLY_VALID)])
+            counts = self._named(counts, [name])
+            other = {f.name: f.type for f in main.schema if f.name not in self.keys}
+            other.update({n: pa.int64() for n in extra if n != name})
+            pieces.append(self._with_null_columns(counts, other))
+        union = pa.concat_tables([p.select(pieces[0].column_names) for p in pieces], promote_options="default")
+        merge_specs: list[tuple[str, str]] = [(c.name, c.merge) for c in self._columns] + [(n, "sum") for n in extra]
+        names = [c.name for c in self._columns] + extra
+        if _TOUCHED in main.column_names:
+            merge_specs.append((_TOUCHED, "any"))
+            names.append(_TOUCHED)
+        return self._named(union.group_by(list(self.keys), use_threads=False).aggregate(merge_specs), names)
+
+    @staticmethod
+    def _with_null_columns(table: pa.Table, columns: dict[str, pa.DataType]) -> pa.Table:
+        for name, kind in columns.items():
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, kind))
+        return table
+
+    def _named(self, grouped: pa.Table, names: list[str]) -> pa.Table:
+        """Rename group_by output (``col_fn`` names, keys last or first) to keys + ``names``."""
+        key_columns = [grouped.column(k) for k in self.keys]
+        value_columns = [c for c, n in zip(grouped.columns, grouped.column_names, strict=True) if n not in self.keys]
+        return pa.Table.from_arrays([*key_columns, *value_columns], names=[*self.keys, *names])

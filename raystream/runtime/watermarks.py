@@ -1,0 +1,69 @@
+"""The watermark: the minimum, over the active splits, of each split's largest event time minus the delay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raystream._time import END_OF_TIME_MS, START_OF_TIME_MS
+from raystream.runtime.planner import EventTime
+
+
+@dataclass
+class _SplitClock:
+    max_event_time_ms: int | None = None
+    last_active: float = 0.0
+    done: bool = False
+
+
+class WatermarkTracker:
+    """Tracks per-split event time and computes the job's watermark.
+
+    A split that has not yielded an event yet holds the watermark at the
+    start of time, so a slow split can never make another split's events
+    late. A finished split no longer counts. A split silent for longer than
+    the idle timeout stops counting until it yields again. The watermark
+    never goes back.
+    """
+
+    def __init__(self, event_time: EventTime | None) -> None:
+        self.event_time = event_time
+        self.splits: dict[str, _SplitClock] = {}
+        self.current = START_OF_TIME_MS
+
+    def add_split(self, split_id: str, now: float) -> None:
+        """Start tracking a split assigned to a reader."""
+        self.splits.setdefault(split_id, _SplitClock(last_active=now))
+
+    def observe(self, split_id: str, max_event_time_ms: int | None, rows: int, done: bool, now: float) -> None:
+        """Record what one split yielded in an epoch."""
+        clock = self.splits.setdefault(split_id, _SplitClock(last_active=now))
+        if max_event_time_ms is not None:
+            clock.max_event_time_ms = (
+                max_event_time_ms
+                if clock.max_event_time_ms is None
+                else max(clock.max_event_time_ms, max_event_time_ms)
+            )
+        if rows:
+            clock.last_active = now
+        clock.done = clock.done or done
+
+    def advance(self, now: float, end_of_input: bool = False) -> int:
+        """Compute, remember and return the watermark after the observations so far."""
+        if end_of_input:
+            self.current = END_OF_TIME_MS
+            return self.current
+        if self.event_time is None:
+            return self.current
+        idle_ms = self.event_time.idle_timeout_ms
+        candidates = []
+        for clock in self.splits.values():
+            if clock.done:
+                continue
+            if idle_ms is not None and (now - clock.last_active) * 1000 >= idle_ms:
+                continue
+            if clock.max_event_time_ms is None:
+                return self.current
+            candidates.append(clock.max_event_time_ms - self.event_time.delay_ms)
+        if candidates:
+            self.current = max(self.current, min(candidates))
+        return self.current

@@ -1,0 +1,105 @@
+"""The source contract: a source is cut into splits, and a split is read in batches.
+
+Files and Kafka implement the same contract. A file's row offset and a Kafka
+offset are both just a split's *position*: an opaque, small, picklable value
+that ``open_split`` accepts back to resume exactly after the last batch that
+was returned.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Split:
+    """One independently readable piece of a source.
+
+    Attributes:
+        split_id: Stable and unique within its source, for example
+            ``"data/part-0.parquet#rg0-3"`` or ``"clicks/2"``. Checkpoints and
+            metrics refer to a split by this id.
+        payload: Whatever the source needs to open the split (a path, a row
+            group range, a partition number). It must be picklable, since it
+            travels to a reader actor.
+        min_event_time_ms: The split's smallest event time, when the source
+            knows it before reading (Parquet statistics, partition values).
+            Readers may use it to read splits in event-time order.
+    """
+
+    split_id: str
+    payload: Any = None
+    min_event_time_ms: int | None = None
+
+
+class SplitReader(ABC):
+    """Reads one split, batch by batch, inside a reader actor.
+
+    One reader actor calls one ``SplitReader`` from a single thread. It is
+    built by :meth:`Source.open_split` from the split and a position alone.
+    """
+
+    @abstractmethod
+    def next_batch(self, max_rows: int) -> pa.Table | None:
+        """Return the next batch of at most ``max_rows`` rows.
+
+        Called repeatedly, once per epoch or more, until it returns ``None``.
+
+        Returns:
+            A table of up to ``max_rows`` rows; an empty table when an
+            unbounded split has nothing right now (it should wait a little,
+            at most ~100 ms, before saying so); ``None`` once a bounded split
+            is exhausted. After ``None`` it is not called again.
+        """
+
+    @abstractmethod
+    def position(self) -> Any:
+        """Return the position just after the last batch returned.
+
+        Passing it to :meth:`Source.open_split` gives a reader whose first
+        batch starts with the first row that was never returned. It is small
+        and picklable (it is stored in checkpoints).
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release files or connections. Called once, when the reader is done."""
+
+
+class Source(ABC):
+    """A bounded or unbounded collection of splits that yield Arrow tables.
+
+    A ``Source`` object is built on the driver, at plan time, and pickled to
+    reader actors. Its constructor checks what it can (paths exist, the
+    schema is readable) so that bad input fails before a job starts.
+    """
+
+    #: The user-facing name, used in errors: ``"read_parquet"``.
+    name: str = "source"
+    #: True when every split ends; the job then ends when they all have.
+    bounded: bool = True
+    #: True when a split can be re-read from any position it reported.
+    replayable: bool = True
+
+    @abstractmethod
+    def schema(self) -> pa.Schema | None:
+        """Return the schema of every batch, or ``None`` when unknown until read.
+
+        Called on the driver at plan time to check column names.
+        """
+
+    @abstractmethod
+    def splits(self, parallelism: int) -> list[Split]:
+        """Return the splits to read. Called on the driver when a job starts.
+
+        Args:
+            parallelism: The number of reader actors, a hint for sources that
+                can cut their data freely (in-memory tables).
+        """
+
+    @abstractmethod
+    def open_split(self, split: Split, position: Any | None) -> SplitReader:
+        """Open ``split`` in a reader actor, at ``position`` or at its start when ``None``."""

@@ -1,0 +1,478 @@
+"""The lazy, frozen pipeline plan and its API.
+
+A :class:`Stream` wraps one node of a logical plan. Every operator returns a
+new ``Stream`` whose node points at its parent's; nothing runs until a
+terminal (``to_pandas``, ``write_parquet``, ``print``, ``foreach_batch``,
+``start``) is called. Columns are checked when an operator is added, so an
+unknown column is a :class:`~raystream.errors.PlanError` at plan time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raystream._time import Duration, duration_ms, is_event_time_type
+from raystream.aggregates import Aggregate
+from raystream.errors import PlanError
+if TYPE_CHECKING:
+    from raystream.sources.base import Source
+    from raystream.config import RunConfig
+    from raystream.runtime.job import Job
+    from raystream.sinks.base import Sink
+
+BatchFormat = Literal["pyarrow", "pandas"]
+Predicate = pc.Expression | Callable[[pa.Table], Any]
+ColumnExpr = pc.Expression | Callable[[pa.Table], Any]
+
+
+# -- the logical plan ---------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Node:
+    """A node of the logical plan. ``schema`` is ``None`` when unknown until run time."""
+
+    parent: Node | None
+    schema: pa.Schema | None = field(repr=False)
+
+    @property
+    def time_column(self) -> str | None:
+        """The event-time column at this point of the plan, if any."""
+        return self.parent.time_column if self.parent is not None else None
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SourceNode(Node):
+    source: Source
+    source_time_column: str | None = None
+
+    @property
+    def time_column(self) -> str | None:
+        return self.source_time_column
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class FilterNode(Node):
+    predicate: Predicate
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class MapBatchesNode(Node):
+    fn: Callable[[Any], Any]
+    batch_format: BatchFormat = "pyarrow"
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class MapRowsNode(Node):
+    fn: Callable[[dict[str, Any]], Any]
+    flat: bool = False
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SelectNode(Node):
+    columns: tuple[str, ...] = ()
+
+    @property
+    def time_column(self) -> str | None:
+        inherited = super().time_column
+        return inherited if inherited in self.columns else None
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class WithColumnsNode(Node):
+    exprs: tuple[tuple[str, ColumnExpr], ...] = ()
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class WatermarkNode(Node):
+    column: str = ""
+    delay_ms: int = 0
+    idle_timeout_ms: int | None = None
+
+    @property
+    def time_column(self) -> str | None:
+        return self.column
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class KeyedAggNode(Node):
+    keys: tuple[str, ...] = ()
+    aggregates: tuple[tuple[str, Aggregate], ...] = ()
+    emit: Literal["update", "final"] = "final"
+    name: str = ""
+
+    @property
+    def time_column(self) -> str | None:
+        return None
+
+
+def plan_nodes(node: Node) -> list[Node]:
+    """The nodes from the source to ``node``, in order."""
+    nodes: list[Node] = []
+    current: Node | None = node
+    while current is not None:
+        nodes.append(current)
+        current = current.parent
+    return nodes[::-1]
+
+
+def source_of(node: Node) -> Source:
+    first = plan_nodes(node)[0]
+    assert isinstance(first, SourceNode)
+    return first.source
+
+
+# -- plan-time checks -----------------------------------------------------------
+
+
+def check_columns(operator: str, names: Iterable[str], schema: pa.Schema | None) -> None:
+    """Raise a PlanError naming the first of ``names`` that ``schema`` lacks.
+
+    Does nothing when ``schema`` is ``None`` (a user function's output, known
+    only at run time, where the same check runs on the first batch).
+    """
+    if schema is None:
+        return
+    for name in names:
+        if name not in schema.names:
+            raise PlanError(
+                f"{operator}: unknown column {name!r}; the stream has columns: {', '.join(schema.names) or '(none)'}"
+            )
+
+
+def check_time_column(operator: str, column: str, schema: pa.Schema | None) -> None:
+    """Check that ``column`` exists and holds timestamps or int64 epoch milliseconds."""
+    check_columns(operator, [column], schema)
+    if schema is not None and not is_event_time_type(schema.field(column).type):
+        raise PlanError(
+            f"{operator}: time column {column!r} has type {schema.field(column).type}; "
+            "use a timestamp column or an int64 of epoch milliseconds (cast it with with_columns)"
+        )
+
+
+def evaluate_exprs(table: pa.Table, exprs: Mapping[str, pc.Expression]) -> pa.Table:
+    """Evaluate named pyarrow.compute expressions over ``table``, vectorized, with Acero."""
+    import pyarrow.acero as acero
+
+    declaration = acero.Declaration.from_sequence(
+        [
+            acero.Declaration("table_source", acero.TableSourceNodeOptions(table)),
+            acero.Declaration("project", acero.ProjectNodeOptions(list(exprs.values()), list(exprs.keys()))),
+        ]
+    )
+    return declaration.to_table(use_threads=False)
+
+
+def _expr_output_schema(operator: str, schema: pa.Schema | None, exprs: Mapping[str, pc.Expression]) -> pa.Schema:
+    assert schema is not None
+    try:
+        return evaluate_exprs(schema.empty_table(), exprs).schema
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise PlanError(
+            f"{operator}: cannot evaluate {', '.join(map(str, exprs.values()))} over columns "
+            f"{', '.join(schema.names)}: {exc}"
+        ) from exc
+
+
+# -- the API -----------------------------------------------------------------------
+
+
+class Stream:
+    """A lazy pipeline of Arrow micro-batches. Build one with a source function such as ``rs.read_parquet``."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    @property
+    def node(self) -> Node:
+        """The logical plan node this stream stands for."""
+        return self._node
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        """The schema of the stream's batches, or ``None`` after a user function (known at run time)."""
+        return self._node.schema
+
+    @property
+    def columns(self) -> list[str] | None:
+        """The column names, or ``None`` when unknown until run time."""
+        return None if self.schema is None else list(self.schema.names)
+
+    def __repr__(self) -> str:
+        steps = " -> ".join(type(n).__name__.removesuffix("Node") for n in plan_nodes(self._node))
+        return f"Stream({steps}; columns={self.columns})"
+
+    # -- stateless operators -----------------------------------------------
+
+    def filter(self, predicate: Predicate) -> Stream:
+        """Keep the rows for which ``predicate`` is true.
+
+        Args:
+            predicate: A ``pyarrow.compute`` expression such as
+                ``pc.field("country") == "DE"``, or a function from a
+                ``pyarrow.Table`` to a boolean mask (array or list).
+        """
+        if isinstance(predicate, pc.Expression):
+            if self.schema is not None:
+                try:
+                    self.schema.empty_table().filter(predicate)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                    raise PlanError(
+                        f"filter: cannot evaluate {predicate} over columns {', '.join(self.schema.names)}: {exc}"
+                    ) from exc
+        elif not callable(predicate):
+            raise PlanError(f"filter: expected a pyarrow.compute expression or a function, got {predicate!r}")
+        return Stream(FilterNode(parent=self._node, schema=self.schema, predicate=predicate))
+
+    def map_batches(self, fn: Callable[[Any], Any], batch_format: BatchFormat = "pyarrow") -> Stream:
+        """Apply ``fn`` to whole batches: the fast path for user code.
+
+        Args:
+            fn: Takes a ``pyarrow.Table`` (or a ``pandas.DataFrame`` with
+                ``batch_format="pandas"``) and returns a table or frame.
+            batch_format: ``"pyarrow"`` (zero-copy) or ``"pandas"``.
+        """
+        if batch_format not in ("pyarrow", "pandas"):
+            raise PlanError(f"map_batches: batch_format must be 'pyarrow' or 'pandas', got {batch_format!r}")
+        if not callable(fn):
+            raise PlanError(f"map_batches: expected a function, got {fn!r}")
+        return Stream(MapBatchesNode(parent=self._node, schema=None, fn=fn, batch_format=batch_format))
+
+    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Stream:
+        """Apply ``fn`` to each row, as a dict, returning a dict.
+
+        This is the slow path: rows are converted to Python objects one by
+        one. Prefer :meth:`map_batches` or :meth:`with_columns` for anything
+        that sees many rows.
+        """
+        if not callable(fn):
+            raise PlanError(f"map: expected a function, got {fn!r}")
+        return Stream(MapRowsNode(parent=self._node, schema=None, fn=fn, flat=False))
+
+    def flat_map(self, fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]]) -> Stream:
+        """Apply ``fn`` to each row, as a dict, returning any number of rows.
+
+        Like :meth:`map`, this is the slow path, one Python call per row.
+        """
+        if not callable(fn):
+            raise PlanError(f"flat_map: expected a function, got {fn!r}")
+        return Stream(MapRowsNode(parent=self._node, schema=None, fn=fn, flat=True))
+
+    def select(self, *columns: str) -> Stream:
+        """Keep only ``columns``, in that order."""
+        if not columns:
+            raise PlanError("select: name at least one column")
+        check_columns("select", columns, self.schema)
+        schema = None if self.schema is None else pa.schema([self.schema.field(c) for c in columns])
+        return Stream(SelectNode(parent=self._node, schema=schema, columns=tuple(columns)))
+
+    def with_columns(self, **exprs: ColumnExpr) -> Stream:
+        """Add or replace columns.
+
+        Args:
+            **exprs: ``name=expression``, where the expression is a
+                ``pyarrow.compute`` expression (``pc.field("price") * 0.908``)
+                or a function from a ``pyarrow.Table`` to an array.
+        """
+        if not exprs:
+            raise PlanError("with_columns: name at least one column, as with_columns(total=pc.field('a') + 1)")
+        for name, expr in exprs.items():
+            if not isinstance(expr, pc.Expression) and not callable(expr):
+                raise PlanError(f"with_columns: {name}= must be a pyarrow.compute expression or a function")
+        schema: pa.Schema | None = None
+        if self.schema is not None and all(isinstance(e, pc.Expression) for e in exprs.values()):
+            projected = {n: pc.field(n) for n in self.schema.names if n not in exprs}
+            projected.update(exprs)  # type: ignore[arg-type]
+            out = _expr_output_schema("with_columns", self.schema, projected)
+            order = [n for n in self.schema.names] + [n for n in exprs if n not in self.schema.names]
+            schema = pa.schema([out.field(n) for n in order])
+        return Stream(WithColumnsNode(parent=self._node, schema=schema, exprs=tuple(exprs.items())))
+
+    def with_watermark(self, column: str, delay: Duration = "0s", idle_timeout: Duration | None = None) -> Stream:
+        """Set the event-time column and how far events may arrive out of order.
+
+        The watermark is the largest event time seen in each split, minus
+        ``delay``, and then the minimum over the splits still active.
+
+        Args:
+            column: A timestamp column or an int64 of epoch milliseconds.
+            delay: The allowed out-of-orderness, such as ``"5s"``.
+            idle_timeout: A split that yields nothing for this long stops
+                holding the watermark back, until it yields again.
+        """
+        check_time_column("with_watermark", column, self.schema)
+        delay_ms = duration_ms(delay, "with_watermark delay")
+        if delay_ms < 0:
+            raise PlanError(f"with_watermark: delay must not be negative, got {delay!r}")
+        idle_ms = None if idle_timeout is None else duration_ms(idle_timeout, "with_watermark idle_timeout")
+        for node in plan_nodes(self._node):
+            if isinstance(node, KeyedAggNode):
+                raise PlanError("with_watermark: set the watermark before key_by(...), on the input events")
+        return Stream(WatermarkNode(
+            parent=self._node, schema=self.schema, column=column, delay_ms=delay_ms, idle_timeout_ms=idle_ms
+        ))
+
+    def key_by(self, *keys: str) -> KeyedStream:
+        """Partition the stream by ``keys``; rows with equal keys meet in one partition actor."""
+        if not keys:
+            raise PlanError("key_by: name at least one key column")
+        check_columns("key_by", keys, self.schema)
+        return KeyedStream(self, tuple(keys))
+
+    # -- terminals -----------------------------------------------------------
+
+    def start(self, config: RunConfig | None = None) -> Job:
+        """Start the pipeline without blocking and collect its output in memory.
+
+        Returns:
+            A :class:`~raystream.Job`: ``results()`` is a pandas frame of the
+            output that has arrived so far, and ``stop()``, ``wait()``,
+            ``status()`` and ``metrics()`` operate the run.
+        """
+        from raystream.sinks.memory import MemorySink
+
+        return self._run(MemorySink(), config, wait=False)
+
+    def to_arrow(self, config: RunConfig | None = None) -> pa.Table:
+        """Run a bounded pipeline to its end and return its output as one table."""
+        from raystream.sinks.memory import MemorySink
+
+        self._require_bounded("to_arrow")
+        sink = MemorySink()
+        self._run(sink, config, wait=True)
+        return sink.table()
+
+    def to_pandas(self, config: RunConfig | None = None) -> pd.DataFrame:
+        """Run a bounded pipeline to its end and return its output as a pandas DataFrame."""
+        return self.to_arrow(config).to_pandas()
+
+    def write_parquet(
+        self,
+        path: str,
+        config: RunConfig | None = None,
+        partition_by: list[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        wait: bool = True,
+    ) -> Job:
+        """Write the output as Parquet files under ``path`` (any fsspec URL).
+
+        Each epoch's files are staged under ``path/_staging`` by the actors
+        that produce them, then moved into place by the driver once the
+        whole epoch is written, under names made of the epoch id and the
+        writer, so that a replayed epoch rewrites the same files.
+
+        Args:
+            path: The output folder.
+            config: How to run.
+            partition_by: Columns to partition the folders by, Hive style
+                (``country=DE/part-....parquet``).
+            storage_options: fsspec options (credentials) for ``path``.
+            wait: When false, return the running :class:`~raystream.Job` at once.
+        """
+        from raystream.sinks.parquet import ParquetSink
+
+        if partition_by:
+            check_columns("write_parquet partition_by", partition_by, self.schema)
+        return self._run(ParquetSink(path, partition_by=partition_by, storage_options=storage_options), config, wait)
+
+    def print(self, config: RunConfig | None = None, num_rows: int = 20, wait: bool = True) -> Job:
+        """Print each epoch's output as a table on the driver's stdout (like Spark's console sink).
+
+        Args:
+            num_rows: How many rows of each epoch to show.
+        """
+        from raystream.sinks.console import ConsoleSink
+
+        return self._run(ConsoleSink(num_rows=num_rows), config, wait)
+
+    def foreach_batch(
+        self, fn: Callable[[pa.Table, int], None], config: RunConfig | None = None, wait: bool = True
+    ) -> Job:
+        """Call ``fn(table, epoch_id)`` on the driver with each epoch's whole output.
+
+        ``epoch_id`` increases by one per epoch and is the same when an
+        epoch is replayed after a failure, so ``fn`` can be made idempotent
+        by keying its writes on it (for example an upsert, or a file named
+        after the epoch).
+        """
+        from raystream.sinks.foreach import ForeachBatchSink
+
+        if not callable(fn):
+            raise PlanError(f"foreach_batch: expected a function fn(table, epoch_id), got {fn!r}")
+        return self._run(ForeachBatchSink(fn), config, wait)
+
+    def _require_bounded(self, terminal: str) -> None:
+        source = source_of(self._node)
+        if not source.bounded:
+            raise PlanError(
+                f"{terminal}: {source.name} is unbounded, so it never ends; use start() for a running job "
+                "handle, or a writing terminal with wait=False"
+            )
+
+    def _run(self, sink: Sink, config: RunConfig | None, wait: bool) -> Job:
+        from raystream.runtime.job import run_pipeline
+
+        return run_pipeline(self._node, sink, config, wait=wait)
+
+
+class KeyedStream:
+    """A stream partitioned by key columns, made by :meth:`Stream.key_by`."""
+
+    def __init__(self, stream: Stream, keys: tuple[str, ...]) -> None:
+        self._stream = stream
+        self.keys = keys
+
+    def agg(self, emit: Literal["update", "final"] | None = None, name: str | None = None, **aggregates: Aggregate) -> Stream:
+        """Running aggregates per key, such as ``agg(clicks=rs.count(), spent=rs.sum("price"))``.
+
+        The output has the key columns, then one column per aggregate.
+
+        Args:
+            emit: ``"update"`` emits, every epoch, the new value of each key
+                that changed (an upsert stream: later rows replace earlier
+                rows of the same key); ``"final"`` emits each key once, when
+                the bounded input ends. The default is ``"final"`` for a
+                bounded source and ``"update"`` for an unbounded one.
+            name: A stable operator name, used by checkpoints and metrics.
+            **aggregates: ``output_name=rs.count()`` and so on.
+        """
+        if not aggregates:
+            raise PlanError("agg: name at least one aggregate, as agg(n=rs.count())")
+        schema = self._stream.schema
+        for out, agg in aggregates.items():
+            if not isinstance(agg, Aggregate):
+                raise PlanError(f"agg: {out}= must be an aggregate such as rs.count() or rs.sum('price'), got {agg!r}")
+            if out in self.keys:
+                raise PlanError(f"agg: output name {out!r} is also a key column; choose another name")
+            if agg.column is not None:
+                check_columns(f"agg {out}={agg!r}", [agg.column], schema)
+        if emit is None:
+            emit = "final" if source_of(self._stream.node).bounded else "update"
+        if emit not in ("update", "final"):
+            raise PlanError(f"agg: emit must be 'update' or 'final', got {emit!r}")
+        out_schema = None if schema is None else _agg_output_schema(schema, self.keys, aggregates)
+        node = KeyedAggNode(
+            parent=self._stream.node,
+            schema=out_schema,
+            keys=self.keys,
+            aggregates=tuple(aggregates.items()),
+            emit=emit,
+            name=name or "agg",
+        )
+        return Stream(node)
+
+
+def _agg_output_schema(schema: pa.Schema, keys: tuple[str, ...], aggregates: Mapping[str, Aggregate]) -> pa.Schema:
+    from raystream.runtime.keyed import KeyedAggregation
+
+    aggregation = KeyedAggregation(keys, list(aggregates.items()))
+    try:
+        return aggregation.finalize(aggregation.partial(schema.empty_table())).schema
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise PlanError(f"agg: {exc}; check the aggregates' column types") from exc
