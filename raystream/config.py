@@ -115,6 +115,7 @@ class SinkConfig:
         path: For ``parquet``: the output folder or URL.
         partition_by: For ``parquet``: Hive-style partition columns.
         num_rows: For ``print``: rows shown per epoch.
+        sort_by: For ``print``: columns to sort by; ``-col`` sorts descending.
         storage_options: fsspec options for ``path``.
     """
 
@@ -122,16 +123,21 @@ class SinkConfig:
     path: str | None = None
     partition_by: list[str] = field(default_factory=list)
     num_rows: int = 20
+    sort_by: list[str] = field(default_factory=list)
     storage_options: dict[str, Any] = field(default_factory=dict)
 
-    def run(self, stream: Stream, config: RunConfig) -> Job:
-        """Run ``stream`` into this sink and wait for it to end."""
+    def run(self, stream: Stream, config: RunConfig, wait: bool = True) -> Job:
+        """Run ``stream`` into this sink; with ``wait``, until it ends."""
         if self.kind == "print":
-            return stream.print(config, num_rows=self.num_rows)
+            return stream.print(config, num_rows=self.num_rows, sort_by=self.sort_by or None, wait=wait)
         if self.path is None:
             raise ConfigError("sink.path is required for sink kind 'parquet'")
         return stream.write_parquet(
-            self.path, config, partition_by=self.partition_by or None, storage_options=self.storage_options or None
+            self.path,
+            config,
+            partition_by=self.partition_by or None,
+            storage_options=self.storage_options or None,
+            wait=wait,
         )
 
 

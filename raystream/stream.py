@@ -20,11 +20,12 @@ import pyarrow.compute as pc
 from raystream._time import Duration, duration_ms, is_event_time_type
 from raystream.aggregates import Aggregate
 from raystream.errors import PlanError
+
 if TYPE_CHECKING:
-    from raystream.sources.base import Source
     from raystream.config import RunConfig
     from raystream.runtime.job import Job
     from raystream.sinks.base import Sink
+    from raystream.sources.base import Source
 
 BatchFormat = Literal["pyarrow", "pandas"]
 Predicate = pc.Expression | Callable[[pa.Table], Any]
@@ -314,9 +315,11 @@ class Stream:
         for node in plan_nodes(self._node):
             if isinstance(node, KeyedAggNode):
                 raise PlanError("with_watermark: set the watermark before key_by(...), on the input events")
-        return Stream(WatermarkNode(
-            parent=self._node, schema=self.schema, column=column, delay_ms=delay_ms, idle_timeout_ms=idle_ms
-        ))
+        return Stream(
+            WatermarkNode(
+                parent=self._node, schema=self.schema, column=column, delay_ms=delay_ms, idle_timeout_ms=idle_ms
+            )
+        )
 
     def key_by(self, *keys: str) -> KeyedStream:
         """Partition the stream by ``keys``; rows with equal keys meet in one partition actor."""
@@ -381,15 +384,21 @@ class Stream:
             check_columns("write_parquet partition_by", partition_by, self.schema)
         return self._run(ParquetSink(path, partition_by=partition_by, storage_options=storage_options), config, wait)
 
-    def print(self, config: RunConfig | None = None, num_rows: int = 20, wait: bool = True) -> Job:
+    def print(
+        self, config: RunConfig | None = None, num_rows: int = 20, sort_by: list[str] | None = None, wait: bool = True
+    ) -> Job:
         """Print each epoch's output as a table on the driver's stdout (like Spark's console sink).
 
         Args:
+            config: How to run.
             num_rows: How many rows of each epoch to show.
+            sort_by: Columns to sort each epoch's rows by; ``"-clicks"`` sorts descending.
+            wait: When false, return the running :class:`~raystream.Job` at once.
         """
         from raystream.sinks.console import ConsoleSink
 
-        return self._run(ConsoleSink(num_rows=num_rows), config, wait)
+        check_columns("print sort_by", [c.removeprefix("-") for c in sort_by or []], self.schema)
+        return self._run(ConsoleSink(num_rows=num_rows, sort_by=sort_by or ()), config, wait)
 
     def foreach_batch(
         self, fn: Callable[[pa.Table, int], None], config: RunConfig | None = None, wait: bool = True
@@ -428,7 +437,9 @@ class KeyedStream:
         self._stream = stream
         self.keys = keys
 
-    def agg(self, emit: Literal["update", "final"] | None = None, name: str | None = None, **aggregates: Aggregate) -> Stream:
+    def agg(
+        self, emit: Literal["update", "final"] | None = None, name: str | None = None, **aggregates: Aggregate
+    ) -> Stream:
         """Running aggregates per key, such as ``agg(clicks=rs.count(), spent=rs.sum("price"))``.
 
         The output has the key columns, then one column per aggregate.

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 
 from raystream.errors import PlanError
 from raystream.runtime.keyed import KeyedAggregation, Partial
@@ -70,7 +71,9 @@ def split_partial(partial: Partial, keys: tuple[str, ...], num_key_groups: int, 
 
     def cut(table: pa.Table) -> list[pa.Table]:
         groups = key_groups(table, keys, num_key_groups)
-        return split_by_partition(table, partition_of_key_groups(groups, num_key_groups, num_partitions), num_partitions)
+        return split_by_partition(
+            table, partition_of_key_groups(groups, num_key_groups, num_partitions), num_partitions
+        )
 
     tables = cut(partial.table)
     distinct = [cut(t) for t in partial.distinct]
@@ -96,14 +99,13 @@ class ReaderActor:
     starts), so that an epoch's size is bounded whatever the number of splits.
     """
 
-    def __init__(
-        self, index: int, source: Source, chain: tuple[StatelessOp, ...], downstream: Downstream
-    ) -> None:
+    def __init__(self, index: int, source: Source, chain: tuple[StatelessOp, ...], downstream: Downstream) -> None:
         self.index = index
         self.source = source
         self.chain = chain
         self.downstream = downstream
         self.splits: list[_SplitState] = []
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def assign(self, splits: list[tuple[Split, Any]]) -> int:
         """Add splits, each with the position to resume at (``None``: from its start)."""
@@ -143,6 +145,8 @@ class ReaderActor:
         routed, sink_result = _route(table, self.downstream, epoch, self.index)
         meta = {
             "kind": "reader",
+            "actor": f"reader-{self.index}",
+            "node_id": self.node_id,
             "index": self.index,
             "rows_in": rows_in,
             "rows_out": table.num_rows,
@@ -170,6 +174,7 @@ class PartitionActor:
         self.downstream = downstream
         self.aggregation: KeyedAggregation = stage.aggregation
         self.state: Partial | None = None
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def process(self, epoch: int, watermark_ms: int, end_of_input: bool, *parts: Partial | None) -> list[Any]:
         """Merge this epoch's partials into the state and emit. Returns ``[metadata, *outputs]``."""
@@ -189,6 +194,8 @@ class PartitionActor:
         routed, sink_result = _route(table, self.downstream, epoch, self.index)
         meta = {
             "kind": "partition",
+            "actor": f"{self.stage.name}-{self.index}",
+            "node_id": self.node_id,
             "stage": self.stage.name,
             "index": self.index,
             "rows_in": sum(p.num_rows for p in incoming),

@@ -13,7 +13,7 @@ One epoch:
    hash-partitions its output; it returns metadata plus one ref per partition.
 2. The coordinator reads the readers' metadata (positions, largest event
    time per split), and computes the watermark; when every split of a
-   bounded source is done it is +infinity.
+   every split is done (a bounded source read to its end, a closed socket), it is +infinity.
 3. It hands the partition refs of each keyed stage to that stage's actors,
    with the watermark, without waiting for them.
 4. Up to ``max_in_flight_epochs`` epochs are in flight; the oldest is then
@@ -65,6 +65,7 @@ class Metrics:
     started_at: float = field(default_factory=time.time)
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     state_rows: dict[str, int] = field(default_factory=dict)
+    actor_nodes: dict[str, str] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
         elapsed = max(time.time() - self.started_at, 1e-9)
@@ -78,6 +79,7 @@ class Metrics:
             "coordinator_ms_per_epoch": 1000 * self.coordinator_seconds / max(self.epochs_completed, 1),
             "splits": {k: dict(v) for k, v in self.splits.items()},
             "state_rows": dict(self.state_rows),
+            "actor_nodes": dict(self.actor_nodes),
         }
 
 
@@ -209,7 +211,7 @@ class Coordinator:
                     )
                 if meta["done"]:
                     active.remove(meta["index"])
-            end_of_input = bounded and not active
+            end_of_input = not active
             watermark = self.watermarks.advance(now, end_of_input)
             layer = [calls[i][1:] for i in calls]
             meta_refs: list[ray.ObjectRef] = []
@@ -257,10 +259,10 @@ class Coordinator:
                     entry["rows"] += progress["rows"]
                     entry["position"] = progress["position"]
                     entry["done"] = progress["done"]
+            for meta in [*epoch.reader_metas, *metas]:
+                metrics.actor_nodes[meta["actor"]] = meta["node_id"]
             for stage in self.plan.stages:
-                metrics.state_rows[stage.name] = sum(
-                    m["state_rows"] for m in metas if m.get("stage") == stage.name
-                )
+                metrics.state_rows[stage.name] = sum(m["state_rows"] for m in metas if m.get("stage") == stage.name)
 
     def _get_metadata(self, refs: Sequence[ray.ObjectRef], timeout: float | None = None) -> list[Any]:
         """Fetch actor metadata (never rows), turning actor errors into clear job errors."""

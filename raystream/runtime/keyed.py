@@ -86,7 +86,9 @@ class KeyedAggregation:
     def partial(self, rows: pa.Table) -> Partial:
         """Reduce input rows to one partial row per key."""
         specs = [
-            ([], "count_all") if col.source is None else (col.source, col.compute, _ONLY_VALID)
+            ([], "count_all")
+            if col.source is None
+            else (col.source, col.compute, _ONLY_VALID)
             if col.compute == "count"
             else (col.source, col.compute)
             for col in self._columns

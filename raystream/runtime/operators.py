@@ -66,7 +66,9 @@ class StatelessOp(ABC):
 class FilterOp(StatelessOp):
     def __init__(self, predicate: Any) -> None:
         self.predicate = predicate
-        self.label = f"filter({predicate})" if isinstance(predicate, pc.Expression) else f"filter({_name_of(predicate)})"
+        self.label = (
+            f"filter({predicate})" if isinstance(predicate, pc.Expression) else f"filter({_name_of(predicate)})"
+        )
 
     def apply(self, table: pa.Table, ctx: OpContext) -> pa.Table:
         if isinstance(self.predicate, pc.Expression):

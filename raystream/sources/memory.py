@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pyarrow as pa
@@ -31,7 +32,7 @@ class TableSource(Source):
         bounds = [rows * i // count for i in range(count + 1)]
         return [
             Split(f"{self.name}[{start}:{end}]", self._table.slice(start, end - start))
-            for start, end in zip(bounds, bounds[1:], strict=False)
+            for start, end in itertools.pairwise(bounds)
         ]
 
     def open_split(self, split: Split, position: Any | None) -> SplitReader:

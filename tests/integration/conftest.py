@@ -1,0 +1,18 @@
+"""Integration fixtures: one Ray instance per test module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import ray
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """A local Ray with 4 logical CPUs (on 2 real cores), shared by the tests of one module."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+    yield
+    ray.shutdown()
