@@ -438,21 +438,36 @@ class KeyedStream:
         self.keys = keys
 
     def agg(
-        self, emit: Literal["update", "final"] | None = None, name: str | None = None, **aggregates: Aggregate
+        self,
+        aggregates: Mapping[str, Aggregate] | None = None,
+        /,
+        *,
+        emit: Literal["update", "final"] | None = None,
+        name: str | None = None,
+        **named: Aggregate,
     ) -> Stream:
         """Running aggregates per key, such as ``agg(clicks=rs.count(), spent=rs.sum("price"))``.
 
         The output has the key columns, then one column per aggregate.
 
         Args:
+            aggregates: Aggregates by output name, for names that clash with
+                this method's options: ``agg({"name": rs.count_distinct("name")})``.
             emit: ``"update"`` emits, every epoch, the new value of each key
                 that changed (an upsert stream: later rows replace earlier
                 rows of the same key); ``"final"`` emits each key once, when
-                the bounded input ends. The default is ``"final"`` for a
-                bounded source and ``"update"`` for an unbounded one.
+                the input ends. The default is ``"final"`` for a bounded
+                source and ``"update"`` for an unbounded one.
             name: A stable operator name, used by checkpoints and metrics.
-            **aggregates: ``output_name=rs.count()`` and so on.
+            **named: ``output_name=rs.count()`` and so on.
         """
+        for option, value in (("emit", emit), ("name", name)):
+            if value is not None and not isinstance(value, str):
+                raise PlanError(
+                    f"agg: {option}= is agg's own option, not an aggregate; to name an output {option!r}, "
+                    f"pass a dict: agg({{{option!r}: {value!r}}})"
+                )
+        aggregates = {**(aggregates or {}), **named}
         if not aggregates:
             raise PlanError("agg: name at least one aggregate, as agg(n=rs.count())")
         schema = self._stream.schema

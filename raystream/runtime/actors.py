@@ -1,6 +1,7 @@
 """Reader and partition actors: where rows live and are processed.
 
-Both kinds return ``[metadata, *outputs]`` from each epoch call. The
+Both kinds return ``[metadata, *outputs]`` from each epoch call (just the
+metadata when the output is written in the actor). The
 metadata is a small dict the coordinator reads; the outputs are tables or
 partials that stay in the Ray object store and are handed, as object refs,
 to the next stage's actors or to a driver-side sink. A distributed sink
@@ -155,7 +156,7 @@ class ReaderActor:
             "sink_result": sink_result,
             "seconds": time.perf_counter() - started,
         }
-        return [meta, *routed]
+        return [meta, *routed] if routed else meta
 
     def ping(self) -> bool:
         return True
@@ -204,7 +205,7 @@ class PartitionActor:
             "sink_result": sink_result,
             "seconds": time.perf_counter() - started,
         }
-        return [meta, *routed]
+        return [meta, *routed] if routed else meta
 
     def state_key_groups(self) -> list[int]:
         """The distinct key groups of the keys in this actor's state (for tests and tools)."""

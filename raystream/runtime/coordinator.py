@@ -107,6 +107,15 @@ class Coordinator:
         """Finish the epochs in flight, then end the job without firing the rest."""
         self._stop.set()
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """A consistent copy of the metrics, safe to read from any thread."""
+        with self._lock:
+            return self.metrics.snapshot()
+
     def run(self) -> None:
         """Run the job to its end. Raises the job's error, if any."""
         runner = SinkRunner(self.sink)

@@ -11,7 +11,7 @@ import pandas as pd
 import ray
 
 from raystream.config import RunConfig
-from raystream.errors import ConfigError, JobFailedError
+from raystream.errors import ConfigError
 from raystream.runtime.coordinator import Coordinator
 from raystream.runtime.planner import plan
 from raystream.sinks.base import Sink
@@ -54,7 +54,7 @@ class Job:
     def _run(self) -> None:
         try:
             self._coordinator.run()
-            self._status = "stopped" if self._coordinator._stop.is_set() else "finished"
+            self._status = "stopped" if self._coordinator.stop_requested else "finished"
         except BaseException as error:  # noqa: BLE001 - handed to the caller of wait()
             self._error = error
             self._status = "failed"
@@ -78,8 +78,7 @@ class Job:
 
     def metrics(self) -> dict[str, Any]:
         """Counters: epochs, rows read and written, rows/s, watermark, per-split progress, state rows."""
-        with self._coordinator._lock:
-            return self._coordinator.metrics.snapshot()
+        return self._coordinator.metrics_snapshot()
 
     def stop(self, timeout: float | None = 60.0) -> Job:
         """Ask the job to stop after the epochs in flight, and wait for it to end."""
@@ -116,8 +115,5 @@ def run_pipeline(node: Node, sink: Sink, config: RunConfig | None, wait: bool) -
     ensure_ray(config)
     job = Job(Coordinator(physical, sink, config), sink)
     if wait:
-        try:
-            job.wait()
-        except JobFailedError:
-            raise
+        job.wait()
     return job

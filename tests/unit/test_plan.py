@@ -75,6 +75,10 @@ def test_aggregate_arguments_are_checked() -> None:
         stream().key_by("user").agg(user=rs.count())
     with pytest.raises(rs.PlanError, match="name at least one aggregate"):
         stream().key_by("user").agg()
+    with pytest.raises(rs.PlanError, match="name= is agg's own option"):
+        stream().key_by("user").agg(n=rs.count(), name=rs.count_distinct("price"))  # type: ignore[arg-type]
+    clashing = stream().key_by("user").agg({"name": rs.count(), "emit": rs.max("price")})
+    assert clashing.columns == ["user", "name", "emit"]
 
 
 def test_unbounded_sources_cannot_be_collected() -> None:
