@@ -102,8 +102,11 @@ class SourceConfig:
             raise ConfigError(f"source.path is required for source kind {self.kind!r}")
         if self.kind == "text":
             return rs.read_text(self.path, storage_options=options)
-        reader = {"parquet": rs.read_parquet, "csv": rs.read_csv, "json": rs.read_json}[self.kind]
-        return reader(self.path, time_column=self.time_column, storage_options=options)
+        if self.kind == "parquet":
+            return rs.read_parquet(self.path, time_column=self.time_column, storage_options=options)
+        if self.kind == "csv":
+            return rs.read_csv(self.path, time_column=self.time_column, storage_options=options)
+        return rs.read_json(self.path, time_column=self.time_column, storage_options=options)
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config: '{where}' must be a mapping, got {_describe(value)}")
         return dict(value)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return parse_config(hint, value, where)
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import pandas as pd
 import pyarrow as pa
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from raystream.sources.base import Source
 
 BatchFormat = Literal["pyarrow", "pandas"]
-Predicate = pc.Expression | Callable[[pa.Table], Any]
-ColumnExpr = pc.Expression | Callable[[pa.Table], Any]
+Predicate: TypeAlias = "pc.Expression | Callable[[pa.Table], Any]"
+ColumnExpr: TypeAlias = "pc.Expression | Callable[[pa.Table], Any]"
 
 
 # -- the logical plan ---------------------------------------------------------

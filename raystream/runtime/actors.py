@@ -114,8 +114,8 @@ class ReaderActor:
             self.splits.append(_SplitState(split, self.source.open_split(split, position)))
         return len(self.splits)
 
-    def run_epoch(self, epoch: int, max_rows: int) -> list[Any]:
-        """Read, transform and route one epoch. Returns ``[metadata, *outputs]``."""
+    def run_epoch(self, epoch: int, max_rows: int) -> list[Any] | dict[str, Any]:
+        """Read, transform and route one epoch. Returns ``[metadata, *outputs]``, or the metadata alone."""
         started = time.perf_counter()
         budget = max_rows
         outputs: list[pa.Table] = []
@@ -177,7 +177,9 @@ class PartitionActor:
         self.state: Partial | None = None
         self.node_id = ray.get_runtime_context().get_node_id()
 
-    def process(self, epoch: int, watermark_ms: int, end_of_input: bool, *parts: Partial | None) -> list[Any]:
+    def process(
+        self, epoch: int, watermark_ms: int, end_of_input: bool, *parts: Partial | None
+    ) -> list[Any] | dict[str, Any]:
         """Merge this epoch's partials into the state and emit. Returns ``[metadata, *outputs]``."""
         started = time.perf_counter()
         incoming = [p for p in parts if p is not None]

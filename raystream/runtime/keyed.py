@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -85,7 +86,7 @@ class KeyedAggregation:
 
     def partial(self, rows: pa.Table) -> Partial:
         """Reduce input rows to one partial row per key."""
-        specs = [
+        specs: list[Any] = [
             ([], "count_all")
             if col.source is None
             else (col.source, col.compute, _ONLY_VALID)

@@ -40,7 +40,7 @@ def test_map_batches_error_carries_traceback_epoch_and_split() -> None:
     assert "map_batches(explode_on_big_prices) raised in epoch" in message
     assert "split 'from_arrow[5000:10000]'" in message
     assert "ZeroDivisionError: prices above 7000 are not allowed" in message
-    assert 'line' in message and "test_failures.py" in message  # the user function's own traceback
+    assert "line" in message and "test_failures.py" in message  # the user function's own traceback
     assert job.status() == "failed"
     assert_actors_dead(job)
 
@@ -64,7 +64,9 @@ def test_foreach_batch_error_is_reported_with_the_epoch() -> None:
 
 def test_a_udf_returning_the_wrong_type_is_named() -> None:
     stream = rs.from_arrow(EVENTS).map_batches(lambda batch: 42)
-    with pytest.raises(rs.UserFunctionError, match="must return a pyarrow.Table or a pandas.DataFrame; it returned int"):
+    with pytest.raises(
+        rs.UserFunctionError, match="must return a pyarrow.Table or a pandas.DataFrame; it returned int"
+    ):
         stream.to_pandas()
 
 
@@ -91,7 +93,9 @@ def test_write_parquet_partitioned_then_read_back(tmp_path: Path) -> None:
     )
     assert sorted(p.name for p in out.iterdir()) == ["bucket=0", "bucket=1", "bucket=2"]
     back = rs.read_parquet(str(out)).to_pandas()
-    assert len(back) == EVENTS.num_rows and back["price"].sum() == pytest.approx(sum(EVENTS.column("price").to_pylist()))
+    assert len(back) == EVENTS.num_rows and back["price"].sum() == pytest.approx(
+        sum(EVENTS.column("price").to_pylist())
+    )
 
 
 def test_too_many_actors_for_the_cluster_is_a_clear_error() -> None:
