@@ -62,6 +62,8 @@ class Metrics:
     watermark_ms: int | None = None
     last_epoch_seconds: float = 0.0
     coordinator_seconds: float = 0.0
+    startup_seconds: float = 0.0
+    run_seconds: float = 0.0
     started_at: float = field(default_factory=time.time)
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     state_rows: dict[str, int] = field(default_factory=dict)
@@ -77,6 +79,8 @@ class Metrics:
             "watermark_ms": self.watermark_ms,
             "last_epoch_seconds": self.last_epoch_seconds,
             "coordinator_ms_per_epoch": 1000 * self.coordinator_seconds / max(self.epochs_completed, 1),
+            "startup_seconds": self.startup_seconds,
+            "run_seconds": self.run_seconds,
             "splits": {k: dict(v) for k, v in self.splits.items()},
             "state_rows": dict(self.state_rows),
             "actor_nodes": dict(self.actor_nodes),
@@ -120,10 +124,14 @@ class Coordinator:
         """Run the job to its end. Raises the job's error, if any."""
         runner = SinkRunner(self.sink)
         try:
+            started = time.perf_counter()
             self._start_actors()
+            self.metrics.startup_seconds = time.perf_counter() - started
             runner.start(SinkContext(self.plan.output_schema, self.plan.upsert_keys, self.plan.source.bounded))
+            started = time.perf_counter()
             self._loop(runner)
             runner.finish()
+            self.metrics.run_seconds = time.perf_counter() - started
         except BaseException as error:
             runner.fail(error)
             raise

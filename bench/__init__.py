@@ -1,0 +1,1 @@
+"""raystream benchmarks. Each prints events/s with the exact command that produced it."""
