@@ -26,7 +26,8 @@ from raystream.sources import (
     read_socket,
     read_text,
 )
-from raystream.stream import KeyedStream, Stream
+from raystream.stream import KeyedStream, Stream, WindowedStream
+from raystream.windows import Session, Sliding, Tumbling
 
 __version__ = "0.1.0"
 
@@ -39,13 +40,17 @@ __all__ = [
     "PlanError",
     "RaystreamError",
     "RunConfig",
+    "Session",
     "Sink",
     "SinkContext",
+    "Sliding",
     "Source",
     "Split",
     "SplitReader",
     "Stream",
+    "Tumbling",
     "UserFunctionError",
+    "WindowedStream",
     "count",
     "count_distinct",
     "from_arrow",

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from raystream._time import Duration, duration_ms, is_event_time_type
 from raystream.aggregates import Aggregate
 from raystream.errors import PlanError
+from raystream.windows import Session, Sliding, Tumbling, Window
 
 if TYPE_CHECKING:
     from raystream.config import RunConfig
@@ -111,6 +112,33 @@ class KeyedAggNode(Node):
     @property
     def time_column(self) -> str | None:
         return None
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class WindowAggNode(Node):
+    keys: tuple[str, ...]
+    window: Window
+    aggregates: tuple[tuple[str, Aggregate], ...]
+    window_time_column: str
+    time_type: pa.DataType
+    allowed_lateness_ms: int = 0
+    late: Literal["drop", "side"] = "drop"
+    emit: Literal["append", "update"] = "append"
+    name: str = "window"
+
+    @property
+    def time_column(self) -> str | None:
+        return None
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class LateEventsNode(Node):
+    """The late rows of the window operator ``parent``, instead of its windows."""
+
+    @property
+    def time_column(self) -> str | None:
+        assert isinstance(self.parent, WindowAggNode)
+        return self.parent.window_time_column
 
 
 def plan_nodes(node: Node) -> list[Node]:
@@ -231,39 +259,46 @@ class Stream:
             raise PlanError(f"filter: expected a pyarrow.compute expression or a function, got {predicate!r}")
         return Stream(FilterNode(parent=self._node, schema=self.schema, predicate=predicate))
 
-    def map_batches(self, fn: Callable[[Any], Any], batch_format: BatchFormat = "pyarrow") -> Stream:
+    def map_batches(
+        self, fn: Callable[[Any], Any], batch_format: BatchFormat = "pyarrow", schema: pa.Schema | None = None
+    ) -> Stream:
         """Apply ``fn`` to whole batches: the fast path for user code.
 
         Args:
             fn: Takes a ``pyarrow.Table`` (or a ``pandas.DataFrame`` with
                 ``batch_format="pandas"``) and returns a table or frame.
             batch_format: ``"pyarrow"`` (zero-copy) or ``"pandas"``.
+            schema: The schema ``fn`` returns, when known: later operators
+                then check their columns at plan time instead of on the
+                first batch, and windows know the time column's type.
         """
         if batch_format not in ("pyarrow", "pandas"):
             raise PlanError(f"map_batches: batch_format must be 'pyarrow' or 'pandas', got {batch_format!r}")
         if not callable(fn):
             raise PlanError(f"map_batches: expected a function, got {fn!r}")
-        return Stream(MapBatchesNode(parent=self._node, schema=None, fn=fn, batch_format=batch_format))
+        return Stream(MapBatchesNode(parent=self._node, schema=_schema_hint(schema), fn=fn, batch_format=batch_format))
 
-    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Stream:
+    def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]], schema: pa.Schema | None = None) -> Stream:
         """Apply ``fn`` to each row, as a dict, returning a dict.
 
         This is the slow path: rows are converted to Python objects one by
         one. Prefer :meth:`map_batches` or :meth:`with_columns` for anything
-        that sees many rows.
+        that sees many rows. ``schema`` is as for :meth:`map_batches`.
         """
         if not callable(fn):
             raise PlanError(f"map: expected a function, got {fn!r}")
-        return Stream(MapRowsNode(parent=self._node, schema=None, fn=fn, flat=False))
+        return Stream(MapRowsNode(parent=self._node, schema=_schema_hint(schema), fn=fn, flat=False))
 
-    def flat_map(self, fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]]) -> Stream:
+    def flat_map(
+        self, fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]], schema: pa.Schema | None = None
+    ) -> Stream:
         """Apply ``fn`` to each row, as a dict, returning any number of rows.
 
         Like :meth:`map`, this is the slow path, one Python call per row.
         """
         if not callable(fn):
             raise PlanError(f"flat_map: expected a function, got {fn!r}")
-        return Stream(MapRowsNode(parent=self._node, schema=None, fn=fn, flat=True))
+        return Stream(MapRowsNode(parent=self._node, schema=_schema_hint(schema), fn=fn, flat=True))
 
     def select(self, *columns: str) -> Stream:
         """Keep only ``columns``, in that order."""
@@ -313,7 +348,7 @@ class Stream:
             raise PlanError(f"with_watermark: delay must not be negative, got {delay!r}")
         idle_ms = None if idle_timeout is None else duration_ms(idle_timeout, "with_watermark idle_timeout")
         for node in plan_nodes(self._node):
-            if isinstance(node, KeyedAggNode):
+            if isinstance(node, (KeyedAggNode, WindowAggNode)):
                 raise PlanError("with_watermark: set the watermark before key_by(...), on the input events")
         return Stream(
             WatermarkNode(
@@ -328,7 +363,30 @@ class Stream:
         check_columns("key_by", keys, self.schema)
         return KeyedStream(self, tuple(keys))
 
+    def late_events(self) -> Stream:
+        """The rows a window dropped as late, as a stream that can go to any sink.
+
+        Only for the output of ``window(..., late="side")``. Running this
+        stream runs the whole pipeline and writes the late rows, as they
+        reached the window, instead of the windows. A job started on the
+        windows themselves collects its late rows too: ``Job.late_events()``.
+        """
+        node = self._node
+        if not isinstance(node, WindowAggNode) or node.late != "side":
+            raise PlanError(
+                "late_events: only the output of key_by(...).window(w, late='side').agg(...) has late events"
+            )
+        return Stream(LateEventsNode(parent=node, schema=node.parent.schema if node.parent else None))
+
     # -- terminals -----------------------------------------------------------
+
+    def write(self, sink: Sink, config: RunConfig | None = None, wait: bool = True) -> Job:
+        """Run the pipeline into any :class:`~raystream.Sink`, your own included."""
+        from raystream.sinks.base import Sink
+
+        if not isinstance(sink, Sink):
+            raise PlanError(f"write: expected a raystream.Sink, got {type(sink).__name__}")
+        return self._run(sink, config, wait)
 
     def start(self, config: RunConfig | None = None) -> Job:
         """Start the pipeline without blocking and collect its output in memory.
@@ -437,6 +495,52 @@ class KeyedStream:
         self._stream = stream
         self.keys = keys
 
+    def window(
+        self,
+        window: Window,
+        allowed_lateness: Duration = "0s",
+        late: Literal["drop", "side"] = "drop",
+        emit: Literal["append", "update"] = "append",
+    ) -> WindowedStream:
+        """Group each key's events into event-time windows; call ``.agg(...)`` on the result.
+
+        A window fires once, when the watermark passes its end (append
+        mode). An event is late when every window it belongs to has
+        ``window_end + allowed_lateness <= watermark``.
+
+        Args:
+            window: ``rs.Tumbling(size)``, ``rs.Sliding(size, slide)`` or ``rs.Session(gap)``.
+            allowed_lateness: How long after firing a window still accepts
+                events; each one re-fires the window with the corrected value.
+            late: ``"drop"`` counts late rows in the job's metrics;
+                ``"side"`` also sends them to :meth:`Stream.late_events`.
+            emit: ``"append"`` emits each window when it fires; ``"update"``
+                also emits every open window's new value in each epoch
+                where it changed.
+        """
+        if not isinstance(window, (Tumbling, Sliding, Session)):
+            raise PlanError(f"window: expected rs.Tumbling, rs.Sliding or rs.Session, got {window!r}")
+        if late not in ("drop", "side"):
+            raise PlanError(f"window: late must be 'drop' or 'side', got {late!r}")
+        if emit not in ("append", "update"):
+            raise PlanError(f"window: emit must be 'append' or 'update', got {emit!r}")
+        lateness_ms = duration_ms(allowed_lateness, "window allowed_lateness")
+        if lateness_ms < 0:
+            raise PlanError(f"window: allowed_lateness must not be negative, got {allowed_lateness!r}")
+        time_column = self._stream.node.time_column
+        if time_column is None:
+            raise PlanError(
+                "window: the stream has no event time; pass time_column= to the source, "
+                "or call with_watermark(column, delay) before key_by"
+            )
+        schema = self._stream.schema
+        if schema is None:
+            raise PlanError(
+                f"window: the type of time column {time_column!r} is unknown after a user function; "
+                "pass schema= to map_batches, map or flat_map"
+            )
+        return WindowedStream(self._stream, self.keys, window, time_column, lateness_ms, late, emit)
+
     def agg(
         self,
         aggregates: Mapping[str, Aggregate] | None = None,
@@ -467,17 +571,8 @@ class KeyedStream:
                     f"agg: {option}= is agg's own option, not an aggregate; to name an output {option!r}, "
                     f"pass a dict: agg({{{option!r}: {value!r}}})"
                 )
-        aggregates = {**(aggregates or {}), **named}
-        if not aggregates:
-            raise PlanError("agg: name at least one aggregate, as agg(n=rs.count())")
         schema = self._stream.schema
-        for out, agg in aggregates.items():
-            if not isinstance(agg, Aggregate):
-                raise PlanError(f"agg: {out}= must be an aggregate such as rs.count() or rs.sum('price'), got {agg!r}")
-            if out in self.keys:
-                raise PlanError(f"agg: output name {out!r} is also a key column; choose another name")
-            if agg.column is not None:
-                check_columns(f"agg {out}={agg!r}", [agg.column], schema)
+        aggregates = _check_aggregates({**(aggregates or {}), **named}, self.keys, schema)
         if emit is None:
             emit = "final" if source_of(self._stream.node).bounded else "update"
         if emit not in ("update", "final"):
@@ -492,6 +587,89 @@ class KeyedStream:
             name=name or "agg",
         )
         return Stream(node)
+
+
+class WindowedStream:
+    """A keyed stream cut into event-time windows, made by :meth:`KeyedStream.window`."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        keys: tuple[str, ...],
+        window: Window,
+        time_column: str,
+        allowed_lateness_ms: int,
+        late: Literal["drop", "side"],
+        emit: Literal["append", "update"],
+    ) -> None:
+        self._stream = stream
+        self.keys = keys
+        self.window = window
+        self._time_column = time_column
+        self._lateness_ms = allowed_lateness_ms
+        self._late = late
+        self._emit = emit
+
+    def agg(
+        self, aggregates: Mapping[str, Aggregate] | None = None, /, *, name: str | None = None, **named: Aggregate
+    ) -> Stream:
+        """Aggregates per key and window. Output: the keys, ``window_start``, ``window_end``, the aggregates.
+
+        Args:
+            aggregates: Aggregates by output name, for names that clash with ``name``.
+            name: A stable operator name, used by checkpoints and metrics.
+            **named: ``output_name=rs.count()`` and so on.
+        """
+        if name is not None and not isinstance(name, str):
+            raise PlanError(
+                f"agg: name= is agg's own option; to name an output 'name', pass a dict: agg({{'name': {name!r}}})"
+            )
+        aggregates = _check_aggregates({**(aggregates or {}), **named}, self.keys, self._stream.schema)
+        for out in aggregates:
+            if out in ("window_start", "window_end"):
+                raise PlanError(f"agg: output name {out!r} is taken by the window bounds; choose another name")
+        schema = self._stream.schema
+        assert schema is not None
+        time_type = schema.field(self._time_column).type
+        keyed = _agg_output_schema(schema, self.keys, aggregates)
+        bounds = [pa.field("window_start", time_type), pa.field("window_end", time_type)]
+        out_schema = pa.schema([keyed.field(k) for k in self.keys] + bounds + [keyed.field(n) for n in aggregates])
+        return Stream(
+            WindowAggNode(
+                parent=self._stream.node,
+                schema=out_schema,
+                keys=self.keys,
+                window=self.window,
+                aggregates=tuple(aggregates.items()),
+                window_time_column=self._time_column,
+                time_type=time_type,
+                allowed_lateness_ms=self._lateness_ms,
+                late=self._late,
+                emit=self._emit,
+                name=name or "window",
+            )
+        )
+
+
+def _check_aggregates(
+    aggregates: dict[str, Aggregate], keys: tuple[str, ...], schema: pa.Schema | None
+) -> dict[str, Aggregate]:
+    if not aggregates:
+        raise PlanError("agg: name at least one aggregate, as agg(n=rs.count())")
+    for out, agg in aggregates.items():
+        if not isinstance(agg, Aggregate):
+            raise PlanError(f"agg: {out}= must be an aggregate such as rs.count() or rs.sum('price'), got {agg!r}")
+        if out in keys:
+            raise PlanError(f"agg: output name {out!r} is also a key column; choose another name")
+        if agg.column is not None:
+            check_columns(f"agg {out}={agg!r}", [agg.column], schema)
+    return aggregates
+
+
+def _schema_hint(schema: pa.Schema | None) -> pa.Schema | None:
+    if schema is not None and not isinstance(schema, pa.Schema):
+        raise PlanError(f"schema= must be a pyarrow.Schema, got {type(schema).__name__}")
+    return schema
 
 
 def _agg_output_schema(schema: pa.Schema, keys: tuple[str, ...], aggregates: Mapping[str, Aggregate]) -> pa.Schema:

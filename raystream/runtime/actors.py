@@ -1,7 +1,8 @@
 """Reader and partition actors: where rows live and are processed.
 
-Both kinds return ``[metadata, *outputs]`` from each epoch call (just the
-metadata when the output is written in the actor). The
+Both kinds return ``[metadata, *outputs, late]`` from each epoch call (just
+the metadata when the output is written in the actor and no late rows can
+come). ``late`` is ``{operator name: late rows}`` or ``None``. The
 metadata is a small dict the coordinator reads; the outputs are tables or
 partials that stay in the Ray object store and are handed, as object refs,
 to the next stage's actors or to a driver-side sink. A distributed sink
@@ -18,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from raystream.errors import PlanError
-from raystream.runtime.keyed import KeyedAggregation, Partial
+from raystream._time import START_OF_TIME_MS
 from raystream.runtime.operators import OpContext, StatelessOp, run_chain
 from raystream.runtime.planner import KeyedStage
-from raystream.runtime.shuffle import key_groups, partition_of_key_groups, split_by_partition
+from raystream.runtime.shuffle import key_groups
+from raystream.runtime.stateful import KeyedOperator, OperatorState
 from raystream.sinks.base import Sink
 from raystream.sources.base import Source, Split, SplitReader
 from raystream.stream import check_columns
@@ -32,57 +33,64 @@ from raystream.stream import check_columns
 class Downstream:
     """Where an actor's output goes.
 
-    Exactly one of the three is set: the next keyed stage (shuffle by its
-    keys over ``num_partitions`` actors), a distributed sink (write here), or
-    neither (return the table for a driver-side sink).
+    At most one of ``operator`` (the next keyed stage: prepare and shuffle
+    over ``num_partitions`` actors) and ``sink`` (a distributed sink: write
+    here) is set; with neither, the table is returned for a driver-side
+    sink, unless ``discard`` (the job outputs late rows instead).
     """
 
-    stage: KeyedStage | None = None
+    operator: KeyedOperator | None = None
     num_partitions: int = 1
     num_key_groups: int = 128
     sink: Sink | None = None
+    discard: bool = False
 
     @property
     def num_outputs(self) -> int:
-        """How many output refs an epoch call returns after the metadata."""
-        if self.stage is not None:
+        """How many output refs an epoch call returns after the metadata (before a late slot)."""
+        if self.operator is not None:
             return self.num_partitions
-        return 0 if self.sink is not None else 1
+        return 0 if self.sink is not None or self.discard else 1
 
 
-def _route(table: pa.Table, downstream: Downstream, epoch: int, writer: int) -> tuple[list[Any], Any]:
-    """Send ``table`` on: returns (outputs, sink write result)."""
-    stage = downstream.stage
-    if stage is not None:
+@dataclass
+class _Routed:
+    outputs: list[Any]
+    late: dict[str, pa.Table]
+    late_count: int
+    sink_result: Any
+
+
+def _route(table: pa.Table, downstream: Downstream, epoch: int, writer: int, watermark_ms: int) -> _Routed:
+    """Send ``table`` on, to the next stage (prepared and split), a sink, or the driver."""
+    operator = downstream.operator
+    if operator is not None:
         if table.num_rows == 0:
-            return [None] * downstream.num_partitions, None
-        check_columns(f"key_by ({stage.name})", stage.keys, table.schema)
-        # The combiner: reduce to one partial row per key before the shuffle.
-        partial = stage.aggregation.partial(table)
-        return split_partial(partial, stage.keys, downstream.num_key_groups, downstream.num_partitions), None
-    if downstream.sink is not None:
-        if table.num_rows == 0:
-            return [], None
-        return [], downstream.sink.write(table, epoch, writer)
-    return [table if table.num_rows else None], None
-
-
-def split_partial(partial: Partial, keys: tuple[str, ...], num_key_groups: int, num_partitions: int) -> list[Any]:
-    """Cut a partial by the partition that owns each key; ``None`` for partitions with no rows."""
-
-    def cut(table: pa.Table) -> list[pa.Table]:
-        groups = key_groups(table, keys, num_key_groups)
-        return split_by_partition(
-            table, partition_of_key_groups(groups, num_key_groups, num_partitions), num_partitions
+            return _Routed([None] * downstream.num_partitions, {}, 0, None)
+        check_columns(f"key_by ({operator.name})", operator.keys, table.schema)
+        prepared = operator.prepare(table, watermark_ms)
+        outputs = (
+            [None] * downstream.num_partitions
+            if prepared.payload is None
+            else operator.split(prepared.payload, downstream.num_key_groups, downstream.num_partitions)
         )
+        late = {operator.name: prepared.late} if prepared.late is not None else {}
+        return _Routed(outputs, late, prepared.late_count, None)
+    if downstream.sink is not None:
+        result = downstream.sink.write(table, epoch, writer) if table.num_rows else None
+        return _Routed([], {}, 0, result)
+    if downstream.discard:
+        return _Routed([], {}, 0, None)
+    return _Routed([table if table.num_rows else None], {}, 0, None)
 
-    tables = cut(partial.table)
-    distinct = [cut(t) for t in partial.distinct]
-    parts: list[Any] = []
-    for p in range(num_partitions):
-        part = Partial(tables[p], tuple(d[p] for d in distinct))
-        parts.append(part if part.num_rows else None)
-    return parts
+
+def _returns(meta: dict[str, Any], routed: _Routed, late_slot: bool, extra_late: dict[str, pa.Table]) -> Any:
+    """Lay out an epoch call's return: ``[meta, *outputs, late]``, or the metadata alone."""
+    values: list[Any] = [meta, *routed.outputs]
+    if late_slot:
+        late = {**extra_late, **routed.late}
+        values.append(late or None)
+    return values if len(values) > 1 else meta
 
 
 @dataclass
@@ -100,11 +108,14 @@ class ReaderActor:
     starts), so that an epoch's size is bounded whatever the number of splits.
     """
 
-    def __init__(self, index: int, source: Source, chain: tuple[StatelessOp, ...], downstream: Downstream) -> None:
+    def __init__(
+        self, index: int, source: Source, chain: tuple[StatelessOp, ...], downstream: Downstream, late_slot: bool
+    ) -> None:
         self.index = index
         self.source = source
         self.chain = chain
         self.downstream = downstream
+        self.late_slot = late_slot
         self.splits: list[_SplitState] = []
         self.node_id = ray.get_runtime_context().get_node_id()
 
@@ -114,8 +125,14 @@ class ReaderActor:
             self.splits.append(_SplitState(split, self.source.open_split(split, position)))
         return len(self.splits)
 
-    def run_epoch(self, epoch: int, max_rows: int) -> list[Any] | dict[str, Any]:
-        """Read, transform and route one epoch. Returns ``[metadata, *outputs]``, or the metadata alone."""
+    def run_epoch(self, epoch: int, max_rows: int, watermark_ms: int) -> list[Any] | dict[str, Any]:
+        """Read, transform and route one epoch. Returns ``[metadata, *outputs, late]``, or the metadata alone.
+
+        Args:
+            epoch: The epoch id.
+            max_rows: The most rows to read, over all splits.
+            watermark_ms: The watermark before this epoch, to tell late rows.
+        """
         started = time.perf_counter()
         budget = max_rows
         outputs: list[pa.Table] = []
@@ -139,11 +156,12 @@ class ReaderActor:
             progress[state.split.split_id] = {
                 "position": state.reader.position(),
                 "max_event_time_ms": ctx.max_event_time_ms,
+                "watermark_ms": state.reader.watermark_ms(),
                 "rows": 0 if batch is None else batch.num_rows,
                 "done": state.done,
             }
         table = _concat(outputs)
-        routed, sink_result = _route(table, self.downstream, epoch, self.index)
+        routed = _route(table, self.downstream, epoch, self.index, watermark_ms)
         meta = {
             "kind": "reader",
             "actor": f"reader-{self.index}",
@@ -153,10 +171,11 @@ class ReaderActor:
             "rows_out": table.num_rows,
             "splits": progress,
             "done": all(s.done for s in self.splits),
-            "sink_result": sink_result,
+            "late_count": routed.late_count,
+            "sink_result": routed.sink_result,
             "seconds": time.perf_counter() - started,
         }
-        return [meta, *routed] if routed else meta
+        return _returns(meta, routed, self.late_slot, {})
 
     def ping(self) -> bool:
         return True
@@ -166,61 +185,67 @@ class PartitionActor:
     """Holds the keyed state of the key groups it owns and applies a keyed stage to it."""
 
     def __init__(
-        self, stage: KeyedStage, index: int, num_partitions: int, num_key_groups: int, downstream: Downstream
+        self,
+        stage: KeyedStage,
+        index: int,
+        num_partitions: int,
+        num_key_groups: int,
+        downstream: Downstream,
+        late_slot: bool,
     ) -> None:
         self.stage = stage
         self.index = index
         self.num_partitions = num_partitions
         self.num_key_groups = num_key_groups
         self.downstream = downstream
-        self.aggregation: KeyedAggregation = stage.aggregation
-        self.state: Partial | None = None
+        self.late_slot = late_slot
+        self.state: OperatorState = stage.operator.new_state()
+        self.previous_watermark_ms = START_OF_TIME_MS
         self.node_id = ray.get_runtime_context().get_node_id()
 
-    def process(
-        self, epoch: int, watermark_ms: int, end_of_input: bool, *parts: Partial | None
-    ) -> list[Any] | dict[str, Any]:
-        """Merge this epoch's partials into the state and emit. Returns ``[metadata, *outputs]``."""
+    def process(self, epoch: int, watermark_ms: int, end_of_input: bool, *parts: Any) -> list[Any] | dict[str, Any]:
+        """Merge this epoch's payloads into the state, fire by the watermark, and route the output.
+
+        Returns ``[metadata, *outputs, late]``, or the metadata alone.
+        """
         started = time.perf_counter()
         incoming = [p for p in parts if p is not None]
-        emitted: pa.Table | None = None
-        if incoming:
-            previous = [] if self.state is None else [self.state]
-            merged = self.aggregation.merge([*previous, *incoming], track_touched_from=len(previous))
-            if self.stage.emit == "update":
-                emitted = self.aggregation.finalize(merged, only_touched=True)
-            self.state = self.aggregation.strip_touched(merged)
-        if end_of_input and self.stage.emit == "final" and self.state is not None:
-            emitted = self.aggregation.finalize(self.state)
+        emitted = self.state.process(incoming, watermark_ms, end_of_input)
         ctx = OpContext(epoch, f"partition {self.index} of {self.stage.name!r}")
-        table = run_chain(self.stage.chain, emitted, ctx) if emitted is not None else pa.table({})
-        routed, sink_result = _route(table, self.downstream, epoch, self.index)
+        table = run_chain(self.stage.chain, emitted.table, ctx) if emitted.table is not None else pa.table({})
+        # The next stage tells late rows by the watermark before this epoch, as the readers do.
+        routed = _route(table, self.downstream, epoch, self.index, self.previous_watermark_ms)
+        self.previous_watermark_ms = watermark_ms
+        own_late = {self.stage.name: emitted.late} if emitted.late is not None else {}
         meta = {
             "kind": "partition",
             "actor": f"{self.stage.name}-{self.index}",
             "node_id": self.node_id,
             "stage": self.stage.name,
             "index": self.index,
-            "rows_in": sum(p.num_rows for p in incoming),
+            "rows_in": sum(getattr(p, "num_rows", 0) for p in incoming),
             "rows_out": table.num_rows,
-            "state_rows": 0 if self.state is None else self.state.num_rows,
-            "sink_result": sink_result,
+            "state_rows": self.state.num_rows,
+            "late_count": emitted.late_count + routed.late_count,
+            "sink_result": routed.sink_result,
             "seconds": time.perf_counter() - started,
         }
-        return [meta, *routed] if routed else meta
+        return _returns(meta, routed, self.late_slot, own_late)
 
     def state_key_groups(self) -> list[int]:
         """The distinct key groups of the keys in this actor's state (for tests and tools)."""
-        if self.state is None or self.state.num_rows == 0:
+        keys = self.state.keys_table()
+        if keys.num_rows == 0:
             return []
-        groups = key_groups(self.state.table, self.stage.keys, self.num_key_groups)
+        groups = key_groups(keys, self.stage.operator.keys, self.num_key_groups)
         return sorted(int(g) for g in np.unique(groups))
 
     def state_table(self) -> pa.Table:
-        """The current value of every key in the state."""
-        if self.state is None:
-            raise PlanError(f"partition {self.index} of {self.stage.name!r} holds no state yet")
-        return self.aggregation.finalize(self.state)
+        """The current value of every key (and open window) in the state."""
+        return self.state.values()
+
+    def state_rows(self) -> int:
+        return self.state.num_rows
 
     def ping(self) -> bool:
         return True

@@ -17,7 +17,11 @@ One epoch:
 3. It hands the partition refs of each keyed stage to that stage's actors,
    with the watermark, without waiting for them.
 4. Up to ``max_in_flight_epochs`` epochs are in flight; the oldest is then
-   completed: its metadata is read, and the sink makes it visible.
+   completed: its metadata is read, and the sink makes it visible. Late
+   rows that windows send to a side output are delivered then too.
+
+Readers and the first keyed stage tell late rows by the same watermark: the
+one computed after the previous epoch.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from raystream.config import RunConfig
 from raystream.errors import ConfigError, JobFailedError, RaystreamError
 from raystream.runtime.actors import Downstream, PartitionActor, ReaderActor
 from raystream.runtime.planner import PhysicalPlan
-from raystream.runtime.sink_runner import SinkRunner
+from raystream.runtime.sink_runner import LateRowsRouter, SinkRunner
 from raystream.runtime.watermarks import WatermarkTracker
 from raystream.sinks.base import Sink, SinkContext
+from raystream.sinks.memory import MemorySink
 
 _ACTOR_START_TIMEOUT_S = 120.0
 _IDLE_SLEEP_S = 0.01
@@ -48,6 +53,7 @@ class _EpochInFlight:
     epoch: int
     meta_refs: list[ray.ObjectRef]
     output_refs: list[ray.ObjectRef]
+    late_refs: list[ray.ObjectRef]
     reader_metas: list[dict[str, Any]]
     started: float
 
@@ -59,6 +65,7 @@ class Metrics:
     epochs_completed: int = 0
     rows_read: int = 0
     rows_written: int = 0
+    late_rows: int = 0
     watermark_ms: int | None = None
     last_epoch_seconds: float = 0.0
     coordinator_seconds: float = 0.0
@@ -76,6 +83,7 @@ class Metrics:
             "rows_read": self.rows_read,
             "rows_written": self.rows_written,
             "rows_read_per_second": self.rows_read / elapsed,
+            "late_rows": self.late_rows,
             "watermark_ms": self.watermark_ms,
             "last_epoch_seconds": self.last_epoch_seconds,
             "coordinator_ms_per_epoch": 1000 * self.coordinator_seconds / max(self.epochs_completed, 1),
@@ -101,6 +109,13 @@ class Coordinator:
         self.metrics = Metrics()
         self.readers: list[Any] = []
         self.stage_actors: list[list[Any]] = []
+        self.watermarks = WatermarkTracker(plan.event_time)
+        # Late rows of each window with late="side": the job's output, or kept for Job.late_events().
+        self.late_sinks: dict[str, Sink] = {
+            stage.name: sink if stage.name == plan.output_late_of else MemorySink()
+            for stage in plan.stages
+            if stage.operator.late_side_output
+        }
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._blocked_seconds = 0.0
@@ -122,18 +137,25 @@ class Coordinator:
 
     def run(self) -> None:
         """Run the job to its end. Raises the job's error, if any."""
-        runner = SinkRunner(self.sink)
+        late_runners = {name: SinkRunner(sink) for name, sink in self.late_sinks.items()}
+        runners = [SinkRunner(self.sink)] if self.plan.output_late_of is None else []
+        runners += late_runners.values()
         try:
             started = time.perf_counter()
             self._start_actors()
             self.metrics.startup_seconds = time.perf_counter() - started
-            runner.start(SinkContext(self.plan.output_schema, self.plan.upsert_keys, self.plan.source.bounded))
+            for runner in runners:
+                upsert = self.plan.upsert_keys if runner.sink is self.sink else None
+                runner.start(SinkContext(self.plan.output_schema, upsert, self.plan.source.bounded))
             started = time.perf_counter()
-            self._loop(runner)
-            runner.finish()
+            main = runners[0] if self.plan.output_late_of is None else None
+            self._loop(main, LateRowsRouter(late_runners))
+            for runner in runners:
+                runner.finish()
             self.metrics.run_seconds = time.perf_counter() - started
         except BaseException as error:
-            runner.fail(error)
+            for runner in runners:
+                runner.fail(error)
             raise
         finally:
             self._kill_actors()
@@ -145,11 +167,23 @@ class Coordinator:
         stages = self.plan.stages
         if stage_index + 1 < len(stages):
             return Downstream(
-                stage=stages[stage_index + 1],
+                operator=stages[stage_index + 1].operator,
                 num_partitions=self.config.parallelism,
                 num_key_groups=self.config.num_key_groups,
             )
+        if self.plan.output_late_of is not None:
+            return Downstream(discard=True)
         return Downstream(sink=None if self.sink.on_driver else self.sink)
+
+    def _late_slot(self, stage_index: int) -> bool:
+        """Whether layer ``stage_index`` (-1: the readers) returns late rows: its own, or the next stage's."""
+        stages = self.plan.stages
+        own = stage_index >= 0 and stages[stage_index].operator.late_side_output
+        feeding = stage_index + 1 < len(stages) and stages[stage_index + 1].operator.late_side_output
+        return own or feeding
+
+    def _num_returns(self, stage_index: int) -> int:
+        return 1 + self._downstream(stage_index).num_outputs + int(self._late_slot(stage_index))
 
     def _start_actors(self) -> None:
         config = self.config
@@ -167,12 +201,15 @@ class Coordinator:
         options = {"num_cpus": config.actor_cpus, "scheduling_strategy": "SPREAD", "max_restarts": 0}
         reader_class = ray.remote(ReaderActor).options(**options)
         self.readers = [
-            reader_class.remote(i, source, self.plan.reader_chain, self._downstream(-1)) for i in range(num_readers)
+            reader_class.remote(i, source, self.plan.reader_chain, self._downstream(-1), self._late_slot(-1))
+            for i in range(num_readers)
         ]
         partition_class = ray.remote(PartitionActor).options(**options)
         self.stage_actors = [
             [
-                partition_class.remote(stage, p, config.parallelism, config.num_key_groups, self._downstream(s))
+                partition_class.remote(
+                    stage, p, config.parallelism, config.num_key_groups, self._downstream(s), self._late_slot(s)
+                )
                 for p in range(config.parallelism)
             ]
             for s, stage in enumerate(self.plan.stages)
@@ -180,7 +217,6 @@ class Coordinator:
         assignments: list[list[Any]] = [[] for _ in range(num_readers)]
         for i, split in enumerate(splits):
             assignments[i % num_readers].append((split, None))
-        self.watermarks = WatermarkTracker(self.plan.event_time)
         now = time.monotonic()
         for split in splits:
             self.watermarks.add_split(split.split_id, now)
@@ -200,7 +236,7 @@ class Coordinator:
 
     # -- the epoch loop --------------------------------------------------------
 
-    def _loop(self, runner: SinkRunner) -> None:
+    def _loop(self, runner: SinkRunner | None, late_router: LateRowsRouter) -> None:
         config = self.config
         bounded = self.plan.source.bounded
         active = list(range(len(self.readers)))
@@ -209,11 +245,12 @@ class Coordinator:
         while active and not self._stop.is_set():
             loop_started = time.perf_counter()
             blocked_before = self._blocked_seconds
+            previous_watermark = self.watermarks.current
             calls = {
                 i: _refs(
                     self.readers[i]
-                    .run_epoch.options(num_returns=1 + self._downstream(-1).num_outputs)
-                    .remote(epoch, config.max_batch_rows)
+                    .run_epoch.options(num_returns=self._num_returns(-1))
+                    .remote(epoch, config.max_batch_rows, previous_watermark)
                 )
                 for i in active
             }
@@ -223,34 +260,34 @@ class Coordinator:
             for meta in reader_metas:
                 rows += meta["rows_in"]
                 for split_id, progress in meta["splits"].items():
-                    self.watermarks.observe(
-                        split_id, progress["max_event_time_ms"], progress["rows"], progress["done"], now
-                    )
+                    self.watermarks.observe(split_id, progress, now)
                 if meta["done"]:
                     active.remove(meta["index"])
             end_of_input = not active
             watermark = self.watermarks.advance(now, end_of_input)
-            layer = [calls[i][1:] for i in calls]
+            late_refs = [c[-1] for c in calls.values()] if self._late_slot(-1) else []
+            layer = [c[1 : 1 + self._downstream(-1).num_outputs] for c in calls.values()]
             meta_refs: list[ray.ObjectRef] = []
             for s, actors in enumerate(self.stage_actors):
-                num_returns = 1 + self._downstream(s).num_outputs
                 stage_calls = [
                     _refs(
-                        actor.process.options(num_returns=num_returns).remote(
+                        actor.process.options(num_returns=self._num_returns(s)).remote(
                             epoch, watermark, end_of_input, *[outputs[p] for outputs in layer]
                         )
                     )
                     for p, actor in enumerate(actors)
                 ]
                 meta_refs += [c[0] for c in stage_calls]
-                layer = [c[1:] for c in stage_calls]
+                if self._late_slot(s):
+                    late_refs += [c[-1] for c in stage_calls]
+                layer = [c[1 : 1 + self._downstream(s).num_outputs] for c in stage_calls]
             output_refs = [outputs[0] for outputs in layer if outputs]
-            in_flight.append(_EpochInFlight(epoch, meta_refs, output_refs, reader_metas, loop_started))
+            in_flight.append(_EpochInFlight(epoch, meta_refs, output_refs, late_refs, reader_metas, loop_started))
             with self._lock:
                 self.metrics.rows_read += rows
                 self.metrics.watermark_ms = watermark
             while in_flight and (len(in_flight) >= config.max_in_flight_epochs or end_of_input):
-                self._complete(in_flight.popleft(), runner)
+                self._complete(in_flight.popleft(), runner, late_router)
             epoch += 1
             self.metrics.coordinator_seconds += (time.perf_counter() - loop_started) - (
                 self._blocked_seconds - blocked_before
@@ -258,17 +295,19 @@ class Coordinator:
             if not bounded and rows == 0:
                 time.sleep(_IDLE_SLEEP_S)
         while in_flight:
-            self._complete(in_flight.popleft(), runner)
+            self._complete(in_flight.popleft(), runner, late_router)
 
-    def _complete(self, epoch: _EpochInFlight, runner: SinkRunner) -> None:
+    def _complete(self, epoch: _EpochInFlight, runner: SinkRunner | None, late_router: LateRowsRouter) -> None:
         metas = self._get_metadata(epoch.meta_refs) if epoch.meta_refs else []
         final_layer = metas[-self.config.parallelism :] if self.stage_actors else epoch.reader_metas
         results = [m["sink_result"] for m in final_layer if m["sink_result"] is not None]
-        written = runner.complete_epoch(epoch.epoch, epoch.output_refs, results)
+        written = runner.complete_epoch(epoch.epoch, epoch.output_refs, results) if runner is not None else 0
+        late_router.complete_epoch(epoch.epoch, epoch.late_refs)
         with self._lock:
             metrics = self.metrics
             metrics.epochs_completed += 1
             metrics.rows_written += written or sum(m["rows_out"] for m in final_layer)
+            metrics.late_rows += sum(m["late_count"] for m in [*epoch.reader_metas, *metas])
             metrics.last_epoch_seconds = time.perf_counter() - epoch.started
             for meta in epoch.reader_metas:
                 for split_id, progress in meta["splits"].items():

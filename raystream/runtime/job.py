@@ -72,6 +72,27 @@ class Job:
             )
         return self._sink.table().to_pandas()
 
+    def late_events(self, name: str | None = None) -> pd.DataFrame:
+        """The rows that windows with ``late="side"`` found late so far.
+
+        Args:
+            name: The window operator's name (``agg(name=...)``), needed only
+                when the pipeline has several such windows.
+        """
+        sinks = self._coordinator.late_sinks
+        if not sinks:
+            raise TypeError("late_events(): no window of this job has late='side'")
+        if name is None:
+            if len(sinks) > 1:
+                raise TypeError(f"late_events(): name one of the windows: {', '.join(sinks)}")
+            name = next(iter(sinks))
+        sink = sinks.get(name)
+        if not isinstance(sink, MemorySink):
+            raise TypeError(
+                f"late_events(): no window named {name!r} keeps late rows here; windows: {', '.join(sinks)}"
+            )
+        return sink.table().to_pandas()
+
     def status(self) -> str:
         """``"running"``, ``"finished"``, ``"stopped"`` or ``"failed"``."""
         return self._status

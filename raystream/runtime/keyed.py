@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from raystream.aggregates import Aggregate
 
 _VALUE = "__value"
-_TOUCHED = "__touched"
+TOUCHED = "__touched"
 _ONLY_VALID = pc.CountOptions(mode="only_valid")
 
 
@@ -119,15 +119,15 @@ class KeyedAggregation:
         tables = [p.table for p in partials]
         if track_touched_from is not None:
             tables = [
-                t.append_column(_TOUCHED, pa.repeat(pa.scalar(i >= track_touched_from), t.num_rows))
+                t.append_column(TOUCHED, pa.repeat(pa.scalar(i >= track_touched_from), t.num_rows))
                 for i, t in enumerate(tables)
             ]
         combined = pa.concat_tables(tables, promote_options="default")
         specs: list[tuple[str, str]] = [(col.name, col.merge) for col in self._columns]
         names = [col.name for col in self._columns]
         if track_touched_from is not None:
-            specs.append((_TOUCHED, "any"))
-            names.append(_TOUCHED)
+            specs.append((TOUCHED, "any"))
+            names.append(TOUCHED)
         grouped = combined.group_by(list(self.keys), use_threads=False).aggregate(specs)
         table = self._named(grouped, names)
         distinct = tuple(
@@ -144,14 +144,16 @@ class KeyedAggregation:
         """Turn a partial into output rows: the key columns, then one column per aggregate.
 
         Args:
-            partial: A partial, possibly with a ``__touched`` column.
-            only_touched: Keep only the keys whose ``__touched`` is true.
+            partial: A partial, possibly with a ``__touched`` column, which
+                is then kept as the last column.
+            only_touched: Keep only the keys whose ``__touched`` is true (and
+                drop the column).
         """
         table = partial.table
         if self._distinct:
             table = self._attach_distinct_counts(partial)
         if only_touched:
-            table = table.filter(pc.field(_TOUCHED))
+            table = table.filter(pc.field(TOUCHED))
         columns: dict[str, pa.ChunkedArray] = {key: table.column(key) for key in self.keys}
         for name, agg in self.aggregates:
             if agg.kind == "mean":
@@ -161,12 +163,14 @@ class KeyedAggregation:
                 columns[name] = table.column(name).fill_null(0)
             else:
                 columns[name] = table.column(name)
+        if TOUCHED in table.column_names and not only_touched:
+            columns[TOUCHED] = table.column(TOUCHED)
         return pa.table(columns)
 
     def strip_touched(self, partial: Partial) -> Partial:
         """Drop the ``__touched`` column that :meth:`merge` may have added."""
-        if _TOUCHED in partial.table.column_names:
-            return Partial(partial.table.drop_columns([_TOUCHED]), partial.distinct)
+        if TOUCHED in partial.table.column_names:
+            return Partial(partial.table.drop_columns([TOUCHED]), partial.distinct)
         return partial
 
     def _attach_distinct_counts(self, partial: Partial) -> pa.Table:
@@ -184,9 +188,9 @@ class KeyedAggregation:
         union = pa.concat_tables([p.select(pieces[0].column_names) for p in pieces], promote_options="default")
         merge_specs: list[tuple[str, str]] = [(c.name, c.merge) for c in self._columns] + [(n, "sum") for n in extra]
         names = [c.name for c in self._columns] + extra
-        if _TOUCHED in main.column_names:
-            merge_specs.append((_TOUCHED, "any"))
-            names.append(_TOUCHED)
+        if TOUCHED in main.column_names:
+            merge_specs.append((TOUCHED, "any"))
+            names.append(TOUCHED)
         return self._named(union.group_by(list(self.keys), use_threads=False).aggregate(merge_specs), names)
 
     @staticmethod

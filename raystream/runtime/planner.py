@@ -14,7 +14,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from raystream.runtime.keyed import KeyedAggregation
 from raystream.runtime.operators import (
     EventTimeOp,
     FilterOp,
@@ -24,19 +23,23 @@ from raystream.runtime.operators import (
     StatelessOp,
     WithColumnsOp,
 )
+from raystream.runtime.stateful import KeyedOperator, RunningAggregate, SessionAggregate, WindowAggregate
 from raystream.sources.base import Source
 from raystream.stream import (
     FilterNode,
     KeyedAggNode,
+    LateEventsNode,
     MapBatchesNode,
     MapRowsNode,
     Node,
     SelectNode,
     SourceNode,
     WatermarkNode,
+    WindowAggNode,
     WithColumnsNode,
     plan_nodes,
 )
+from raystream.windows import Session
 
 
 @dataclass(frozen=True)
@@ -52,16 +55,22 @@ class EventTime:
 class KeyedStage:
     """A keyed operator, run by partition actors, and the stateless chain fused after it."""
 
-    name: str
-    keys: tuple[str, ...]
-    aggregation: KeyedAggregation
-    emit: str
+    operator: KeyedOperator
     chain: tuple[StatelessOp, ...]
+
+    @property
+    def name(self) -> str:
+        return self.operator.name
 
 
 @dataclass(frozen=True)
 class PhysicalPlan:
-    """What the coordinator runs."""
+    """What the coordinator runs.
+
+    Attributes:
+        output_late_of: When set, the job's output is the late rows of the
+            stage with this name, and the stages' own output is discarded.
+    """
 
     source: Source
     reader_chain: tuple[StatelessOp, ...]
@@ -69,6 +78,7 @@ class PhysicalPlan:
     stages: tuple[KeyedStage, ...]
     output_schema: pa.Schema | None
     upsert_keys: tuple[str, ...] | None
+    output_late_of: str | None = None
 
 
 _STATELESS: dict[type, Callable[[Any], StatelessOp]] = {
@@ -82,7 +92,9 @@ _STATELESS: dict[type, Callable[[Any], StatelessOp]] = {
 
 def plan(node: Node) -> PhysicalPlan:
     """Compile the logical plan that ends at ``node``."""
-    nodes = plan_nodes(node)
+    output_late_of = None
+    late_parent = node.parent if isinstance(node, LateEventsNode) else None
+    nodes = [n for n in plan_nodes(node) if not isinstance(n, LateEventsNode)]
     head = nodes[0]
     assert isinstance(head, SourceNode)
     chain: list[StatelessOp] = []
@@ -92,23 +104,26 @@ def plan(node: Node) -> PhysicalPlan:
         event_time = EventTime(head.source_time_column)
         chain.append(EventTimeOp(head.source_time_column))
     reader_chain: list[StatelessOp] | None = None
-    pending: KeyedAggNode | None = None
+    pending: KeyedOperator | None = None
+    names: set[str] = set()
     for current in nodes[1:]:
         if isinstance(current, WatermarkNode):
             event_time = EventTime(current.column, current.delay_ms, current.idle_timeout_ms)
             chain.append(EventTimeOp(current.column))
-        elif isinstance(current, KeyedAggNode):
+        elif isinstance(current, (KeyedAggNode, WindowAggNode)):
             if pending is None:
                 reader_chain = chain
             else:
-                stages.append(_stage(pending, chain))
-            pending, chain = current, []
+                stages.append(KeyedStage(pending, tuple(chain)))
+            pending, chain = _keyed_operator(current, names), []
+            if current is late_parent:
+                output_late_of = pending.name
         else:
             chain.append(_STATELESS[type(current)](current))
     if pending is None:
         reader_chain = chain
     else:
-        stages.append(_stage(pending, chain))
+        stages.append(KeyedStage(pending, tuple(chain)))
     assert reader_chain is not None
     _register_user_modules(node)
     return PhysicalPlan(
@@ -117,19 +132,40 @@ def plan(node: Node) -> PhysicalPlan:
         event_time=event_time,
         stages=tuple(stages),
         output_schema=node.schema,
-        upsert_keys=_upsert_keys(stages),
+        upsert_keys=None if output_late_of else _upsert_keys(stages),
+        output_late_of=output_late_of,
     )
 
 
-def _stage(node: KeyedAggNode, chain: list[StatelessOp]) -> KeyedStage:
-    return KeyedStage(node.name, node.keys, KeyedAggregation(node.keys, node.aggregates), node.emit, tuple(chain))
+def _keyed_operator(node: KeyedAggNode | WindowAggNode, names: set[str]) -> KeyedOperator:
+    """The physical operator of a keyed node, with a name unique in the plan ("window", "window-2"...)."""
+    name = node.name
+    suffix = 2
+    while name in names:
+        name, suffix = f"{node.name}-{suffix}", suffix + 1
+    names.add(name)
+    if isinstance(node, KeyedAggNode):
+        return RunningAggregate(name, node.keys, node.aggregates, node.emit)
+    options = {
+        "name": name,
+        "keys": node.keys,
+        "aggregates": node.aggregates,
+        "time_column": node.window_time_column,
+        "time_type": node.time_type,
+        "allowed_lateness_ms": node.allowed_lateness_ms,
+        "late": node.late,
+        "emit": node.emit,
+    }
+    if isinstance(node.window, Session):
+        return SessionAggregate(node.window, **options)
+    return WindowAggregate(node.window, **options)
 
 
 def _upsert_keys(stages: list[KeyedStage]) -> tuple[str, ...] | None:
     """The output's upsert keys: those of a final keyed stage with no operator after it."""
     if not stages or stages[-1].chain:
         return None
-    return stages[-1].keys
+    return stages[-1].operator.upsert_keys
 
 
 def _register_user_modules(node: Node) -> None:

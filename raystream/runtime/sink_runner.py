@@ -8,6 +8,7 @@ coordinator itself never fetches rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -31,14 +32,19 @@ class SinkRunner:
         Returns:
             The number of rows written on the driver.
         """
+        tables = ray.get(output_refs) if self.sink.on_driver and output_refs else []
+        return self.complete_with_tables(epoch, tables, write_results)
+
+    def complete_with_tables(self, epoch: int, tables: list[pa.Table | None], write_results: Sequence[Any] = ()) -> int:
+        """Finish one epoch whose output tables are already on the driver (late rows)."""
+        results = list(write_results)
+        present = [t for t in tables if t is not None and t.num_rows]
         rows = 0
-        if self.sink.on_driver and output_refs:
-            tables = [t for t in ray.get(output_refs) if t is not None and t.num_rows]
-            if tables:
-                table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
-                rows = table.num_rows
-                write_results = [self.sink.write(table, epoch, 0)]
-        self.sink.on_epoch_complete(epoch, [r for r in write_results if r is not None])
+        if present:
+            table = present[0] if len(present) == 1 else pa.concat_tables(present, promote_options="default")
+            rows = table.num_rows
+            results.append(self.sink.write(table, epoch, 0))
+        self.sink.on_epoch_complete(epoch, [r for r in results if r is not None])
         return rows
 
     def finish(self) -> None:
@@ -46,3 +52,18 @@ class SinkRunner:
 
     def fail(self, error: BaseException) -> None:
         self.sink.on_failure(error)
+
+
+class LateRowsRouter:
+    """Delivers the late rows of window operators, fetched on the driver, to one sink per operator."""
+
+    def __init__(self, runners: dict[str, SinkRunner]) -> None:
+        self.runners = runners
+
+    def complete_epoch(self, epoch: int, late_refs: list[ray.ObjectRef]) -> None:
+        by_operator: dict[str, list[pa.Table]] = {name: [] for name in self.runners}
+        for late in ray.get(late_refs) if late_refs else []:
+            for name, table in (late or {}).items():
+                by_operator[name].append(table)
+        for name, runner in self.runners.items():
+            runner.complete_with_tables(epoch, list(by_operator[name]))

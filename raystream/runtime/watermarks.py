@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from raystream._time import END_OF_TIME_MS, START_OF_TIME_MS
 from raystream.runtime.planner import EventTime
@@ -11,6 +12,7 @@ from raystream.runtime.planner import EventTime
 @dataclass
 class _SplitClock:
     max_event_time_ms: int | None = None
+    declared_ms: int | None = None
     last_active: float = 0.0
     done: bool = False
 
@@ -18,8 +20,9 @@ class _SplitClock:
 class WatermarkTracker:
     """Tracks per-split event time and computes the job's watermark.
 
-    A split that has not yielded an event yet holds the watermark at the
-    start of time, so a slow split can never make another split's events
+    A split may also declare a watermark itself (a test script does); the
+    larger of the two counts. A split that has neither yet holds the
+    watermark at the start of time, so a slow split can never make another split's events
     late. A finished split no longer counts. A split silent for longer than
     the idle timeout stops counting until it yields again. The watermark
     never goes back.
@@ -34,9 +37,13 @@ class WatermarkTracker:
         """Start tracking a split assigned to a reader."""
         self.splits.setdefault(split_id, _SplitClock(last_active=now))
 
-    def observe(self, split_id: str, max_event_time_ms: int | None, rows: int, done: bool, now: float) -> None:
-        """Record what one split yielded in an epoch."""
+    def observe(self, split_id: str, progress: dict[str, Any], now: float) -> None:
+        """Record what one split yielded in an epoch (a reader's progress entry for it)."""
         clock = self.splits.setdefault(split_id, _SplitClock(last_active=now))
+        max_event_time_ms, rows, done = progress["max_event_time_ms"], progress["rows"], progress["done"]
+        declared = progress.get("watermark_ms")
+        if declared is not None:
+            clock.declared_ms = declared if clock.declared_ms is None else max(clock.declared_ms, declared)
         if max_event_time_ms is not None:
             clock.max_event_time_ms = (
                 max_event_time_ms
@@ -61,9 +68,10 @@ class WatermarkTracker:
                 continue
             if idle_ms is not None and (now - clock.last_active) * 1000 >= idle_ms:
                 continue
-            if clock.max_event_time_ms is None:
+            derived = None if clock.max_event_time_ms is None else clock.max_event_time_ms - self.event_time.delay_ms
+            if derived is None and clock.declared_ms is None:
                 return self.current
-            candidates.append(clock.max_event_time_ms - self.event_time.delay_ms)
+            candidates.append(max(v for v in (derived, clock.declared_ms) if v is not None))
         if candidates:
             self.current = max(self.current, min(candidates))
         return self.current

@@ -65,6 +65,16 @@ class SplitReader(ABC):
         and picklable (it is stored in checkpoints).
         """
 
+    def watermark_ms(self) -> int | None:
+        """A watermark the split itself declares (epoch ms), or ``None``.
+
+        Called after each ``next_batch``. A source that knows no event time
+        can come before this value any more (a test script, a partition
+        marked idle by its producer) says so here; the job's watermark then
+        uses the larger of this and the one derived from event times.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release files or connections. Called once, when the reader is done."""
 
