@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import pandas as pd
 import pyarrow as pa
@@ -41,7 +41,7 @@ from raystream.sinks.base import Sink
 from raystream.sources.base import Source, Split, SplitReader
 from raystream.stream import Stream
 
-Rows = list[dict[str, Any]] | pd.DataFrame | pa.Table
+Rows: TypeAlias = "list[dict[str, Any]] | pd.DataFrame | pa.Table"
 
 
 @dataclass(frozen=True)
