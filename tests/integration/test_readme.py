@@ -30,3 +30,13 @@ def test_readme_examples_run(
     printed = capsys.readouterr().out
     assert "key_by: unknown column 'usr'; the stream has columns: user, country, price" in printed
     assert "finished" in printed
+    assert "window_start" in printed
+
+
+def test_testing_module_example_runs() -> None:
+    """The example in raystream.testing's docstring, which users copy first."""
+    import raystream.testing
+
+    example = raystream.testing.__doc__.split("::", 1)[1]
+    code = "\n".join(line.removeprefix("    ") for line in example.splitlines())
+    exec(compile(code, "raystream/testing.py", "exec"), {"__name__": "__example__"})
