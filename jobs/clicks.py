@@ -4,10 +4,17 @@ With no ``source`` in its config it generates a clickstream in memory, so it
 runs anywhere with nothing to set up::
 
     raystream run jobs/clicks.py --config configs/demo.yaml
+
+The same job serves a live Kafka topic with ``configs/clicks-live.yaml``;
+fill the topic with generated clicks first::
+
+    python jobs/clicks.py --bootstrap-servers localhost:9092 --topic clicks --events 100000
+    raystream run jobs/clicks.py --config configs/clicks-live.yaml
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,3 +78,30 @@ def build(config: Config) -> rs.Stream:
         .key_by("user", "country")
         .agg(clicks=rs.count(), pages=rs.count_distinct("page"), spent=rs.sum("price"))
     )
+
+
+def produce_clicks(bootstrap_servers: str, topic: str, events: int, users: int = 20, seed: int = 7) -> None:
+    """Produce a generated clickstream to Kafka as JSON, with each click's time as the record time."""
+    from confluent_kafka import Producer
+
+    clicks = generate_clicks(events, users, seed)
+    lines = clicks.to_json(orient="records", lines=True, date_format="iso", date_unit="ms").splitlines()
+    times_ms = clicks["ts"].to_numpy().astype("datetime64[ms]").astype("int64")
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 20})
+    for line, user, at in zip(lines, clicks["user"], times_ms, strict=True):
+        while True:
+            try:
+                producer.produce(topic, value=line.encode(), key=user.encode(), timestamp=int(at))
+                break
+            except BufferError:
+                producer.poll(0.1)
+    producer.flush(60)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Produce generated clicks to a Kafka topic.")
+    parser.add_argument("--bootstrap-servers", default="localhost:9092")
+    parser.add_argument("--topic", default="clicks")
+    parser.add_argument("--events", type=int, default=100_000)
+    arguments = parser.parse_args()
+    produce_clicks(arguments.bootstrap_servers, arguments.topic, arguments.events)

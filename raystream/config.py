@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
+
 from raystream.errors import ConfigError
 
 if typing.TYPE_CHECKING:
@@ -76,20 +78,48 @@ class SourceConfig:
     """A source chosen in YAML, so one job file can read files or a live feed.
 
     Attributes:
-        kind: ``text``, ``parquet``, ``csv``, ``json`` or ``socket``.
+        kind: ``text``, ``parquet``, ``csv``, ``json``, ``socket`` or ``kafka``.
         path: For file kinds: a file, folder, glob or URL.
         host: For ``socket``.
         port: For ``socket``.
+        topics: For ``kafka``.
+        bootstrap_servers: For ``kafka``.
+        schema: For ``kafka`` (and ``csv``/``json`` files): column name to type, in
+            pyarrow's names (``int64``, ``double``, ``string``, ``timestamp[ms]``...).
+        start: For ``kafka``: ``earliest`` or ``latest``.
+        stop: For ``kafka``: absent (unbounded) or ``latest``.
         time_column: The event-time column, if any.
         storage_options: fsspec options for ``path``.
+        consumer_config: For ``kafka``: librdkafka settings.
     """
 
-    kind: Literal["text", "parquet", "csv", "json", "socket"]
+    kind: Literal["text", "parquet", "csv", "json", "socket", "kafka"]
     path: str | None = None
     host: str = "localhost"
     port: int = 9999
+    topics: list[str] = field(default_factory=list)
+    bootstrap_servers: str = "localhost:9092"
+    schema: dict[str, str] = field(default_factory=dict)
+    start: Literal["earliest", "latest"] = "earliest"
+    stop: Literal["latest"] | None = None
     time_column: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
+    consumer_config: dict[str, Any] = field(default_factory=dict)
+
+    def arrow_schema(self) -> pa.Schema | None:
+        """``schema`` as a pyarrow schema; a ConfigError names a type pyarrow does not know."""
+        if not self.schema:
+            return None
+        fields = []
+        for name, alias in self.schema.items():
+            try:
+                fields.append(pa.field(name, pa.type_for_alias(str(alias))))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"config: 'job.source.schema.{name}' has unknown type {alias!r}; use a pyarrow type "
+                    "name such as int64, double, string, bool or timestamp[ms]"
+                ) from exc
+        return pa.schema(fields)
 
     def build(self) -> Stream:
         """Return the stream this config describes."""
@@ -98,6 +128,18 @@ class SourceConfig:
         options = self.storage_options or None
         if self.kind == "socket":
             return rs.read_socket(self.host, self.port)
+        if self.kind == "kafka":
+            if not self.topics:
+                raise ConfigError("config: 'job.source.topics' is required for source kind 'kafka'")
+            return rs.read_kafka(
+                self.topics,
+                self.bootstrap_servers,
+                schema=self.arrow_schema(),
+                time_column=self.time_column,
+                start=self.start,
+                stop=self.stop,
+                consumer_config=self.consumer_config or None,
+            )
         if self.path is None:
             raise ConfigError(f"source.path is required for source kind {self.kind!r}")
         if self.kind == "text":
@@ -105,8 +147,12 @@ class SourceConfig:
         if self.kind == "parquet":
             return rs.read_parquet(self.path, time_column=self.time_column, storage_options=options)
         if self.kind == "csv":
-            return rs.read_csv(self.path, time_column=self.time_column, storage_options=options)
-        return rs.read_json(self.path, time_column=self.time_column, storage_options=options)
+            return rs.read_csv(
+                self.path, time_column=self.time_column, schema=self.arrow_schema(), storage_options=options
+            )
+        return rs.read_json(
+            self.path, time_column=self.time_column, schema=self.arrow_schema(), storage_options=options
+        )
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,11 @@ class LateEventsNode(Node):
         return self.parent.window_time_column
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class DeadLettersNode(Node):
+    """The records the source could not decode, instead of the pipeline's output."""
+
+
 def plan_nodes(node: Node) -> list[Node]:
     """The nodes from the source to ``node``, in order."""
     nodes: list[Node] = []
@@ -378,6 +383,25 @@ class Stream:
             )
         return Stream(LateEventsNode(parent=node, schema=node.parent.schema if node.parent else None))
 
+    def dead_letters(self) -> Stream:
+        """The records the source could not decode, as a stream that can go to any sink.
+
+        Each row holds the raw ``key`` and ``value`` bytes, the ``topic``,
+        ``partition``, ``offset`` and ``timestamp`` it came from, and the
+        ``error``. Running this stream runs the whole pipeline and writes the
+        dead letters instead of its output; a job started on the pipeline
+        itself keeps them too: ``Job.dead_letters()``.
+        """
+        from raystream.sources.kafka import DEAD_LETTER_SCHEMA
+
+        source = source_of(self._node)
+        if not source.has_dead_letters:
+            raise PlanError(
+                f"dead_letters: {source.name} has no dead letters; read_kafka(..., format='json', "
+                "errors='dead_letter') routes malformed records there"
+            )
+        return Stream(DeadLettersNode(parent=self._node, schema=DEAD_LETTER_SCHEMA))
+
     # -- terminals -----------------------------------------------------------
 
     def write(self, sink: Sink, config: RunConfig | None = None, wait: bool = True) -> Job:
@@ -441,6 +465,39 @@ class Stream:
         if partition_by:
             check_columns("write_parquet partition_by", partition_by, self.schema)
         return self._run(ParquetSink(path, partition_by=partition_by, storage_options=storage_options), config, wait)
+
+    def write_kafka(
+        self,
+        topic: str,
+        bootstrap_servers: str,
+        key: str | None = None,
+        format: str = "json",  # noqa: A002 - the public name
+        producer_config: dict[str, Any] | None = None,
+        config: RunConfig | None = None,
+        wait: bool = True,
+    ) -> Job:
+        """Produce each output row to ``topic``, as JSON (or the ``value`` column with ``format="raw"``).
+
+        Records are produced in batches by the actors that make the output,
+        and every delivery is confirmed before the epoch counts as done; a
+        delivery error fails the epoch with the broker's message. This sink
+        is at-least-once: a replayed epoch produces its records again.
+
+        Args:
+            topic: An existing topic.
+            bootstrap_servers: ``"host:port[,host:port]"``.
+            key: A column whose value becomes the record key.
+            format: ``"json"`` or ``"raw"``.
+            producer_config: librdkafka producer settings.
+            config: How to run.
+            wait: When false, return the running :class:`~raystream.Job` at once.
+        """
+        from raystream.sinks.kafka import KafkaSink
+
+        if key is not None:
+            check_columns("write_kafka key", [key], self.schema)
+        sink = KafkaSink(topic, bootstrap_servers, key=key, format=format, producer_config=producer_config)
+        return self._run(sink, config, wait)
 
     def print(
         self, config: RunConfig | None = None, num_rows: int = 20, sort_by: list[str] | None = None, wait: bool = True

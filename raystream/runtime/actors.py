@@ -21,7 +21,7 @@ import ray
 
 from raystream._time import START_OF_TIME_MS
 from raystream.runtime.operators import OpContext, StatelessOp, run_chain
-from raystream.runtime.planner import KeyedStage
+from raystream.runtime.planner import DEAD_LETTERS, KeyedStage
 from raystream.runtime.shuffle import key_groups
 from raystream.runtime.stateful import KeyedOperator, OperatorState
 from raystream.sinks.base import Sink
@@ -84,10 +84,10 @@ def _route(table: pa.Table, downstream: Downstream, epoch: int, writer: int, wat
     return _Routed([table if table.num_rows else None], {}, 0, None)
 
 
-def _returns(meta: dict[str, Any], routed: _Routed, late_slot: bool, extra_late: dict[str, pa.Table]) -> Any:
+def _returns(meta: dict[str, Any], routed: _Routed, side_slot: bool, extra_late: dict[str, pa.Table]) -> Any:
     """Lay out an epoch call's return: ``[meta, *outputs, late]``, or the metadata alone."""
     values: list[Any] = [meta, *routed.outputs]
-    if late_slot:
+    if side_slot:
         late = {**extra_late, **routed.late}
         values.append(late or None)
     return values if len(values) > 1 else meta
@@ -109,13 +109,13 @@ class ReaderActor:
     """
 
     def __init__(
-        self, index: int, source: Source, chain: tuple[StatelessOp, ...], downstream: Downstream, late_slot: bool
+        self, index: int, source: Source, chain: tuple[StatelessOp, ...], downstream: Downstream, side_slot: bool
     ) -> None:
         self.index = index
         self.source = source
         self.chain = chain
         self.downstream = downstream
-        self.late_slot = late_slot
+        self.side_slot = side_slot
         self.splits: list[_SplitState] = []
         self.node_id = ray.get_runtime_context().get_node_id()
 
@@ -137,6 +137,7 @@ class ReaderActor:
         budget = max_rows
         outputs: list[pa.Table] = []
         progress: dict[str, dict[str, Any]] = {}
+        dead_letters: list[pa.Table] = []
         rows_in = 0
         for state in self.splits:
             if state.done or budget <= 0:
@@ -144,6 +145,9 @@ class ReaderActor:
             assert state.reader is not None
             batch = state.reader.next_batch(budget)
             ctx = OpContext(epoch, f"split {state.split.split_id!r}")
+            letters = state.reader.take_dead_letters()
+            if letters is not None and letters.num_rows:
+                dead_letters.append(letters)
             if batch is None:
                 state.done = True
                 state.reader.close()
@@ -159,6 +163,7 @@ class ReaderActor:
                 "watermark_ms": state.reader.watermark_ms(),
                 "rows": 0 if batch is None else batch.num_rows,
                 "done": state.done,
+                **state.reader.metrics(),
             }
         table = _concat(outputs)
         routed = _route(table, self.downstream, epoch, self.index, watermark_ms)
@@ -170,12 +175,15 @@ class ReaderActor:
             "rows_in": rows_in,
             "rows_out": table.num_rows,
             "splits": progress,
-            "done": all(s.done for s in self.splits),
+            # An unbounded source's reader without splits yet waits for new ones (Kafka partitions).
+            "done": all(s.done for s in self.splits) and (self.source.bounded or bool(self.splits)),
             "late_count": routed.late_count,
+            "dead_letters": sum(t.num_rows for t in dead_letters),
             "sink_result": routed.sink_result,
             "seconds": time.perf_counter() - started,
         }
-        return _returns(meta, routed, self.late_slot, {})
+        sides = {DEAD_LETTERS: pa.concat_tables(dead_letters)} if dead_letters else {}
+        return _returns(meta, routed, self.side_slot, sides)
 
     def ping(self) -> bool:
         return True
@@ -191,14 +199,14 @@ class PartitionActor:
         num_partitions: int,
         num_key_groups: int,
         downstream: Downstream,
-        late_slot: bool,
+        side_slot: bool,
     ) -> None:
         self.stage = stage
         self.index = index
         self.num_partitions = num_partitions
         self.num_key_groups = num_key_groups
         self.downstream = downstream
-        self.late_slot = late_slot
+        self.side_slot = side_slot
         self.state: OperatorState = stage.operator.new_state()
         self.previous_watermark_ms = START_OF_TIME_MS
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -230,7 +238,7 @@ class PartitionActor:
             "sink_result": routed.sink_result,
             "seconds": time.perf_counter() - started,
         }
-        return _returns(meta, routed, self.late_slot, own_late)
+        return _returns(meta, routed, self.side_slot, own_late)
 
     def state_key_groups(self) -> list[int]:
         """The distinct key groups of the keys in this actor's state (for tests and tools)."""

@@ -39,13 +39,15 @@ from raystream.config import RunConfig
 from raystream.errors import ConfigError, JobFailedError, RaystreamError
 from raystream.runtime.actors import Downstream, PartitionActor, ReaderActor
 from raystream.runtime.planner import PhysicalPlan
-from raystream.runtime.sink_runner import LateRowsRouter, SinkRunner
+from raystream.runtime.sink_runner import SideOutputRouter, SinkRunner
 from raystream.runtime.watermarks import WatermarkTracker
 from raystream.sinks.base import Sink, SinkContext
 from raystream.sinks.memory import MemorySink
 
 _ACTOR_START_TIMEOUT_S = 120.0
 _IDLE_SLEEP_S = 0.01
+#: How often an unbounded source is asked for new splits (new Kafka partitions).
+SPLIT_DISCOVERY_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -53,7 +55,7 @@ class _EpochInFlight:
     epoch: int
     meta_refs: list[ray.ObjectRef]
     output_refs: list[ray.ObjectRef]
-    late_refs: list[ray.ObjectRef]
+    side_refs: list[ray.ObjectRef]
     reader_metas: list[dict[str, Any]]
     started: float
 
@@ -66,6 +68,7 @@ class Metrics:
     rows_read: int = 0
     rows_written: int = 0
     late_rows: int = 0
+    dead_letters: int = 0
     watermark_ms: int | None = None
     last_epoch_seconds: float = 0.0
     coordinator_seconds: float = 0.0
@@ -85,6 +88,7 @@ class Metrics:
             "rows_written": self.rows_written,
             "rows_read_per_second": self.rows_read / elapsed,
             "late_rows": self.late_rows,
+            "dead_letters": self.dead_letters,
             "watermark_ms": self.watermark_ms,
             "last_epoch_seconds": self.last_epoch_seconds,
             "coordinator_ms_per_epoch": 1000 * self.coordinator_seconds / max(self.epochs_completed, 1),
@@ -112,15 +116,15 @@ class Coordinator:
         self.readers: list[Any] = []
         self.stage_actors: list[list[Any]] = []
         self.watermarks = WatermarkTracker(plan.event_time)
-        # Late rows of each window with late="side": the job's output, or kept for Job.late_events().
-        self.late_sinks: dict[str, Sink] = {
-            stage.name: sink if stage.name == plan.output_late_of else MemorySink()
-            for stage in plan.stages
-            if stage.operator.late_side_output
+        # Each side output (late rows, dead letters) is the job's output, or kept for the Job to show.
+        self.side_sinks: dict[str, Sink] = {
+            tag: sink if tag == plan.output_side else MemorySink() for tag in plan.side_outputs
         }
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._blocked_seconds = 0.0
+        self._known_splits: set[str] = set()
+        self._last_discovery = time.monotonic()
 
     # -- the public face, used by Job ----------------------------------------
 
@@ -139,9 +143,9 @@ class Coordinator:
 
     def run(self) -> None:
         """Run the job to its end. Raises the job's error, if any."""
-        late_runners = {name: SinkRunner(sink) for name, sink in self.late_sinks.items()}
-        runners = [SinkRunner(self.sink)] if self.plan.output_late_of is None else []
-        runners += late_runners.values()
+        side_runners = {tag: SinkRunner(sink) for tag, sink in self.side_sinks.items()}
+        runners = [SinkRunner(self.sink)] if self.plan.output_side is None else []
+        runners += side_runners.values()
         try:
             started = time.perf_counter()
             self._start_actors()
@@ -150,8 +154,8 @@ class Coordinator:
                 upsert = self.plan.upsert_keys if runner.sink is self.sink else None
                 runner.start(SinkContext(self.plan.output_schema, upsert, self.plan.source.bounded))
             started = time.perf_counter()
-            main = runners[0] if self.plan.output_late_of is None else None
-            self._loop(main, LateRowsRouter(late_runners))
+            main = runners[0] if self.plan.output_side is None else None
+            self._loop(main, SideOutputRouter(side_runners))
             for runner in runners:
                 runner.finish()
             self.metrics.run_seconds = time.perf_counter() - started
@@ -173,19 +177,24 @@ class Coordinator:
                 num_partitions=self.config.parallelism,
                 num_key_groups=self.config.num_key_groups,
             )
-        if self.plan.output_late_of is not None:
+        if self.plan.output_side is not None:
             return Downstream(discard=True)
         return Downstream(sink=None if self.sink.on_driver else self.sink)
 
-    def _late_slot(self, stage_index: int) -> bool:
-        """Whether layer ``stage_index`` (-1: the readers) returns late rows: its own, or the next stage's."""
+    def _side_slot(self, stage_index: int) -> bool:
+        """Whether layer ``stage_index`` (-1: the readers) returns side outputs.
+
+        Readers return the source's dead letters; any layer returns the late
+        rows of its own window and of the window it feeds.
+        """
         stages = self.plan.stages
         own = stage_index >= 0 and stages[stage_index].operator.late_side_output
         feeding = stage_index + 1 < len(stages) and stages[stage_index + 1].operator.late_side_output
-        return own or feeding
+        dead_letters = stage_index == -1 and self.plan.source.has_dead_letters
+        return own or feeding or dead_letters
 
     def _num_returns(self, stage_index: int) -> int:
-        return 1 + self._downstream(stage_index).num_outputs + int(self._late_slot(stage_index))
+        return 1 + self._downstream(stage_index).num_outputs + int(self._side_slot(stage_index))
 
     def _start_actors(self) -> None:
         config = self.config
@@ -203,26 +212,20 @@ class Coordinator:
         options = {"num_cpus": config.actor_cpus, "scheduling_strategy": "SPREAD", "max_restarts": 0}
         reader_class = ray.remote(ReaderActor).options(**options)
         self.readers = [
-            reader_class.remote(i, source, self.plan.reader_chain, self._downstream(-1), self._late_slot(-1))
+            reader_class.remote(i, source, self.plan.reader_chain, self._downstream(-1), self._side_slot(-1))
             for i in range(num_readers)
         ]
         partition_class = ray.remote(PartitionActor).options(**options)
         self.stage_actors = [
             [
                 partition_class.remote(
-                    stage, p, config.parallelism, config.num_key_groups, self._downstream(s), self._late_slot(s)
+                    stage, p, config.parallelism, config.num_key_groups, self._downstream(s), self._side_slot(s)
                 )
                 for p in range(config.parallelism)
             ]
             for s, stage in enumerate(self.plan.stages)
         ]
-        assignments: list[list[Any]] = [[] for _ in range(num_readers)]
-        for i, split in enumerate(splits):
-            assignments[i % num_readers].append((split, None))
-        now = time.monotonic()
-        for split in splits:
-            self.watermarks.add_split(split.split_id, now)
-        ready = [reader.assign.remote(chunk) for reader, chunk in zip(self.readers, assignments, strict=True)]
+        ready = self._assign(splits)
         ready += [actor.ping.remote() for layer in self.stage_actors for actor in layer]
         try:
             self._get_metadata(ready, timeout=_ACTOR_START_TIMEOUT_S)
@@ -232,19 +235,43 @@ class Coordinator:
                 "check that the Ray cluster has room for them (ray status)"
             ) from exc
 
+    def _assign(self, splits: list[Any]) -> list[ray.ObjectRef]:
+        """Deal new splits round-robin to the readers, from their start."""
+        assignments: list[list[Any]] = [[] for _ in self.readers]
+        for i, split in enumerate(splits):
+            assignments[(len(self._known_splits) + i) % len(self.readers)].append((split, None))
+        now = time.monotonic()
+        for split in splits:
+            self._known_splits.add(split.split_id)
+            self.watermarks.add_split(split.split_id, now)
+        return [reader.assign.remote(chunk) for reader, chunk in zip(self.readers, assignments, strict=True) if chunk]
+
+    def _discover_splits(self) -> None:
+        """Pick up splits that appeared since the job started (new partitions of a topic)."""
+        source = self.plan.source
+        if source.bounded or not source.discovers_splits:
+            return
+        if time.monotonic() - self._last_discovery < SPLIT_DISCOVERY_INTERVAL_S:
+            return
+        self._last_discovery = time.monotonic()
+        new = [s for s in source.splits(self.config.parallelism) if s.split_id not in self._known_splits]
+        if new:
+            self._get_metadata(self._assign(new))
+
     def _kill_actors(self) -> None:
         for actor in [*self.readers, *(a for layer in self.stage_actors for a in layer)]:
             ray.kill(actor, no_restart=True)
 
     # -- the epoch loop --------------------------------------------------------
 
-    def _loop(self, runner: SinkRunner | None, late_router: LateRowsRouter) -> None:
+    def _loop(self, runner: SinkRunner | None, side_router: SideOutputRouter) -> None:
         config = self.config
         bounded = self.plan.source.bounded
         active = list(range(len(self.readers)))
         in_flight: deque[_EpochInFlight] = deque()
         epoch = 0
         while active and not self._stop.is_set():
+            self._discover_splits()
             loop_started = time.perf_counter()
             blocked_before = self._blocked_seconds
             previous_watermark = self.watermarks.current
@@ -267,7 +294,7 @@ class Coordinator:
                     active.remove(meta["index"])
             end_of_input = not active
             watermark = self.watermarks.advance(now, end_of_input)
-            late_refs = [c[-1] for c in calls.values()] if self._late_slot(-1) else []
+            side_refs = [c[-1] for c in calls.values()] if self._side_slot(-1) else []
             layer = [c[1 : 1 + self._downstream(-1).num_outputs] for c in calls.values()]
             meta_refs: list[ray.ObjectRef] = []
             for s, actors in enumerate(self.stage_actors):
@@ -280,16 +307,16 @@ class Coordinator:
                     for p, actor in enumerate(actors)
                 ]
                 meta_refs += [c[0] for c in stage_calls]
-                if self._late_slot(s):
-                    late_refs += [c[-1] for c in stage_calls]
+                if self._side_slot(s):
+                    side_refs += [c[-1] for c in stage_calls]
                 layer = [c[1 : 1 + self._downstream(s).num_outputs] for c in stage_calls]
             output_refs = [outputs[0] for outputs in layer if outputs]
-            in_flight.append(_EpochInFlight(epoch, meta_refs, output_refs, late_refs, reader_metas, loop_started))
+            in_flight.append(_EpochInFlight(epoch, meta_refs, output_refs, side_refs, reader_metas, loop_started))
             with self._lock:
                 self.metrics.rows_read += rows
                 self.metrics.watermark_ms = watermark
             while in_flight and (len(in_flight) >= config.max_in_flight_epochs or end_of_input):
-                self._complete(in_flight.popleft(), runner, late_router)
+                self._complete(in_flight.popleft(), runner, side_router)
             epoch += 1
             self.metrics.coordinator_seconds += (time.perf_counter() - loop_started) - (
                 self._blocked_seconds - blocked_before
@@ -297,14 +324,14 @@ class Coordinator:
             if not bounded and rows == 0:
                 time.sleep(_IDLE_SLEEP_S)
         while in_flight:
-            self._complete(in_flight.popleft(), runner, late_router)
+            self._complete(in_flight.popleft(), runner, side_router)
 
-    def _complete(self, epoch: _EpochInFlight, runner: SinkRunner | None, late_router: LateRowsRouter) -> None:
+    def _complete(self, epoch: _EpochInFlight, runner: SinkRunner | None, side_router: SideOutputRouter) -> None:
         metas = self._get_metadata(epoch.meta_refs) if epoch.meta_refs else []
         final_layer = metas[-self.config.parallelism :] if self.stage_actors else epoch.reader_metas
         results = [m["sink_result"] for m in final_layer if m["sink_result"] is not None]
         written = runner.complete_epoch(epoch.epoch, epoch.output_refs, results) if runner is not None else 0
-        late_router.complete_epoch(epoch.epoch, epoch.late_refs)
+        side_router.complete_epoch(epoch.epoch, epoch.side_refs)
         with self._lock:
             metrics = self.metrics
             metrics.epochs_completed += 1
@@ -315,14 +342,19 @@ class Coordinator:
                 for split_id, progress in meta["splits"].items():
                     entry = metrics.splits.setdefault(split_id, {"rows": 0})
                     entry["rows"] += progress["rows"]
-                    entry["position"] = progress["position"]
-                    entry["done"] = progress["done"]
+                    entry.update({k: v for k, v in progress.items() if k not in ("rows", "max_event_time_ms")})
+                    seconds = max(time.time() - metrics.started_at, 1e-9)
+                    entry["rows_per_second"] = entry["rows"] / seconds
             for meta in [*epoch.reader_metas, *metas]:
                 metrics.actor_nodes[meta["actor"]] = meta["node_id"]
+            metrics.dead_letters += sum(m["dead_letters"] for m in epoch.reader_metas)
             for stage in self.plan.stages:
                 rows = sum(m["state_rows"] for m in metas if m.get("stage") == stage.name)
                 metrics.state_rows[stage.name] = rows
                 metrics.peak_state_rows[stage.name] = max(rows, metrics.peak_state_rows.get(stage.name, 0))
+            positions = {split_id: entry["position"] for split_id, entry in metrics.splits.items()}
+        # This epoch's output is committed: the source may now publish positions, for information.
+        self.plan.source.on_epoch_complete(positions)
 
     def _get_metadata(self, refs: Sequence[ray.ObjectRef], timeout: float | None = None) -> list[Any]:
         """Fetch actor metadata (never rows), turning actor errors into clear job errors."""

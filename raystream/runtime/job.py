@@ -13,7 +13,7 @@ import ray
 from raystream.config import RunConfig
 from raystream.errors import ConfigError
 from raystream.runtime.coordinator import Coordinator
-from raystream.runtime.planner import plan
+from raystream.runtime.planner import DEAD_LETTERS, plan
 from raystream.sinks.base import Sink
 from raystream.sinks.memory import MemorySink
 from raystream.stream import Node
@@ -79,18 +79,24 @@ class Job:
             name: The window operator's name (``agg(name=...)``), needed only
                 when the pipeline has several such windows.
         """
-        sinks = self._coordinator.late_sinks
-        if not sinks:
+        windows = [tag for tag in self._coordinator.side_sinks if tag != DEAD_LETTERS]
+        if not windows:
             raise TypeError("late_events(): no window of this job has late='side'")
         if name is None:
-            if len(sinks) > 1:
-                raise TypeError(f"late_events(): name one of the windows: {', '.join(sinks)}")
-            name = next(iter(sinks))
-        sink = sinks.get(name)
+            if len(windows) > 1:
+                raise TypeError(f"late_events(): name one of the windows: {', '.join(windows)}")
+            name = windows[0]
+        return self._side_output(name, "late_events()")
+
+    def dead_letters(self) -> pd.DataFrame:
+        """The records the source could not decode so far, with where they came from and the error."""
+        return self._side_output(DEAD_LETTERS, "dead_letters()")
+
+    def _side_output(self, tag: str, what: str) -> pd.DataFrame:
+        sink = self._coordinator.side_sinks.get(tag)
         if not isinstance(sink, MemorySink):
-            raise TypeError(
-                f"late_events(): no window named {name!r} keeps late rows here; windows: {', '.join(sinks)}"
-            )
+            known = ", ".join(self._coordinator.side_sinks) or "none"
+            raise TypeError(f"{what}: this job keeps no {tag!r} here (side outputs kept: {known})")
         return sink.table().to_pandas()
 
     def status(self) -> str:

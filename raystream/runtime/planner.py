@@ -26,6 +26,7 @@ from raystream.runtime.operators import (
 from raystream.runtime.stateful import KeyedOperator, RunningAggregate, SessionAggregate, WindowAggregate
 from raystream.sources.base import Source
 from raystream.stream import (
+    DeadLettersNode,
     FilterNode,
     KeyedAggNode,
     LateEventsNode,
@@ -68,8 +69,9 @@ class PhysicalPlan:
     """What the coordinator runs.
 
     Attributes:
-        output_late_of: When set, the job's output is the late rows of the
-            stage with this name, and the stages' own output is discarded.
+        output_side: When set, the job's output is this side output (a
+            window's name for its late rows, or ``DEAD_LETTERS``), and the
+            pipeline's own output is discarded.
     """
 
     source: Source
@@ -78,8 +80,17 @@ class PhysicalPlan:
     stages: tuple[KeyedStage, ...]
     output_schema: pa.Schema | None
     upsert_keys: tuple[str, ...] | None
-    output_late_of: str | None = None
+    output_side: str | None = None
 
+    @property
+    def side_outputs(self) -> list[str]:
+        """Every side output the job produces: windows' late rows, then the source's dead letters."""
+        tags = [stage.name for stage in self.stages if stage.operator.late_side_output]
+        return tags + ([DEAD_LETTERS] if self.source.has_dead_letters else [])
+
+
+#: The side output of a source's malformed records.
+DEAD_LETTERS = "dead_letters"
 
 _STATELESS: dict[type, Callable[[Any], StatelessOp]] = {
     FilterNode: lambda n: FilterOp(n.predicate),
@@ -92,9 +103,9 @@ _STATELESS: dict[type, Callable[[Any], StatelessOp]] = {
 
 def plan(node: Node) -> PhysicalPlan:
     """Compile the logical plan that ends at ``node``."""
-    output_late_of = None
+    output_side = DEAD_LETTERS if isinstance(node, DeadLettersNode) else None
     late_parent = node.parent if isinstance(node, LateEventsNode) else None
-    nodes = [n for n in plan_nodes(node) if not isinstance(n, LateEventsNode)]
+    nodes = [n for n in plan_nodes(node) if not isinstance(n, (LateEventsNode, DeadLettersNode))]
     head = nodes[0]
     assert isinstance(head, SourceNode)
     chain: list[StatelessOp] = []
@@ -105,7 +116,7 @@ def plan(node: Node) -> PhysicalPlan:
         chain.append(EventTimeOp(head.source_time_column))
     reader_chain: list[StatelessOp] | None = None
     pending: KeyedOperator | None = None
-    names: set[str] = set()
+    names: set[str] = {DEAD_LETTERS}
     for current in nodes[1:]:
         if isinstance(current, WatermarkNode):
             event_time = EventTime(current.column, current.delay_ms, current.idle_timeout_ms)
@@ -117,7 +128,7 @@ def plan(node: Node) -> PhysicalPlan:
                 stages.append(KeyedStage(pending, tuple(chain)))
             pending, chain = _keyed_operator(current, names), []
             if current is late_parent:
-                output_late_of = pending.name
+                output_side = pending.name
         else:
             chain.append(_STATELESS[type(current)](current))
     if pending is None:
@@ -132,8 +143,8 @@ def plan(node: Node) -> PhysicalPlan:
         event_time=event_time,
         stages=tuple(stages),
         output_schema=node.schema,
-        upsert_keys=None if output_late_of else _upsert_keys(stages),
-        output_late_of=output_late_of,
+        upsert_keys=None if output_side else _upsert_keys(stages),
+        output_side=output_side,
     )
 
 

@@ -54,16 +54,16 @@ class SinkRunner:
         self.sink.on_failure(error)
 
 
-class LateRowsRouter:
-    """Delivers the late rows of window operators, fetched on the driver, to one sink per operator."""
+class SideOutputRouter:
+    """Delivers side outputs (late rows, dead letters), fetched on the driver, to one sink per tag."""
 
     def __init__(self, runners: dict[str, SinkRunner]) -> None:
         self.runners = runners
 
-    def complete_epoch(self, epoch: int, late_refs: list[ray.ObjectRef]) -> None:
-        by_operator: dict[str, list[pa.Table]] = {name: [] for name in self.runners}
-        for late in ray.get(late_refs) if late_refs else []:
-            for name, table in (late or {}).items():
-                by_operator[name].append(table)
-        for name, runner in self.runners.items():
-            runner.complete_with_tables(epoch, list(by_operator[name]))
+    def complete_epoch(self, epoch: int, side_refs: list[ray.ObjectRef]) -> None:
+        by_tag: dict[str, list[pa.Table | None]] = {tag: [] for tag in self.runners}
+        for sides in ray.get(side_refs) if side_refs else []:
+            for tag, table in (sides or {}).items():
+                by_tag[tag].append(table)
+        for tag, runner in self.runners.items():
+            runner.complete_with_tables(epoch, by_tag[tag])

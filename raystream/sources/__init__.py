@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -20,6 +21,7 @@ __all__ = [
     "from_source",
     "read_csv",
     "read_json",
+    "read_kafka",
     "read_parquet",
     "read_socket",
     "read_text",
@@ -107,6 +109,59 @@ def read_text(path: str | list[str], *, storage_options: dict[str, Any] | None =
     from raystream.sources.files import TextSource
 
     return from_source(TextSource(path, storage_options=storage_options))
+
+
+def read_kafka(
+    topics: str | list[str],
+    bootstrap_servers: str,
+    *,
+    format: str = "json",  # noqa: A002 - the public name
+    schema: pa.Schema | None = None,
+    time_column: str | None = None,
+    start: str | datetime | dict[int, int] = "earliest",
+    stop: str | datetime | None = None,
+    consumer_config: dict[str, Any] | None = None,
+    errors: str = "dead_letter",
+) -> Stream:
+    """Read Kafka topics: each partition is a split, read with ``assign()``, its position the next offset.
+
+    Needs the ``kafka`` extra (confluent-kafka).
+
+    Args:
+        topics: A topic or a list of topics. New partitions are picked up while the job runs.
+        bootstrap_servers: ``"host:port[,host:port]"``.
+        format: ``"json"``: one JSON object per record, decoded a whole batch at a time with
+            ``pyarrow.json``. ``"raw"``: the columns ``key``, ``value`` (binary), ``topic``,
+            ``partition``, ``offset`` and ``timestamp``.
+        schema: The JSON records' schema. Without it, it is inferred from the first records.
+        time_column: The event-time column; ``None`` adds ``timestamp``, the Kafka record time, and uses it.
+        start: ``"earliest"``, ``"latest"``, a datetime (records before it are skipped), or
+            ``{partition: offset}``.
+        stop: ``None`` (unbounded), ``"latest"`` (the ends when the job starts), or a datetime:
+            a partition is done once it shows a record at or past that time, which is not read.
+        consumer_config: librdkafka settings. A ``group.id`` here makes raystream publish its
+            positions to that group after each committed epoch, for monitoring only.
+        errors: ``"dead_letter"``: records that fail to decode or to fit ``schema`` go to
+            ``stream.dead_letters()``, and the job goes on. ``"fail"``: the job fails with the
+            topic, partition and offset of the record.
+
+    Raises:
+        KafkaError: when the brokers cannot be reached within 10 s, or a topic does not exist.
+    """
+    from raystream.sources.kafka import KafkaSource
+
+    source = KafkaSource(
+        topics,
+        bootstrap_servers,
+        format=format,  # type: ignore[arg-type]
+        schema=schema,
+        time_column=time_column,
+        start=start,
+        stop=stop,
+        consumer_config=consumer_config,
+        errors=errors,  # type: ignore[arg-type]
+    )
+    return from_source(source, time_column if time_column is not None else "timestamp")
 
 
 def read_socket(host: str, port: int) -> Stream:

@@ -75,6 +75,19 @@ class SplitReader(ABC):
         """
         return None
 
+    def take_dead_letters(self) -> pa.Table | None:
+        """Records that could not be decoded since the last call, or ``None``.
+
+        Called after each ``next_batch``. A source that routes malformed
+        records to ``stream.dead_letters()`` returns them here, with the raw
+        bytes, where they came from and the error, instead of dropping them.
+        """
+        return None
+
+    def metrics(self) -> dict[str, Any]:
+        """Small numbers about the split (a Kafka partition's lag), shown in ``Job.metrics()``."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release files or connections. Called once, when the reader is done."""
 
@@ -93,6 +106,17 @@ class Source(ABC):
     bounded: bool = True
     #: True when a split can be re-read from any position it reported.
     replayable: bool = True
+    #: True when ``splits()`` may return new splits while a job runs (new Kafka partitions).
+    discovers_splits: bool = False
+    #: True when readers may return malformed records through ``take_dead_letters``.
+    has_dead_letters: bool = False
+
+    def on_epoch_complete(self, positions: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Called on the driver after an epoch's output is committed, with every split's position.
+
+        A source may publish the positions for information (Kafka consumer
+        group offsets); raystream never reads them back.
+        """
 
     @abstractmethod
     def schema(self) -> pa.Schema | None:

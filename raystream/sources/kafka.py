@@ -1,0 +1,488 @@
+"""``rs.read_kafka``: Kafka topics, partition by partition, with positions owned by raystream.
+
+Each partition is a split, read with ``assign()`` (never a consumer-group
+subscription); its position is the next offset to read. Nothing here trusts
+the broker's high watermark or ``offsets_for_times`` for correctness (some
+brokers, such as Tansu with memory storage, answer both loosely; see
+DEVELOPERS.md):
+
+- ``stop="latest"`` probes each partition's real last offset when the job
+  starts, by reading its tail, instead of believing the high watermark.
+- ``stop=<datetime>`` ends a partition once it has seen a record at or past
+  that time.
+- ``start=<datetime>`` uses ``offsets_for_times`` only as a place to begin
+  (any offset at or before the right one is fine) and drops records older
+  than the start time.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from raystream._time import datetime_to_ms
+from raystream.errors import PlanError, RaystreamError
+from raystream.sources.base import Source, Split, SplitReader
+
+Format = Literal["json", "raw"]
+Errors = Literal["dead_letter", "fail"]
+
+_CONNECT_TIMEOUT_S = 10.0
+_POLL_TIMEOUT_S = 0.1
+_TAIL_PROBE_TIMEOUT_S = 1.0
+_TIMESTAMP = pa.timestamp("ms", tz="UTC")
+
+RAW_SCHEMA = pa.schema(
+    [
+        ("key", pa.binary()),
+        ("value", pa.binary()),
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("timestamp", _TIMESTAMP),
+    ]
+)
+DEAD_LETTER_SCHEMA = pa.schema([*RAW_SCHEMA, ("error", pa.string())])
+
+
+class KafkaError(RaystreamError):
+    """Kafka could not be reached, a topic is missing, or a record cannot be read."""
+
+
+@dataclass(frozen=True)
+class _Partition:
+    """What a reader needs to open one partition (a split's payload)."""
+
+    topic: str
+    partition: int
+    start_offset: int | None  # None: from the earliest offset
+    start_ms: int | None  # drop records older than this
+    stop_offset: int | None  # stop="latest": the offset after the last record at job start
+    stop_ms: int | None  # stop=<datetime>: done at the first record at or past this time
+
+
+def _consumer(bootstrap_servers: str, extra: dict[str, Any] | None) -> Any:
+    from confluent_kafka import Consumer
+
+    config = {
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": "raystream-reader",  # required by librdkafka; assign() never joins the group
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "socket.connection.setup.timeout.ms": int(_CONNECT_TIMEOUT_S * 1000),
+    }
+    config.update(extra or {})
+    return Consumer(config)
+
+
+def _list_partitions(consumer: Any, topics: list[str], bootstrap_servers: str) -> dict[str, list[int]]:
+    from confluent_kafka import KafkaException
+
+    try:
+        metadata = consumer.list_topics(timeout=_CONNECT_TIMEOUT_S)
+    except KafkaException as exc:
+        raise KafkaError(
+            f"read_kafka: cannot reach Kafka at {bootstrap_servers} within {_CONNECT_TIMEOUT_S:g}s ({exc}); "
+            "check bootstrap_servers and that the broker is up"
+        ) from exc
+    partitions = {}
+    for topic in topics:
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            known = ", ".join(sorted(t for t in metadata.topics if not t.startswith("__"))) or "(none)"
+            raise KafkaError(
+                f"read_kafka: topic {topic!r} not found on {bootstrap_servers}; create it or check the name "
+                f"(topics there: {known})"
+            )
+        partitions[topic] = sorted(found.partitions)
+    return partitions
+
+
+def _tail_offsets(consumer: Any, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The offset after the last record of each partition, now, without trusting the high watermark.
+
+    The high watermark is read first, then the partition is read from one
+    before it until nothing more comes: a broker that reports the base
+    offset of the last record batch still returns that whole batch.
+    """
+    from confluent_kafka import TopicPartition
+
+    ends: dict[tuple[str, int], int] = {}
+    probe: list[Any] = []
+    for topic, partition in partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=_CONNECT_TIMEOUT_S)
+        ends[(topic, partition)] = max(low, high)
+        if high > low:
+            probe.append(TopicPartition(topic, partition, max(low, high - 1)))
+    if probe:
+        consumer.assign(probe)
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < _TAIL_PROBE_TIMEOUT_S:
+            messages = consumer.consume(num_messages=10_000, timeout=_POLL_TIMEOUT_S)
+            for message in messages:
+                if message.error() is None:
+                    key = (message.topic(), message.partition())
+                    ends[key] = max(ends[key], message.offset() + 1)
+            if messages:
+                quiet_since = time.monotonic()
+        consumer.unassign()
+    return ends
+
+
+class KafkaSource(Source):
+    """Kafka topics as an unbounded source, or a bounded one with ``stop=``. See :func:`raystream.read_kafka`."""
+
+    name = "read_kafka"
+    replayable = True
+    discovers_splits = True
+
+    def __init__(
+        self,
+        topics: str | list[str],
+        bootstrap_servers: str,
+        *,
+        format: Format = "json",  # noqa: A002 - the public name
+        schema: pa.Schema | None = None,
+        time_column: str | None = None,
+        start: str | datetime | dict[int, int] = "earliest",
+        stop: str | datetime | None = None,
+        consumer_config: dict[str, Any] | None = None,
+        errors: Errors = "dead_letter",
+    ) -> None:
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        if not self.topics or not all(isinstance(t, str) and t for t in self.topics):
+            raise PlanError(f"read_kafka: topics must be a topic name or a list of them, got {topics!r}")
+        if format not in ("json", "raw"):
+            raise PlanError(f"read_kafka: format must be 'json' or 'raw', got {format!r}")
+        if errors not in ("dead_letter", "fail"):
+            raise PlanError(f"read_kafka: errors must be 'dead_letter' or 'fail', got {errors!r}")
+        if format == "raw" and schema is not None:
+            raise PlanError("read_kafka: schema= is for format='json'; format='raw' has fixed columns")
+        if not (start in ("earliest", "latest") or isinstance(start, (datetime, dict))):
+            raise PlanError(
+                f"read_kafka: start must be 'earliest', 'latest', a datetime or {{partition: offset}}, got {start!r}"
+            )
+        if not (stop is None or stop == "latest" or isinstance(stop, datetime)):
+            raise PlanError(f"read_kafka: stop must be None, 'latest' or a datetime, got {stop!r}")
+        self.bootstrap_servers = bootstrap_servers
+        self.format = format
+        self.time_column = time_column
+        self.start = start
+        self.stop = stop
+        self.consumer_config = dict(consumer_config or {})
+        self.errors = errors
+        self.bounded = stop is not None
+        self.has_dead_letters = format == "json" and errors == "dead_letter"
+        consumer = _consumer(bootstrap_servers, self.consumer_config)
+        try:
+            _list_partitions(consumer, self.topics, bootstrap_servers)
+        finally:
+            consumer.close()
+        if format == "json" and schema is None:
+            schema = self._sample_schema()
+        self._record_schema = schema if format == "json" else RAW_SCHEMA
+        if format == "json" and schema is not None and time_column is None and "timestamp" in schema.names:
+            raise PlanError(
+                "read_kafka: the JSON schema has a 'timestamp' field, which clashes with the Kafka record "
+                "timestamp column added when time_column=None; pass time_column='timestamp' to use the field"
+            )
+        self._stop_offsets: dict[tuple[str, int], int] | None = None
+
+    def _sample_schema(self, records: int = 1000) -> pa.Schema | None:
+        """Infer a JSON schema from the first records of the topics, or ``None`` when they are empty.
+
+        Every later batch is decoded with this schema, so that batches agree;
+        pass ``schema=`` to be exact, since a field missing from the sample
+        is not read.
+        """
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        consumer = _consumer(self.bootstrap_servers, self.consumer_config)
+        try:
+            partitions = _list_partitions(consumer, self.topics, self.bootstrap_servers)
+            consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, ps in partitions.items() for p in ps])
+            values: list[bytes | None] = []
+            deadline = time.monotonic() + _TAIL_PROBE_TIMEOUT_S
+            while len(values) < records and time.monotonic() < deadline:
+                values += [
+                    m.value()
+                    for m in consumer.consume(num_messages=records, timeout=_POLL_TIMEOUT_S)
+                    if m.error() is None
+                ]
+        finally:
+            consumer.close()
+        sample, _ = _decode_json_values(values[:records], None)
+        return None if sample is None else sample.schema
+
+    def schema(self) -> pa.Schema | None:
+        if self._record_schema is None:
+            return None
+        if self.format == "json" and self.time_column is None:
+            return self._record_schema.append(pa.field("timestamp", _TIMESTAMP))
+        return self._record_schema
+
+    def splits(self, parallelism: int) -> list[Split]:
+        consumer = _consumer(self.bootstrap_servers, self.consumer_config)
+        try:
+            partitions = [
+                (topic, p)
+                for topic, ps in _list_partitions(consumer, self.topics, self.bootstrap_servers).items()
+                for p in ps
+            ]
+            if self.stop == "latest" and self._stop_offsets is None:
+                # Captured once, when the job starts: later splits() calls keep the same end.
+                self._stop_offsets = _tail_offsets(consumer, partitions)
+            start_ends = _tail_offsets(consumer, partitions) if self.start == "latest" else {}
+            start_hints = self._start_hints(consumer, partitions) if isinstance(self.start, datetime) else {}
+        finally:
+            consumer.close()
+        splits = []
+        for topic, partition in partitions:
+            start_offset: int | None = None
+            if self.start == "latest":
+                start_offset = start_ends[(topic, partition)]
+            elif isinstance(self.start, dict):
+                start_offset = self.start.get(partition)
+            elif isinstance(self.start, datetime):
+                start_offset = start_hints.get((topic, partition))
+            payload = _Partition(
+                topic=topic,
+                partition=partition,
+                start_offset=start_offset,
+                start_ms=datetime_to_ms(self.start) if isinstance(self.start, datetime) else None,
+                stop_offset=None if self._stop_offsets is None else self._stop_offsets.get((topic, partition), 0),
+                stop_ms=datetime_to_ms(self.stop) if isinstance(self.stop, datetime) else None,
+            )
+            splits.append(Split(f"{topic}/{partition}", payload))
+        return splits
+
+    def _start_hints(self, consumer: Any, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Where to begin reading for start=<datetime>: offsets_for_times, used as a lower bound only."""
+        from confluent_kafka import TopicPartition
+
+        assert isinstance(self.start, datetime)
+        wanted = [TopicPartition(t, p, datetime_to_ms(self.start)) for t, p in partitions]
+        found = consumer.offsets_for_times(wanted, timeout=_CONNECT_TIMEOUT_S)
+        # Records before the start time are dropped by the reader, so an early offset costs time, never data.
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+
+    def open_split(self, split: Split, position: Any | None) -> SplitReader:
+        return _PartitionReader(self, split.payload, position)
+
+    def on_epoch_complete(self, positions: dict[str, Any]) -> None:
+        """Publish positions as the consumer group's offsets, when ``group.id`` is configured.
+
+        Only for monitoring (lag in standard Kafka tools): raystream resumes
+        from its own positions and never reads these back.
+        """
+        if "group.id" not in self.consumer_config:
+            return
+        from confluent_kafka import TopicPartition
+
+        offsets = []
+        for split_id, offset in positions.items():
+            topic, _, partition = split_id.rpartition("/")
+            if offset is not None and topic in self.topics:
+                offsets.append(TopicPartition(topic, int(partition), offset))
+        if not offsets:
+            return
+        if getattr(self, "_committer", None) is None:
+            self._committer = _consumer(self.bootstrap_servers, self.consumer_config)
+        self._committer.commit(offsets=offsets, asynchronous=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_committer", None)  # a live consumer stays on the driver
+        return state
+
+
+class _PartitionReader(SplitReader):
+    """Reads one partition with its own consumer, assigned at the split's position."""
+
+    def __init__(self, source: KafkaSource, partition: _Partition, position: int | None) -> None:
+        self.source = source
+        self.partition = partition
+        self.next_offset = position if position is not None else partition.start_offset
+        self.done = False
+        self.dead: list[pa.Table] = []
+        self.fatal: str | None = None
+        self.high_watermark: int | None = None
+        self._consumer: Any = None
+
+    def _open(self) -> Any:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        def on_error(error: Any) -> None:
+            if error.code() in (-187, -195):  # _ALL_BROKERS_DOWN, _TRANSPORT: keep the text for next_batch
+                self.fatal = str(error)
+
+        consumer = _consumer(self.source.bootstrap_servers, {**self.source.consumer_config, "error_cb": on_error})
+        offset = OFFSET_BEGINNING if self.next_offset is None else self.next_offset
+        consumer.assign([TopicPartition(self.partition.topic, self.partition.partition, offset)])
+        return consumer
+
+    def next_batch(self, max_rows: int) -> pa.Table | None:
+        part = self.partition
+        if self.done or (part.stop_offset is not None and (self.next_offset or 0) >= part.stop_offset):
+            self.done = True
+            return None
+        if self._consumer is None:
+            self._consumer = self._open()
+        messages = self._consumer.consume(num_messages=max(1, min(max_rows, 100_000)), timeout=_POLL_TIMEOUT_S)
+        if not messages and self.fatal is not None:
+            raise KafkaError(
+                f"read_kafka: lost Kafka at {self.source.bootstrap_servers} while reading "
+                f"{part.topic}/{part.partition}: {self.fatal}"
+            )
+        for message in messages:
+            if message.error() is not None:
+                raise KafkaError(f"read_kafka: error reading {part.topic}/{part.partition}: {message.error()}")
+        # confluent-kafka hands over one Message object per record; reading their fields is the one
+        # per-record loop a Kafka source cannot avoid. Decoding below is vectorized.
+        offsets = [m.offset() for m in messages]
+        timestamps = [m.timestamp()[1] for m in messages]
+        keep = len(messages)
+        if part.stop_offset is not None:
+            keep = sum(1 for o in offsets if o < part.stop_offset)
+        if part.stop_ms is not None:
+            past = next((i for i, ts in enumerate(timestamps[:keep]) if ts >= part.stop_ms), None)
+            if past is not None:
+                keep, self.done = past, True
+        if keep < len(messages):
+            self.next_offset = offsets[keep]  # the first record not emitted
+        elif messages:
+            self.next_offset = offsets[-1] + 1
+        if part.stop_offset is not None and (self.next_offset or 0) >= part.stop_offset:
+            self.done = True
+        raw = pa.table(
+            {
+                "key": pa.array([m.key() for m in messages[:keep]], pa.binary()),
+                "value": pa.array([m.value() for m in messages[:keep]], pa.binary()),
+                "topic": pa.array([part.topic] * keep, pa.string()),
+                "partition": pa.array([part.partition] * keep, pa.int32()),
+                "offset": pa.array(offsets[:keep], pa.int64()),
+                "timestamp": pa.array(timestamps[:keep], pa.int64()).cast(_TIMESTAMP),
+            }
+        )
+        if part.start_ms is not None and raw.num_rows:
+            raw = raw.filter(pc.greater_equal(raw.column("timestamp").cast(pa.int64()), part.start_ms))
+        self._update_lag()
+        if self.source.format == "raw":
+            return raw
+        return self._decode_json(raw)
+
+    def _decode_json(self, raw: pa.Table) -> pa.Table:
+        schema = self.source._record_schema
+        good, bad = _decode_json_values(raw.column("value").to_pylist(), schema)
+        if bad:
+            self._reject(raw, bad)
+        rows = good if good is not None else (schema.empty_table() if schema is not None else pa.table({}))
+        if self.source.time_column is None and good is not None:
+            kept = sorted(set(range(raw.num_rows)) - {i for i, _ in bad})
+            rows = rows.append_column("timestamp", raw.column("timestamp").take(pa.array(kept, pa.int64())))
+        elif self.source.time_column is None:
+            rows = rows.append_column("timestamp", pa.array([], _TIMESTAMP))
+        return rows
+
+    def _reject(self, raw: pa.Table, bad: list[tuple[int, str]]) -> None:
+        part = self.partition
+        if self.source.errors == "fail":
+            index, error = bad[0]
+            offset = raw.column("offset")[index].as_py()
+            raise KafkaError(
+                f"read_kafka: record {part.topic}/{part.partition} at offset {offset} cannot be decoded as JSON "
+                f"{'matching schema' if self.source._record_schema is not None else ''}: {error}; "
+                "fix the producer, or pass errors='dead_letter' to route such records to stream.dead_letters()"
+            )
+        indices = pa.array([i for i, _ in bad], pa.int64())
+        letters = raw.take(indices).append_column("error", pa.array([e for _, e in bad], pa.string()))
+        self.dead.append(letters)
+
+    def take_dead_letters(self) -> pa.Table | None:
+        if not self.dead:
+            return None
+        letters, self.dead = pa.concat_tables(self.dead), []
+        return letters
+
+    def _update_lag(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        if self.next_offset is None:
+            # Reading "from the earliest" of a partition that gave nothing yet: that is its low watermark.
+            tp = TopicPartition(self.partition.topic, self.partition.partition)
+            low, _ = self._consumer.get_watermark_offsets(tp, timeout=_CONNECT_TIMEOUT_S)
+            if low >= 0:
+                self.next_offset = low
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.partition.topic, self.partition.partition), cached=True
+            )
+            self.high_watermark = high if high >= 0 else None
+        except Exception:  # noqa: BLE001 - lag is information only; reading goes on without it
+            self.high_watermark = None
+
+    def metrics(self) -> dict[str, Any]:
+        lag = None
+        if self.high_watermark is not None and self.next_offset is not None:
+            lag = max(0, self.high_watermark - self.next_offset)
+        return {"lag": lag, "high_watermark": self.high_watermark}
+
+    def position(self) -> int | None:
+        return self.next_offset
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def _decode_json_values(values: list[bytes | None], schema: pa.Schema | None) -> tuple[pa.Table | None, list]:
+    """Decode JSON records in one ``pyarrow.json`` call; isolate bad ones by halving only when it fails.
+
+    Returns the decoded rows of the good records, in order, and
+    ``(index, error)`` for each bad one.
+    """
+    if not values:
+        return None, []
+    good: list[pa.Table] = []
+    bad: list[tuple[int, str]] = []
+
+    def decode(start: int, end: int) -> None:
+        chunk = values[start:end]
+        if any(v is None or b"\n" in v or not v.strip() for v in chunk):
+            if end - start == 1:
+                bad.append((start, "empty value" if not (chunk[0] or b"").strip() else "a newline inside the record"))
+                return
+        else:
+            data = b"\n".join(v for v in chunk if v is not None)
+            try:
+                table = pajson.read_json(
+                    io.BytesIO(data),
+                    read_options=pajson.ReadOptions(block_size=max(len(data) + 1, 1 << 20)),
+                    parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+                )
+                if table.num_rows == end - start:
+                    good.append(table if schema is None else table.select(schema.names).cast(schema))
+                    return
+                error = f"decoded to {table.num_rows} rows"
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                error = str(exc).splitlines()[0]
+            if end - start == 1:
+                bad.append((start, error))
+                return
+        middle = (start + end) // 2
+        decode(start, middle)
+        decode(middle, end)
+
+    decode(0, len(values))
+    if not good:
+        return None, bad
+    return pa.concat_tables(good, promote_options="permissive"), bad
