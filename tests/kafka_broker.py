@@ -1,6 +1,6 @@
 """Pytest plugin: a real Kafka-protocol broker (Tansu, memory storage) on 127.0.0.1 for the tests.
 
-Loaded by the root ``tests/conftest.py`` (``pytest_plugins = ["kafka_broker"]``) or ``-p kafka_broker``.
+Loaded for every test run by ``pyproject.toml`` (``addopts = "-p kafka_broker"``, ``pythonpath = ["tests"]``).
 
 Fixtures:
 

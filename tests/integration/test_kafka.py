@@ -252,3 +252,13 @@ def test_demo_job_reads_kafka_with_its_live_config(
     expected = clicks_job.build(clicks_job.Config(events=5000)).to_pandas()
     for row in expected.itertuples():
         assert f"{row.user}" in printed and f" {row.clicks} " in printed
+
+
+def test_readme_kafka_example_runs(kafka_broker: Any) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (example,) = re.findall(r"```python kafka\n(.*?)```", readme, flags=re.DOTALL)
+    kafka_broker.create_topic("clicks", partitions=2)
+    code = example.replace('"localhost:9092"', repr(kafka_broker.bootstrap_servers))
+    exec(compile(code, "README.md", "exec"), {"rs": rs, "pa": pa, "__name__": "__readme__"})

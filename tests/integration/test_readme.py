@@ -13,6 +13,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def python_blocks() -> list[str]:
+    """The README's Python examples; ``python kafka`` marks those that need a broker (test_kafka.py runs them)."""
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
