@@ -93,6 +93,8 @@ class KafkaSink(Sink):
         return Producer(config)
 
     def write(self, table: pa.Table, epoch_id: int, writer: int) -> int:
+        from confluent_kafka import KafkaException
+
         if self._producer is None:
             self._producer = self._open()
         values = self._values(table)
@@ -114,6 +116,9 @@ class KafkaSink(Sink):
                     break
                 except BufferError:  # the local queue is full: let deliveries drain, then retry
                     producer.poll(0.1)
+                except KafkaException as exc:  # refused before sending, such as a record over message.max.bytes
+                    failures.append(str(exc.args[0]) if exc.args else str(exc))
+                    break
         remaining = producer.flush(_FLUSH_TIMEOUT_S)
         if remaining:
             failures.append(f"{remaining} records still unacknowledged after {_FLUSH_TIMEOUT_S:g}s")

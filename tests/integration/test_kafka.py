@@ -262,3 +262,64 @@ def test_readme_kafka_example_runs(kafka_broker: Any) -> None:
     kafka_broker.create_topic("clicks", partitions=2)
     code = example.replace('"localhost:9092"', repr(kafka_broker.bootstrap_servers))
     exec(compile(code, "README.md", "exec"), {"rs": rs, "pa": pa, "__name__": "__readme__"})
+
+
+def test_start_positions(kafka_broker: Any, new_topic: Any) -> None:
+    topic = new_topic(partitions=2)
+    old = [json.dumps({"t": i, "k": 0, "v": i}) for i in range(10)]
+    at = [1_000 * (i + 1) for i in range(10)]  # record i at (i + 1) s; librdkafka reads a timestamp of 0 as "now"
+    kafka_broker.produce(topic, old, partition=0, timestamps_ms=at)
+    kafka_broker.produce(topic, old, partition=1, timestamps_ms=at)
+
+    def values(**options: Any) -> list[int]:
+        stream = rs.read_kafka(topic, kafka_broker.bootstrap_servers, schema=SCHEMA, stop="latest", **options)
+        return sorted(stream.to_pandas()["v"].tolist())
+
+    assert values() == sorted(list(range(10)) * 2)
+    assert values(start={0: 7, 1: 9}) == [7, 8, 9, 9]  # explicit offsets per partition
+    since = datetime.fromtimestamp(7, tz=timezone.utc)  # records before 7 s (values 0 to 5) are skipped
+    assert values(start=since) == [6, 6, 7, 7, 8, 8, 9, 9]
+
+    # start="latest": only what arrives after the job starts.
+    stream = rs.read_kafka(topic, kafka_broker.bootstrap_servers, schema=SCHEMA, start="latest", time_column="t")
+    job = stream.key_by("k").agg(total=rs.sum("v")).start(rs.RunConfig(parallelism=1))
+    try:
+        deadline = time.monotonic() + 20
+        while job.metrics()["epochs_completed"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        kafka_broker.produce(topic, [json.dumps({"t": 99, "k": 0, "v": 1000})], partition=1)
+        while job.results().get("total", pd.Series(dtype=int)).sum() < 1000:
+            assert time.monotonic() < deadline, job.metrics()
+            time.sleep(0.05)
+    finally:
+        job.stop()
+    assert job.results()["total"].tolist() == [1000]
+
+
+def test_a_delivery_error_fails_the_epoch_with_the_brokers_message(kafka_broker: Any, new_topic: Any) -> None:
+    topic = new_topic(partitions=1)
+    frame = pd.DataFrame({"payload": ["x" * 5000]})
+    with pytest.raises(rs.RaystreamError, match=r"write_kafka: 1 of 1 records to .* failed in epoch 0: .*size"):
+        rs.from_pandas(frame).write_kafka(
+            topic, kafka_broker.bootstrap_servers, producer_config={"message.max.bytes": 2000}
+        )
+
+
+def test_losing_the_broker_mid_run_fails_the_job_clearly(tmp_path: Path) -> None:
+    from kafka_broker import start_broker
+
+    broker = start_broker(tmp_path)
+    try:
+        topic = broker.create_topic("doomed", partitions=1)
+        broker.produce(topic, [json.dumps({"t": 1, "k": 1, "v": 1})])
+        stream = rs.read_kafka(topic, broker.bootstrap_servers, schema=SCHEMA, time_column="t")
+        job = stream.key_by("k").agg(n=rs.count()).start(rs.RunConfig(parallelism=1))
+        deadline = time.monotonic() + 20
+        while len(job.results()) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        broker.stop()
+    with pytest.raises(rs.RaystreamError, match=r"read_kafka: lost Kafka at 127\.0\.0\.1:\d+ while reading doomed/0"):
+        job.wait(timeout=60)
