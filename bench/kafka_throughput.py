@@ -19,6 +19,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,7 @@ import raystream as rs
 SCHEMA = pa.schema([("t", pa.int64()), ("k", pa.int64()), ("v", pa.int64())])
 
 
-def fill_topic(broker, topic: str, events: int, partitions: int, seed: int = 3) -> datetime:  # noqa: ANN001
+def fill_topic(broker: Any, topic: str, events: int, partitions: int, seed: int = 3) -> datetime:
     """Produce ``events`` JSON events, dealt to partitions; returns the stop time (after the last event)."""
     rng = np.random.default_rng(seed)
     times = 1_767_225_600_000 + np.arange(events) + rng.integers(-500, 500, events)
@@ -87,7 +88,8 @@ def main() -> None:
         print(f"{os.cpu_count()} cores; produced {args.events:,} JSON events in {produce_seconds:.1f}s")
         print(f"consume + decode + 10s window count: {result['events_per_second']:,.0f} events/s")
         print(
-            f"({metrics['run_seconds']:.2f}s run, {metrics['startup_seconds']:.1f}s actor start-up, {result['epochs']} epochs)"
+            f"({metrics['run_seconds']:.2f}s run, {metrics['startup_seconds']:.1f}s actor start-up, "
+            f"{result['epochs']} epochs)"
         )
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2))
