@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -123,7 +123,31 @@ def split_partial(partial: Partial, keys: tuple[str, ...], num_key_groups: int, 
     return parts
 
 
-class RunningAggregate(KeyedOperator):
+_Operator = TypeVar("_Operator", bound=KeyedOperator)
+
+
+class _PartialState(OperatorState, Generic[_Operator]):
+    """A state that is one :class:`Partial` keyed by the operator's keys (and maybe the window)."""
+
+    operator: _Operator
+    state: Partial | None
+
+    @property
+    def num_rows(self) -> int:
+        return 0 if self.state is None else self.state.num_rows
+
+    def keys_table(self) -> pa.Table:
+        return pa.table({}) if self.state is None else self.state.table.select(list(self.operator.keys))
+
+
+class _ShufflesPartials(KeyedOperator):
+    """Operators whose upstream half pre-aggregates: the payload is a Partial, split by key."""
+
+    def split(self, payload: Any, num_key_groups: int, num_partitions: int) -> list[Any | None]:
+        return split_partial(payload, self.keys, num_key_groups, num_partitions)
+
+
+class RunningAggregate(_ShufflesPartials):
     """``key_by(...).agg(...)``: one running value per key."""
 
     def __init__(
@@ -137,14 +161,11 @@ class RunningAggregate(KeyedOperator):
     def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:
         return Prepared(self.aggregation.partial(table))
 
-    def split(self, payload: Any, num_key_groups: int, num_partitions: int) -> list[Any | None]:
-        return split_partial(payload, self.keys, num_key_groups, num_partitions)
-
     def new_state(self) -> OperatorState:
         return _RunningState(self)
 
 
-class _RunningState(OperatorState):
+class _RunningState(_PartialState["RunningAggregate"]):
     def __init__(self, operator: RunningAggregate) -> None:
         self.operator = operator
         self.state: Partial | None = None
@@ -161,13 +182,6 @@ class _RunningState(OperatorState):
         if end_of_input and self.operator.emit == "final" and self.state is not None:
             emitted = aggregation.finalize(self.state)
         return Emitted(emitted)
-
-    @property
-    def num_rows(self) -> int:
-        return 0 if self.state is None else self.state.num_rows
-
-    def keys_table(self) -> pa.Table:
-        return pa.table({}) if self.state is None else self.state.table.select(list(self.operator.keys))
 
     def values(self) -> pa.Table:
         return pa.table({}) if self.state is None else self.operator.aggregation.finalize(self.state)
@@ -238,7 +252,7 @@ class _WindowedOperator(KeyedOperator):
         return due
 
 
-class WindowAggregate(_WindowedOperator):
+class WindowAggregate(_WindowedOperator, _ShufflesPartials):
     """Tumbling and sliding windows: windows are known from each event alone, so readers pre-aggregate."""
 
     def __init__(self, window: Tumbling | Sliding, **kwargs: Any) -> None:
@@ -263,14 +277,11 @@ class WindowAggregate(_WindowedOperator):
         expanded = table.select(columns).take(pa.array(rows)).append_column(WINDOW_START, pa.array(window_starts))
         return Prepared(self.aggregation.partial(expanded), late, late_count)
 
-    def split(self, payload: Any, num_key_groups: int, num_partitions: int) -> list[Any | None]:
-        return split_partial(payload, self.keys, num_key_groups, num_partitions)
-
     def new_state(self) -> OperatorState:
         return _WindowState(self)
 
 
-class _WindowState(OperatorState):
+class _WindowState(_PartialState["WindowAggregate"]):
     def __init__(self, operator: WindowAggregate) -> None:
         self.operator = operator
         self.state: Partial | None = None
@@ -303,13 +314,6 @@ class _WindowState(OperatorState):
             return table.filter(pc.greater(table.column(WINDOW_START), horizon))
 
         return Partial(still_open(partial.table), tuple(still_open(t) for t in partial.distinct))
-
-    @property
-    def num_rows(self) -> int:
-        return 0 if self.state is None else self.state.num_rows
-
-    def keys_table(self) -> pa.Table:
-        return pa.table({}) if self.state is None else self.state.table.select(list(self.operator.keys))
 
     def values(self) -> pa.Table:
         if self.state is None:
