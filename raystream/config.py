@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from raystream.errors import ConfigError
+from raystream._time import duration_ms
+from raystream.errors import ConfigError, PlanError
 
 if typing.TYPE_CHECKING:
     from raystream.runtime.job import Job
@@ -48,6 +49,17 @@ class RunConfig:
         num_key_groups: Key groups that keys hash to; state is kept per key
             group, so it bounds the parallelism a job can be rescaled to.
         actor_cpus: The CPUs Ray reserves for each reader or partition actor.
+        checkpoint_dir: An fsspec URL (a folder, ``s3://...``) for checkpoints.
+            A job started again with the same one resumes from its last
+            committed checkpoint; see :mod:`raystream.runtime.checkpointing`.
+        checkpoint_every: Checkpoint every this many epochs (1 when
+            neither this nor ``checkpoint_interval`` is given).
+        checkpoint_interval: Or checkpoint when this much time has passed
+            since the last one, such as ``"30s"``.
+        checkpoints_to_keep: Committed checkpoints kept; older ones are pruned.
+        checkpoint_storage_options: fsspec options (credentials) for ``checkpoint_dir``.
+        max_recoveries: How many times a job recovers by itself from a dead
+            actor, restoring its last checkpoint, before it fails.
     """
 
     parallelism: int = 2
@@ -56,6 +68,12 @@ class RunConfig:
     max_in_flight_epochs: int = 2
     num_key_groups: int = 128
     actor_cpus: float = 0.25
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+    checkpoint_interval: str | None = None
+    checkpoints_to_keep: int = 3
+    checkpoint_storage_options: dict[str, Any] | None = None
+    max_recoveries: int = 3
 
     def __post_init__(self) -> None:
         for name in ("parallelism", "max_batch_rows", "max_in_flight_epochs", "num_key_groups"):
@@ -71,6 +89,36 @@ class RunConfig:
             raise ConfigError(f"RunConfig.actor_cpus must be a number >= 0, got {self.actor_cpus!r}")
         if self.address is not None and not isinstance(self.address, str):
             raise ConfigError(f"RunConfig.address must be a string such as 'ray://head:10001', got {self.address!r}")
+        if self.checkpoint_dir is not None and (not isinstance(self.checkpoint_dir, str) or not self.checkpoint_dir):
+            raise ConfigError(f"RunConfig.checkpoint_dir must be a folder path or URL, got {self.checkpoint_dir!r}")
+        if self.checkpoint_every is not None and self.checkpoint_interval is not None:
+            raise ConfigError("RunConfig: give checkpoint_every or checkpoint_interval, not both")
+        if (self.checkpoint_every is not None or self.checkpoint_interval is not None) and self.checkpoint_dir is None:
+            raise ConfigError("RunConfig: checkpoint_every and checkpoint_interval need a checkpoint_dir")
+        if self.checkpoint_every is not None and (
+            not isinstance(self.checkpoint_every, int)
+            or isinstance(self.checkpoint_every, bool)
+            or self.checkpoint_every < 1
+        ):
+            raise ConfigError(f"RunConfig.checkpoint_every must be a positive int, got {self.checkpoint_every!r}")
+        if self.checkpoint_interval is not None:
+            try:
+                duration_ms(self.checkpoint_interval, "RunConfig.checkpoint_interval")
+            except PlanError as exc:
+                raise ConfigError(str(exc)) from exc
+        for name in ("checkpoints_to_keep",):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"RunConfig.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.max_recoveries, int) or self.max_recoveries < 0:
+            raise ConfigError(f"RunConfig.max_recoveries must be an int >= 0, got {self.max_recoveries!r}")
+
+    def __repr__(self) -> str:
+        # Storage options hold credentials: never show them.
+        shown = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "checkpoint_storage_options"
+        }
+        return "RunConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ import pyarrow as pa
 import ray
 
 from raystream._time import START_OF_TIME_MS
+from raystream.runtime.checkpoint import CheckpointStore, StateFile
 from raystream.runtime.operators import OpContext, StatelessOp, run_chain
 from raystream.runtime.planner import DEAD_LETTERS, KeyedStage
-from raystream.runtime.shuffle import key_groups
+from raystream.runtime.shuffle import key_groups, key_groups_of_partition, split_by_partition
 from raystream.runtime.stateful import KeyedOperator, OperatorState
 from raystream.sinks.base import Sink
 from raystream.sources.base import Source, Split, SplitReader
@@ -125,13 +126,25 @@ class ReaderActor:
             self.splits.append(_SplitState(split, self.source.open_split(split, position)))
         return len(self.splits)
 
-    def run_epoch(self, epoch: int, max_rows: int, watermark_ms: int) -> list[Any] | dict[str, Any]:
-        """Read, transform and route one epoch. Returns ``[metadata, *outputs, late]``, or the metadata alone.
+    def close(self) -> None:
+        """Release the splits' files and connections (before the actor is killed)."""
+        for state in self.splits:
+            if state.reader is not None and not state.done:
+                state.reader.close()
+
+    def run_epoch(
+        self, epoch: int, max_rows: int, watermark_ms: int, replay: dict[str, dict[str, Any]] | None = None
+    ) -> list[Any] | dict[str, Any]:
+        """Read, transform and route one epoch. Returns ``[metadata, *outputs, side outputs]``, or the metadata alone.
 
         Args:
             epoch: The epoch id.
             max_rows: The most rows to read, over all splits.
             watermark_ms: The watermark before this epoch, to tell late rows.
+            replay: When the epoch is replayed from the write-ahead log:
+                for each split the epoch read, the ``position`` it reached
+                and the ``budget`` of rows it was given. Other splits are
+                not read.
         """
         started = time.perf_counter()
         budget = max_rows
@@ -140,10 +153,15 @@ class ReaderActor:
         dead_letters: list[pa.Table] = []
         rows_in = 0
         for state in self.splits:
-            if state.done or budget <= 0:
+            logged = None if replay is None else replay.get(state.split.split_id)
+            if state.done or (budget <= 0 if replay is None else logged is None):
                 continue
             assert state.reader is not None
-            batch = state.reader.next_batch(budget)
+            given = budget if logged is None else logged["budget"]
+            if logged is None:
+                batch = state.reader.next_batch(given)
+            else:
+                batch = state.reader.read_until(logged["position"], given)
             ctx = OpContext(epoch, f"split {state.split.split_id!r}")
             letters = state.reader.take_dead_letters()
             if letters is not None and letters.num_rows:
@@ -158,6 +176,7 @@ class ReaderActor:
                 if out.num_rows:
                     outputs.append(out)
             progress[state.split.split_id] = {
+                "budget": given,
                 "position": state.reader.position(),
                 "max_event_time_ms": ctx.max_event_time_ms,
                 "watermark_ms": state.reader.watermark_ms(),
@@ -239,6 +258,35 @@ class PartitionActor:
             "seconds": time.perf_counter() - started,
         }
         return _returns(meta, routed, self.side_slot, own_late)
+
+    def snapshot(self, epoch: int, store: CheckpointStore) -> list[StateFile]:
+        """Save the state after ``epoch`` as one Arrow IPC file per (state table, key group).
+
+        Called right after ``process(epoch)``; actor calls run in order, so
+        it sees exactly the state that epoch left.
+        """
+        files = []
+        for name, table in self.state.snapshot().items():
+            if table.num_rows == 0:
+                continue
+            groups = key_groups(table, self.stage.operator.keys, self.num_key_groups)
+            present = np.unique(groups)
+            for group, part in zip(
+                present, split_by_partition(table, np.searchsorted(present, groups), len(present)), strict=True
+            ):
+                files.append(store.write_state(epoch, self.stage.name, name, int(group), part))
+        return files
+
+    def restore(self, store: CheckpointStore, files: list[StateFile], watermark_ms: int) -> int:
+        """Load the saved state of the key groups this actor owns (of any earlier parallelism)."""
+        owned = set(key_groups_of_partition(self.index, self.num_key_groups, self.num_partitions))
+        tables: dict[str, list[pa.Table]] = {}
+        for entry in files:
+            if entry.stage == self.stage.name and entry.key_group in owned:
+                tables.setdefault(entry.table, []).append(store.read_state(entry))
+        self.state.restore({name: pa.concat_tables(parts) for name, parts in tables.items()}, watermark_ms)
+        self.previous_watermark_ms = watermark_ms
+        return self.state.num_rows
 
     def state_key_groups(self) -> list[int]:
         """The distinct key groups of the keys in this actor's state (for tests and tools)."""

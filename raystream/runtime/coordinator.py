@@ -26,6 +26,7 @@ one computed after the previous epoch.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -38,16 +39,30 @@ import ray
 from raystream.config import RunConfig
 from raystream.errors import ConfigError, JobFailedError, RaystreamError
 from raystream.runtime.actors import Downstream, PartitionActor, ReaderActor
+from raystream.runtime.checkpointing import Checkpointing
 from raystream.runtime.planner import PhysicalPlan
 from raystream.runtime.sink_runner import SideOutputRouter, SinkRunner
 from raystream.runtime.watermarks import WatermarkTracker
 from raystream.sinks.base import Sink, SinkContext
 from raystream.sinks.memory import MemorySink
+from raystream.sources.base import Split
 
+_log = logging.getLogger("raystream")
 _ACTOR_START_TIMEOUT_S = 120.0
 _IDLE_SLEEP_S = 0.01
 #: How often an unbounded source is asked for new splits (new Kafka partitions).
 SPLIT_DISCOVERY_INTERVAL_S = 5.0
+
+
+@dataclass
+class _Checkpoint:
+    """What a checkpoint after an epoch records besides the state: taken when the epoch was read."""
+
+    positions: dict[str, Any]
+    done: set[str]
+    watermark_ms: int
+    clocks: dict[str, Any]
+    snapshot_refs: list[ray.ObjectRef]
 
 
 @dataclass
@@ -58,6 +73,11 @@ class _EpochInFlight:
     side_refs: list[ray.ObjectRef]
     reader_metas: list[dict[str, Any]]
     started: float
+    checkpoint: _Checkpoint | None = None
+
+
+class ActorDiedError(JobFailedError):
+    """A reader or partition actor died (its node failed, or it was killed)."""
 
 
 @dataclass
@@ -125,6 +145,11 @@ class Coordinator:
         self._blocked_seconds = 0.0
         self._known_splits: set[str] = set()
         self._last_discovery = time.monotonic()
+        self.checkpointing = Checkpointing(plan, config) if config.checkpoint_dir is not None else None
+        self.splits: list[Split] = []
+        self.positions: dict[str, Any] = {}
+        self.done_splits: set[str] = set()
+        self.recoveries = 0
 
     # -- the public face, used by Job ----------------------------------------
 
@@ -148,14 +173,29 @@ class Coordinator:
         runners += side_runners.values()
         try:
             started = time.perf_counter()
-            self._start_actors()
+            first_epoch, replay = self._start_actors()
             self.metrics.startup_seconds = time.perf_counter() - started
             for runner in runners:
                 upsert = self.plan.upsert_keys if runner.sink is self.sink else None
                 runner.start(SinkContext(self.plan.output_schema, upsert, self.plan.source.bounded))
             started = time.perf_counter()
             main = runners[0] if self.plan.output_side is None else None
-            self._loop(main, SideOutputRouter(side_runners))
+            while True:
+                try:
+                    self._loop(main, SideOutputRouter(side_runners), first_epoch, replay)
+                    break
+                except ActorDiedError as error:
+                    if self.checkpointing is None or self.recoveries >= self.config.max_recoveries:
+                        raise
+                    self.recoveries += 1
+                    _log.warning(
+                        "recovering from the last checkpoint (%d of %d): %s",
+                        self.recoveries,
+                        self.config.max_recoveries,
+                        error,
+                    )
+                    self._kill_actors()
+                    first_epoch, replay = self._start_actors()
             for runner in runners:
                 runner.finish()
             self.metrics.run_seconds = time.perf_counter() - started
@@ -196,10 +236,29 @@ class Coordinator:
     def _num_returns(self, stage_index: int) -> int:
         return 1 + self._downstream(stage_index).num_outputs + int(self._side_slot(stage_index))
 
-    def _start_actors(self) -> None:
+    def _start_actors(self) -> tuple[int, list[dict[str, Any]]]:
+        """Start the actors, restored from the last checkpoint if there is one.
+
+        Returns:
+            The first epoch to run, and the logged epochs to replay first.
+        """
         config = self.config
         source = self.plan.source
-        splits = source.splits(config.parallelism)
+        recovery = self.checkpointing.recover() if self.checkpointing is not None else None
+        now = time.monotonic()
+        if recovery is not None:
+            self.splits, self.positions, self.done_splits = (
+                recovery.splits,
+                dict(recovery.positions),
+                set(recovery.done),
+            )
+            self.watermarks = WatermarkTracker(self.plan.event_time)
+            self.watermarks.restore(recovery.clocks, recovery.watermark_ms, now)
+            _log.info("resuming from checkpoint %d; replaying %d logged epochs", recovery.epoch, len(recovery.replay))
+        else:
+            self.splits, self.positions, self.done_splits = source.splits(config.parallelism), {}, set()
+            self.watermarks = WatermarkTracker(self.plan.event_time)
+        splits = self.splits
         num_readers = max(1, min(config.parallelism, len(splits))) if source.bounded else config.parallelism
         num_actors = num_readers + config.parallelism * len(self.plan.stages)
         available = ray.cluster_resources().get("CPU", 0.0)
@@ -225,6 +284,7 @@ class Coordinator:
             ]
             for s, stage in enumerate(self.plan.stages)
         ]
+        self._known_splits = set()
         ready = self._assign(splits)
         ready += [actor.ping.remote() for layer in self.stage_actors for actor in layer]
         try:
@@ -234,12 +294,28 @@ class Coordinator:
                 f"the job's {num_actors} actors did not start within {_ACTOR_START_TIMEOUT_S:g}s; "
                 "check that the Ray cluster has room for them (ray status)"
             ) from exc
+        if self.checkpointing is None:
+            return 1, []
+        store = self.checkpointing.store
+        if recovery is not None:
+            self._get_metadata(
+                [
+                    actor.restore.remote(store, recovery.state_files, recovery.watermark_ms)
+                    for layer in self.stage_actors
+                    for actor in layer
+                ]
+            )
+            return recovery.epoch + 1, recovery.replay
+        # Checkpoint 0: the splits as they are now, so a replay reads the same input.
+        self.checkpointing.commit(0, splits, {}, set(), self.watermarks.current, self.watermarks.clocks(), [])
+        return 1, []
 
     def _assign(self, splits: list[Any]) -> list[ray.ObjectRef]:
-        """Deal new splits round-robin to the readers, from their start."""
+        """Deal splits round-robin to the readers, at their known positions (or from their start)."""
         assignments: list[list[Any]] = [[] for _ in self.readers]
         for i, split in enumerate(splits):
-            assignments[(len(self._known_splits) + i) % len(self.readers)].append((split, None))
+            position = self.positions.get(split.split_id)
+            assignments[(len(self._known_splits) + i) % len(self.readers)].append((split, position))
         now = time.monotonic()
         for split in splits:
             self._known_splits.add(split.split_id)
@@ -256,44 +332,67 @@ class Coordinator:
         self._last_discovery = time.monotonic()
         new = [s for s in source.splits(self.config.parallelism) if s.split_id not in self._known_splits]
         if new:
+            self.splits = [*self.splits, *new]
             self._get_metadata(self._assign(new))
 
     def _kill_actors(self) -> None:
         for actor in [*self.readers, *(a for layer in self.stage_actors for a in layer)]:
             ray.kill(actor, no_restart=True)
+        self.readers, self.stage_actors = [], []
 
     # -- the epoch loop --------------------------------------------------------
 
-    def _loop(self, runner: SinkRunner | None, side_router: SideOutputRouter) -> None:
+    def _loop(
+        self, runner: SinkRunner | None, side_router: SideOutputRouter, epoch: int, replay: list[dict[str, Any]]
+    ) -> None:
         config = self.config
         bounded = self.plan.source.bounded
         active = list(range(len(self.readers)))
         in_flight: deque[_EpochInFlight] = deque()
-        epoch = 0
+        to_replay = deque(replay)
         while active and not self._stop.is_set():
             self._discover_splits()
             loop_started = time.perf_counter()
             blocked_before = self._blocked_seconds
-            previous_watermark = self.watermarks.current
+            logged = to_replay.popleft() if to_replay else None
+            previous_watermark = logged["watermark_before"] if logged else self.watermarks.current
             calls = {
                 i: _refs(
                     self.readers[i]
                     .run_epoch.options(num_returns=self._num_returns(-1))
-                    .remote(epoch, config.max_batch_rows, previous_watermark)
+                    .remote(epoch, config.max_batch_rows, previous_watermark, logged["splits"] if logged else None)
                 )
                 for i in active
             }
             reader_metas = self._get_metadata([calls[i][0] for i in active])
             now = time.monotonic()
             rows = 0
+            read: dict[str, dict[str, Any]] = {}
             for meta in reader_metas:
                 rows += meta["rows_in"]
                 for split_id, progress in meta["splits"].items():
                     self.watermarks.observe(split_id, progress, now)
+                    read[split_id] = {"position": progress["position"], "budget": progress["budget"]}
+                    self.positions[split_id] = progress["position"]
+                    if progress["done"]:
+                        self.done_splits.add(split_id)
                 if meta["done"]:
                     active.remove(meta["index"])
             end_of_input = not active
-            watermark = self.watermarks.advance(now, end_of_input)
+            if logged is not None:
+                watermark = self.watermarks.current = logged["watermark"]
+            else:
+                watermark = self.watermarks.advance(now, end_of_input)
+            checkpoint = None
+            if self.checkpointing is not None:
+                if logged is None:  # step 1 of the protocol: log what this epoch read before it makes output
+                    self.checkpointing.log_epoch(
+                        epoch, {"watermark_before": previous_watermark, "watermark": watermark, "splits": read}
+                    )
+                if self.checkpointing.due(epoch, end_of_input):
+                    checkpoint = _Checkpoint(
+                        dict(self.positions), set(self.done_splits), watermark, self.watermarks.clocks(), []
+                    )
             side_refs = [c[-1] for c in calls.values()] if self._side_slot(-1) else []
             layer = [c[1 : 1 + self._downstream(-1).num_outputs] for c in calls.values()]
             meta_refs: list[ray.ObjectRef] = []
@@ -310,8 +409,14 @@ class Coordinator:
                 if self._side_slot(s):
                     side_refs += [c[-1] for c in stage_calls]
                 layer = [c[1 : 1 + self._downstream(s).num_outputs] for c in stage_calls]
+                if checkpoint is not None:  # actor calls run in order: this sees the state right after the epoch
+                    assert self.checkpointing is not None
+                    store = self.checkpointing.store
+                    checkpoint.snapshot_refs += [actor.snapshot.remote(epoch, store) for actor in actors]
             output_refs = [outputs[0] for outputs in layer if outputs]
-            in_flight.append(_EpochInFlight(epoch, meta_refs, output_refs, side_refs, reader_metas, loop_started))
+            in_flight.append(
+                _EpochInFlight(epoch, meta_refs, output_refs, side_refs, reader_metas, loop_started, checkpoint)
+            )
             with self._lock:
                 self.metrics.rows_read += rows
                 self.metrics.watermark_ms = watermark
@@ -330,8 +435,18 @@ class Coordinator:
         metas = self._get_metadata(epoch.meta_refs) if epoch.meta_refs else []
         final_layer = metas[-self.config.parallelism :] if self.stage_actors else epoch.reader_metas
         results = [m["sink_result"] for m in final_layer if m["sink_result"] is not None]
+        state_files = []
+        if epoch.checkpoint is not None:  # step 4 of the protocol: the state snapshot is durable
+            state_files = [f for files in self._get_metadata(epoch.checkpoint.snapshot_refs) for f in files]
+        # Step 5: commit the sinks (idempotently: a replayed epoch replaces its own output).
         written = runner.complete_epoch(epoch.epoch, epoch.output_refs, results) if runner is not None else 0
         side_router.complete_epoch(epoch.epoch, epoch.side_refs)
+        if epoch.checkpoint is not None:  # step 6: commits/<epoch>, last
+            assert self.checkpointing is not None
+            point = epoch.checkpoint
+            self.checkpointing.commit(
+                epoch.epoch, self.splits, point.positions, point.done, point.watermark_ms, point.clocks, state_files
+            )
         with self._lock:
             metrics = self.metrics
             metrics.epochs_completed += 1
@@ -366,7 +481,7 @@ class Coordinator:
             if isinstance(cause, RaystreamError):
                 raise cause from None
             raise JobFailedError(f"a raystream actor failed: {exc}") from exc
-        except ray.exceptions.RayActorError as exc:
-            raise JobFailedError(f"a raystream actor died: {exc}") from exc
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
+            raise ActorDiedError(f"a raystream actor died: {exc}") from exc
         finally:
             self._blocked_seconds += time.perf_counter() - waited

@@ -82,6 +82,11 @@ class KeyedAggregation:
             else:  # pragma: no cover - Aggregate.kind is a Literal
                 raise ValueError(f"unknown aggregate {agg!r}")
 
+    @property
+    def distinct_aggregates(self) -> list[tuple[str, str]]:
+        """``(output name, input column)`` of each ``count_distinct``, in the order of ``Partial.distinct``."""
+        return list(self._distinct)
+
     # -- building partials -------------------------------------------------
 
     def partial(self, rows: pa.Table) -> Partial:

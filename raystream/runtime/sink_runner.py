@@ -22,6 +22,9 @@ class SinkRunner:
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+        # The newest epoch this process delivered. A replay after an actor failure runs epochs again;
+        # a driver-side sink has their output already, so it is not handed over twice.
+        self.delivered_epoch = 0
 
     def start(self, context: SinkContext) -> None:
         self.sink.on_start(context)
@@ -39,6 +42,9 @@ class SinkRunner:
         """Finish one epoch whose output tables are already on the driver (late rows)."""
         results = list(write_results)
         present = [t for t in tables if t is not None and t.num_rows]
+        if self.sink.on_driver and epoch <= self.delivered_epoch:
+            present = []
+        self.delivered_epoch = max(self.delivered_epoch, epoch)
         rows = 0
         if present:
             table = present[0] if len(present) == 1 else pa.concat_tables(present, promote_options="default")

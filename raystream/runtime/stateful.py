@@ -76,6 +76,19 @@ class OperatorState(ABC):
     def values(self) -> pa.Table:
         """The current value of every state row, as output rows."""
 
+    @abstractmethod
+    def snapshot(self) -> dict[str, pa.Table]:
+        """The whole state as named tables, each with the operator's key columns (to cut by key group)."""
+
+    @abstractmethod
+    def restore(self, tables: dict[str, pa.Table], watermark_ms: int) -> None:
+        """Replace the state by tables that :meth:`snapshot` made, maybe in other actors (rescaling).
+
+        Args:
+            tables: By name; a name may be missing when no row of it was saved.
+            watermark_ms: The watermark the job had reached when they were saved.
+        """
+
 
 class KeyedOperator(ABC):
     """The plan of a keyed stage: what both halves need, picklable."""
@@ -123,7 +136,7 @@ def split_partial(partial: Partial, keys: tuple[str, ...], num_key_groups: int, 
     return parts
 
 
-_Operator = TypeVar("_Operator", bound=KeyedOperator)
+_Operator = TypeVar("_Operator", bound="_ShufflesPartials")
 
 
 class _PartialState(OperatorState, Generic[_Operator]):
@@ -139,9 +152,25 @@ class _PartialState(OperatorState, Generic[_Operator]):
     def keys_table(self) -> pa.Table:
         return pa.table({}) if self.state is None else self.state.table.select(list(self.operator.keys))
 
+    def snapshot(self) -> dict[str, pa.Table]:
+        if self.state is None:
+            return {}
+        tables = {"partials": self.state.table}
+        tables.update({f"distinct-{i}": t for i, t in enumerate(self.state.distinct)})
+        return tables
+
+    def restore(self, tables: dict[str, pa.Table], watermark_ms: int) -> None:
+        if "partials" not in tables:
+            self.state = None
+        else:
+            count = len(self.operator.aggregation.distinct_aggregates)
+            self.state = Partial(tables["partials"], tuple(tables[f"distinct-{i}"] for i in range(count)))
+
 
 class _ShufflesPartials(KeyedOperator):
     """Operators whose upstream half pre-aggregates: the payload is a Partial, split by key."""
+
+    aggregation: KeyedAggregation
 
     def split(self, payload: Any, num_key_groups: int, num_partitions: int) -> list[Any | None]:
         return split_partial(payload, self.keys, num_key_groups, num_partitions)
@@ -155,6 +184,7 @@ class RunningAggregate(_ShufflesPartials):
     ) -> None:
         self.name = name
         self.keys = keys
+        self.aggregates = tuple(aggregates)
         self.emit = emit
         self.aggregation = KeyedAggregation(keys, aggregates)
 
@@ -286,6 +316,10 @@ class _WindowState(_PartialState["WindowAggregate"]):
         self.operator = operator
         self.state: Partial | None = None
         self.watermark_ms = START_OF_TIME_MS
+
+    def restore(self, tables: dict[str, pa.Table], watermark_ms: int) -> None:
+        super().restore(tables, watermark_ms)
+        self.watermark_ms = watermark_ms
 
     def process(self, payloads: Sequence[Any], watermark_ms: int, end_of_input: bool) -> Emitted:
         op = self.operator
@@ -447,6 +481,20 @@ class _SessionState(OperatorState):
 
     def keys_table(self) -> pa.Table:
         return pa.table({}) if self.sessions is None else self.sessions.select(list(self.operator.keys))
+
+    def snapshot(self) -> dict[str, pa.Table]:
+        if self.sessions is None:
+            return {}
+        return {"sessions": self.sessions, **{f"distinct-{i}": t for i, t in enumerate(self.distinct)}}
+
+    def restore(self, tables: dict[str, pa.Table], watermark_ms: int) -> None:
+        self.watermark_ms = watermark_ms
+        if "sessions" not in tables:
+            self.sessions, self.distinct = None, ()
+            return
+        count = len(self.operator.aggregation.distinct_aggregates)
+        self.sessions = tables["sessions"]
+        self.distinct = tuple(tables[f"distinct-{i}"] for i in range(count))
 
     def values(self) -> pa.Table:
         if self.sessions is None:

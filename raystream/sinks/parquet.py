@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import posixpath
 from typing import Any
 
@@ -13,6 +14,7 @@ from raystream.errors import PlanError
 from raystream.sinks.base import Sink, SinkContext
 
 _STAGING = "_staging"
+_COMMITTED = "_committed"
 
 
 class ParquetSink(Sink):
@@ -22,8 +24,13 @@ class ParquetSink(Sink):
     the whole epoch is written, the driver moves the files to ``path`` under
     the names ``part-<epoch>-<writer>-<i>.parquet`` (inside Hive-style
     folders with ``partition_by``). Readers of ``path`` skip ``_``-prefixed
-    entries, so they never see a half-written epoch's files, and a replayed
-    epoch rewrites the same names instead of adding files.
+    entries, so they never see staged files.
+
+    Committing an epoch again (a replay after a failure) replaces its
+    earlier files instead of adding to them: ``_committed/epoch-E.json``
+    lists every file an epoch made visible, and is widened to the new files
+    before any of them moves, so that a commit cut short is still cleaned
+    up by the next one.
     """
 
     name = "write_parquet"
@@ -61,14 +68,30 @@ class ParquetSink(Sink):
         return staging
 
     def on_epoch_complete(self, epoch_id: int, results: list[Any]) -> None:
-        for staging in results:
-            for staged in sorted(self._fs.find(staging)):
-                target = posixpath.join(self._root, posixpath.relpath(staged, staging))
-                self._fs.makedirs(posixpath.dirname(target), exist_ok=True)
-                self._fs.mv(staged, target)
+        moves = [
+            (staged, posixpath.join(self._root, posixpath.relpath(staged, staging)))
+            for staging in results
+            for staged in sorted(self._fs.find(staging))
+        ]
+        manifest = posixpath.join(self._root, _COMMITTED, f"epoch-{epoch_id:08d}.json")
+        earlier = json.loads(self._fs.cat_file(manifest)) if self._fs.exists(manifest) else []
+        targets = [target for _, target in moves]
+        self._write_manifest(manifest, sorted(set(earlier) | set(targets)))
+        for stale in set(earlier) - set(targets):
+            if self._fs.exists(stale):
+                self._fs.rm(stale)
+        for staged, target in moves:
+            self._fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            self._fs.mv(staged, target)
+        self._write_manifest(manifest, targets)
         epoch_dir = posixpath.join(self._root, _STAGING, f"epoch-{epoch_id:08d}")
         if self._fs.exists(epoch_dir):
             self._fs.rm(epoch_dir, recursive=True)
+
+    def _write_manifest(self, path: str, files: list[str]) -> None:
+        self._fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self._fs.pipe_file(path + ".tmp", json.dumps(files).encode())
+        self._fs.mv(path + ".tmp", path)
 
     def on_finish(self) -> None:
         staging_root = posixpath.join(self._root, _STAGING)

@@ -14,6 +14,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from raystream.errors import RaystreamError
+
+
+class ReplayError(RaystreamError):
+    """A split could not re-read exactly what a logged epoch read."""
+
 
 @dataclass(frozen=True)
 class Split:
@@ -62,8 +68,30 @@ class SplitReader(ABC):
 
         Passing it to :meth:`Source.open_split` gives a reader whose first
         batch starts with the first row that was never returned. It is small
-        and picklable (it is stored in checkpoints).
+        and JSON-serializable (an int, a string, a list...): checkpoints and
+        the write-ahead log store it.
         """
+
+    def read_until(self, position: Any, max_rows: int) -> pa.Table | None:
+        """Re-read, after a failure, exactly what an epoch read: up to ``position``, in at most ``max_rows``.
+
+        Called instead of ``next_batch`` when an epoch is replayed from the
+        write-ahead log. ``position`` and ``max_rows`` are what the split
+        reported and was given in the original epoch. The default suits
+        deterministic sources (files, tables): the same ``next_batch``
+        returns the same rows. A source whose batches depend on timing
+        (Kafka) overrides it.
+
+        Raises:
+            ReplayError: when the split does not end at ``position``.
+        """
+        batch = self.next_batch(max_rows)
+        if self.position() != position:
+            raise ReplayError(
+                f"replaying a split ended at position {self.position()!r}, not at the logged {position!r}: "
+                "the source does not return the same rows from the same position, so it cannot be replayed"
+            )
+        return batch
 
     def watermark_ms(self) -> int | None:
         """A watermark the split itself declares (epoch ms), or ``None``.

@@ -335,6 +335,12 @@ class _PartitionReader(SplitReader):
         return consumer
 
     def next_batch(self, max_rows: int) -> pa.Table | None:
+        return self._next(max_rows, until=None)
+
+    def _next(self, max_rows: int, until: int | None) -> pa.Table | None:
+        """Read at most ``max_rows`` records, and none at or past offset ``until``."""
+        from confluent_kafka import TopicPartition
+
         part = self.partition
         if self.done or (part.stop_offset is not None and (self.next_offset or 0) >= part.stop_offset):
             self.done = True
@@ -355,14 +361,17 @@ class _PartitionReader(SplitReader):
         offsets = [m.offset() for m in messages]
         timestamps = [m.timestamp()[1] for m in messages]
         keep = len(messages)
-        if part.stop_offset is not None:
-            keep = sum(1 for o in offsets if o < part.stop_offset)
+        limits = [o for o in (part.stop_offset, until) if o is not None]
+        if limits:
+            keep = sum(1 for o in offsets if o < min(limits))
         if part.stop_ms is not None:
             past = next((i for i, ts in enumerate(timestamps[:keep]) if ts >= part.stop_ms), None)
             if past is not None:
                 keep, self.done = past, True
         if keep < len(messages):
             self.next_offset = offsets[keep]  # the first record not emitted
+            if not self.done:  # records past a replay limit come again in the next epoch
+                self._consumer.seek(TopicPartition(part.topic, part.partition, self.next_offset))
         elif messages:
             self.next_offset = offsets[-1] + 1
         if part.stop_offset is not None and (self.next_offset or 0) >= part.stop_offset:
@@ -383,6 +392,27 @@ class _PartitionReader(SplitReader):
         if self.source.format == "raw":
             return raw
         return self._decode_json(raw)
+
+    def read_until(self, position: Any, max_rows: int) -> pa.Table | None:
+        """Re-read exactly the records before offset ``position``, however the broker batches them."""
+        if position is None or (self.next_offset is not None and self.next_offset >= position):
+            return None if self.done else self._empty()
+        tables = []
+        while self.next_offset is None or self.next_offset < position:
+            batch = self._next(position - (self.next_offset or 0), until=position)
+            if batch is None:
+                break
+            tables.append(batch)
+        if self.next_offset != position:
+            raise KafkaError(
+                f"read_kafka: replaying {self.partition.topic}/{self.partition.partition} stopped at offset "
+                f"{self.next_offset}, not at the logged {position}; were records deleted by retention?"
+            )
+        return pa.concat_tables(tables, promote_options="default") if tables else self._empty()
+
+    def _empty(self) -> pa.Table:
+        schema = self.source.schema()
+        return schema.empty_table() if schema is not None else pa.table({})
 
     def _decode_json(self, raw: pa.Table) -> pa.Table:
         schema = self.source._record_schema

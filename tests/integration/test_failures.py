@@ -58,7 +58,7 @@ def test_foreach_batch_error_is_reported_with_the_epoch() -> None:
     def broken_sink(table: pa.Table, epoch_id: int) -> None:
         raise RuntimeError("database is down")
 
-    with pytest.raises(rs.UserFunctionError, match="foreach_batch function .*broken_sink.* raised in epoch 0"):
+    with pytest.raises(rs.UserFunctionError, match="foreach_batch function .*broken_sink.* raised in epoch 1"):
         rs.from_arrow(EVENTS).foreach_batch(broken_sink, rs.RunConfig(max_batch_rows=100_000))
 
 

@@ -300,7 +300,7 @@ def test_start_positions(kafka_broker: Any, new_topic: Any) -> None:
 def test_a_delivery_error_fails_the_epoch_with_the_brokers_message(kafka_broker: Any, new_topic: Any) -> None:
     topic = new_topic(partitions=1)
     frame = pd.DataFrame({"payload": ["x" * 5000]})
-    with pytest.raises(rs.RaystreamError, match=r"write_kafka: 1 of 1 records to .* failed in epoch 0: .*size"):
+    with pytest.raises(rs.RaystreamError, match=r"write_kafka: 1 of 1 records to .* failed in epoch 1: .*size"):
         rs.from_pandas(frame).write_kafka(
             topic, kafka_broker.bootstrap_servers, producer_config={"message.max.bytes": 2000}
         )

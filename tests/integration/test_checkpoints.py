@@ -1,0 +1,173 @@
+"""Acceptance: checkpoints make the output exact through driver kills, actor kills, rescaling and bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+from windows_oracle import normalized, out_of_order_events, windows_sql
+
+import raystream as rs
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+HERE = Path(__file__).resolve().parent
+JOB = HERE / "checkpointed_job.py"
+
+
+def written(folder: Path) -> pd.DataFrame:
+    """Every row of a Parquet output, normalized for comparison (duplicates kept: they must not exist)."""
+    return normalized(pq.read_table(folder).to_pandas())
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    frame = out_of_order_events(60_000, keys=10, max_disorder_ms=2_000, seed=8)
+    folder = tmp_path_factory.mktemp("events")
+    for part in range(3):  # three files, so there are several splits
+        chunk = frame.iloc[part * 20_000 : (part + 1) * 20_000]
+        pq.write_table(pa.Table.from_pandas(chunk, preserve_index=False), folder / f"part-{part}.parquet")
+    return folder, frame
+
+
+def run_job(args: list[str], kill_after: float | None = None) -> bool:
+    """Run the job in its own process group; with ``kill_after``, SIGKILL the group after that many seconds.
+
+    Returns:
+        True when the job ran to its end, False when it was killed.
+    """
+    # A short folder of its own for the job's Ray: socket paths must stay under ~100 characters.
+    ray_dir = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
+    command = [sys.executable, str(JOB), *args, "--ray-temp-dir", str(ray_dir)]
+    log = ray_dir.with_suffix(".log")
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, start_new_session=True, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        try:
+            process.wait(timeout=300 if kill_after is None else kill_after)
+        except subprocess.TimeoutExpired:
+            if kill_after is None:
+                raise
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return False
+        assert process.returncode == 0, log.read_text()[-3000:]
+        return True
+    finally:
+        # The local Ray the job started lives in its own temp dir: make sure none of it survives.
+        subprocess.run(["pkill", "-9", "-f", str(ray_dir)], check=False)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_driver_killed_three_times_then_finished_gives_the_uninterrupted_output(
+    events: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    folder, frame = events
+    expected = normalized(windows_sql(frame, rs.Tumbling("10s")))
+    out, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
+    args = [str(folder), str(out), str(checkpoints)]
+    rng = random.Random(5)
+    kills = 0
+    for _ in range(6):
+        if kills >= 3:
+            break
+        # Ray starts in ~3 s; the run itself takes several more: kill somewhere in the middle.
+        if not run_job(args, kill_after=rng.uniform(5.0, 9.0)):
+            kills += 1
+    assert kills >= 3
+    committed = [int(p.stem) for p in (checkpoints / "commits").glob("*.json")]
+    assert max(committed) > 0, "the kills came before any epoch was checkpointed"
+    assert run_job(args)
+    pd.testing.assert_frame_equal(written(out), expected)
+
+
+def slowly(batch: pa.Table) -> pa.Table:
+    time.sleep(0.02)
+    return batch
+
+
+def windowed(table: pa.Table) -> rs.Stream:
+    events = rs.from_arrow(table, time_column="t").map_batches(slowly, schema=table.schema)
+    windows = events.with_watermark("t", delay="5s").key_by("k").window(rs.Tumbling("10s"))
+    return windows.agg(n=rs.count(), s=rs.sum("v"), m=rs.max("v"))
+
+
+def test_a_killed_partition_actor_is_recovered_inside_the_job(
+    events: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    _, frame = events
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    config = rs.RunConfig(parallelism=2, max_batch_rows=2_000, checkpoint_dir=str(tmp_path / "ck"))
+    job = windowed(table).write_parquet(str(tmp_path / "out"), config, wait=False)
+    deadline = time.monotonic() + 60
+    while job.metrics()["epochs_completed"] < 5:
+        assert time.monotonic() < deadline and job.status() == "running", job.metrics()
+        time.sleep(0.05)
+    ray.kill(job._coordinator.stage_actors[0][1], no_restart=True)
+    job.wait(timeout=240)
+    assert job.status() == "finished"
+    assert job._coordinator.recoveries == 1
+    pd.testing.assert_frame_equal(written(tmp_path / "out"), normalized(windows_sql(frame, rs.Tumbling("10s"))))
+
+
+def test_restoring_with_another_parallelism_gives_the_same_result(
+    events: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    _, frame = events
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    checkpoints, out = str(tmp_path / "ck"), str(tmp_path / "out")
+    for parallelism in (2, 4):  # run part of the input at each parallelism, then stop
+        config = rs.RunConfig(parallelism=parallelism, max_batch_rows=2_000, checkpoint_dir=checkpoints)
+        job = windowed(table).write_parquet(out, config, wait=False)
+        target = job.metrics()["epochs_completed"] + 4
+        while job.metrics()["epochs_completed"] < target and job.status() == "running":
+            time.sleep(0.02)
+        job.stop()
+    windowed(table).write_parquet(out, rs.RunConfig(parallelism=1, max_batch_rows=2_000, checkpoint_dir=checkpoints))
+    pd.testing.assert_frame_equal(written(tmp_path / "out"), normalized(windows_sql(frame, rs.Tumbling("10s"))))
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped_with_a_warning(
+    events: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    _, frame = events
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    checkpoints, out = tmp_path / "ck", str(tmp_path / "out")
+    config = rs.RunConfig(parallelism=2, max_batch_rows=2_000, checkpoint_dir=str(checkpoints))
+    job = windowed(table).write_parquet(out, config, wait=False)
+    while job.metrics()["epochs_completed"] < 6 and job.status() == "running":
+        time.sleep(0.02)
+    job.stop()
+    newest = sorted((checkpoints / "commits").iterdir())[-1]
+    record = json.loads(newest.read_text())
+    newest.write_text(json.dumps(record)[:-20])  # truncated
+    with pytest.warns(RuntimeWarning, match=rf"skipping commit .*{newest.name}"):
+        windowed(table).write_parquet(out, config)
+    pd.testing.assert_frame_equal(written(tmp_path / "out"), normalized(windows_sql(frame, rs.Tumbling("10s"))))
+
+
+def test_a_checkpoint_of_another_pipeline_is_refused(tmp_path: Path) -> None:
+    table = pa.table({"t": np.arange(1000), "k": np.arange(1000) % 3, "v": np.ones(1000, dtype=np.int64)})
+    config = rs.RunConfig(max_batch_rows=500, checkpoint_dir=str(tmp_path / "ck"))
+    rs.from_arrow(table).key_by("k").agg(n=rs.count()).write_parquet(str(tmp_path / "a"), config)
+    with pytest.raises(rs.RaystreamError, match="was written by a different pipeline"):
+        rs.from_arrow(table).key_by("v").agg(n=rs.count()).write_parquet(str(tmp_path / "b"), config)
+
+
+def test_a_source_that_cannot_replay_is_refused_at_once() -> None:
+    with pytest.raises(rs.PlanError, match="read_socket is not replayable"):
+        rs.read_socket("127.0.0.1", 9).start(rs.RunConfig(checkpoint_dir="memory://never"))
