@@ -11,6 +11,7 @@ Build a stream from a source, chain operators, then call a terminal::
 from raystream.aggregates import Aggregate, count, count_distinct, max, mean, min, sum
 from raystream.config import RunConfig
 from raystream.errors import ConfigError, JobFailedError, PlanError, RaystreamError, UserFunctionError
+from raystream.runtime.checkpointing import read_state
 from raystream.runtime.job import Job
 from raystream.sinks.base import Sink, SinkContext
 from raystream.sources import (
@@ -65,6 +66,7 @@ __all__ = [
     "read_kafka",
     "read_parquet",
     "read_socket",
+    "read_state",
     "read_text",
     "sum",
 ]

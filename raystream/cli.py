@@ -72,6 +72,43 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from raystream.runtime.checkpoint import CheckpointStore
+
+    summary = CheckpointStore(args.dir).describe()
+    if summary["latest_epoch"] is None:
+        print(f"{args.dir}: no committed checkpoint")
+        return 1
+    record = summary["record"]
+    watermark = record.get("watermark_ms")
+    print(f"checkpoint dir: {summary['url']}")
+    print(f"last committed epoch: {summary['latest_epoch']}")
+    print(f"watermark: {_format_ms(watermark)}")
+    print("source positions:")
+    done = set(record.get("done", []))
+    for split_id in record.get("split_ids", []):
+        position = record.get("positions", {}).get(split_id)
+        print(f"  {split_id}: {'start' if position is None else position}{'  (done)' if split_id in done else ''}")
+    print("state per operator:")
+    if not summary["state"]:
+        print("  (none)")
+    for operator, size in sorted(summary["state"].items()):
+        print(f"  {operator}: {size['rows']} rows in {size['files']} files, {size['bytes']} bytes")
+    return 0
+
+
+def _format_ms(value: int | None) -> str:
+    from raystream._time import END_OF_TIME_MS, START_OF_TIME_MS
+
+    if value is None or value <= START_OF_TIME_MS:
+        return "none yet"
+    if value >= END_OF_TIME_MS:
+        return "end of input"
+    from datetime import datetime, timezone
+
+    return f"{datetime.fromtimestamp(value / 1000, tz=timezone.utc).isoformat()} ({value} ms)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``raystream`` console script."""
     parser = argparse.ArgumentParser(prog="raystream", description="Run raystream jobs.")
@@ -80,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("job", help="a Python file that defines build(config) -> Stream")
     run.add_argument("--config", required=True, help="a YAML file with job, run and sink sections")
     run.set_defaults(handler=_run)
+    checkpoints = commands.add_parser("checkpoints", help="look into a job's checkpoints")
+    checkpoint_commands = checkpoints.add_subparsers(dest="checkpoint_command", required=True)
+    inspect = checkpoint_commands.add_parser(
+        "inspect", help="the last committed epoch, source positions, watermark and state size per operator"
+    )
+    inspect.add_argument("dir", help="the job's checkpoint_dir (a folder or an fsspec URL)")
+    inspect.set_defaults(handler=_inspect)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))

@@ -106,6 +106,7 @@ class Checkpointing:
             config.checkpoint_dir, config.checkpoint_storage_options, keep=config.checkpoints_to_keep
         )
         self.fingerprint = fingerprint(plan)
+        self.stages = plan.stages
         self.every = config.checkpoint_every if config.checkpoint_interval is None else None
         if self.every is None and config.checkpoint_interval is None:
             self.every = 1
@@ -180,5 +181,48 @@ class Checkpointing:
             "clocks": clocks,
             "split_ids": [s.split_id for s in splits],
             "splits": base64.b64encode(pickle.dumps(splits)).decode(),
+            # The keyed operators (no user code), so that read_state can make sense of the state files.
+            "operators": base64.b64encode(pickle.dumps({stage.name: stage.operator for stage in self.stages})).decode(),
         }
         self.store.commit(epoch, record, state_files)
+
+
+def read_state(checkpoint_dir: str, operator: str | None = None, storage_options: dict[str, Any] | None = None) -> Any:
+    """The keyed state of a job as of its last committed checkpoint, as a pandas DataFrame.
+
+    Running aggregates show one row per key; windows show their open
+    windows with ``window_start``, ``window_end`` and the values so far.
+
+    Args:
+        checkpoint_dir: The job's ``RunConfig.checkpoint_dir``.
+        operator: The keyed operator's name (``agg(name=...)``); needed only
+            when the job has several.
+        storage_options: fsspec options for ``checkpoint_dir``.
+
+    Raises:
+        CheckpointError: when there is no valid checkpoint, or no such operator.
+    """
+    from raystream.runtime.checkpoint import CheckpointError
+
+    store = CheckpointStore(checkpoint_dir, storage_options)
+    checkpoint = store.latest()
+    if checkpoint is None:
+        raise CheckpointError(f"read_state: no committed checkpoint in {checkpoint_dir}")
+    operators = pickle.loads(base64.b64decode(checkpoint.record["operators"]))
+    if not operators:
+        raise CheckpointError(f"read_state: the job checkpointed in {checkpoint_dir} has no keyed state")
+    if operator is None:
+        if len(operators) > 1:
+            raise CheckpointError(f"read_state: name one of the job's operators: {', '.join(operators)}")
+        operator = next(iter(operators))
+    if operator not in operators:
+        raise CheckpointError(f"read_state: no operator {operator!r}; the job's operators are: {', '.join(operators)}")
+    tables: dict[str, list[Any]] = {}
+    for entry in checkpoint.state_files:
+        if entry.stage == operator:
+            tables.setdefault(entry.table, []).append(store.read_state(entry))
+    state = operators[operator].new_state()
+    import pyarrow as pa
+
+    state.restore({name: pa.concat_tables(parts) for name, parts in tables.items()}, checkpoint.record["watermark_ms"])
+    return state.values().to_pandas()

@@ -338,7 +338,6 @@ class Coordinator:
     def _kill_actors(self) -> None:
         for actor in [*self.readers, *(a for layer in self.stage_actors for a in layer)]:
             ray.kill(actor, no_restart=True)
-        self.readers, self.stage_actors = [], []
 
     # -- the epoch loop --------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from typing import Any
 
 import pandas as pd
@@ -36,6 +37,16 @@ def ensure_ray(config: RunConfig) -> None:
         ) from exc
 
 
+_RUNNING: weakref.WeakSet[Job] = weakref.WeakSet()
+
+
+def stop_all(timeout: float | None = 60.0) -> None:
+    """Stop every job of this process that is still running (before ``ray.shutdown()``, say)."""
+    for job in list(_RUNNING):
+        if job.status() == "running":
+            job.stop(timeout)
+
+
 class Job:
     """A running (or finished) pipeline. Returned by ``stream.start()`` and by ``wait=False`` terminals.
 
@@ -49,6 +60,7 @@ class Job:
         self._error: BaseException | None = None
         self._status = "running"
         self._thread = threading.Thread(target=self._run, name="raystream-coordinator", daemon=True)
+        _RUNNING.add(self)
         self._thread.start()
 
     def _run(self) -> None:

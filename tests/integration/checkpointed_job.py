@@ -1,6 +1,10 @@
 """A windowed Parquet-to-Parquet job with checkpoints, run as its own process by the recovery tests.
 
     python checkpointed_job.py INPUT OUTPUT CHECKPOINTS [--parallelism N] [--ray-temp-dir DIR]
+                               [--kafka BOOTSTRAP_SERVERS --stop-ms MS --group GROUP]
+
+INPUT is a Parquet folder, or with --kafka a topic (read until --stop-ms,
+with --group as a consumer group that raystream publishes positions to).
 
 Each epoch is slowed down a little so that a test can kill the process at
 a random moment in the middle of the run.
@@ -16,9 +20,11 @@ import pyarrow as pa
 
 import raystream as rs
 
+DELAY_S = 0.05  # per batch: a test kills the job mid-run; this gives it a middle
+
 
 def slowly(batch: pa.Table) -> pa.Table:
-    time.sleep(0.05)  # a test kills the job mid-run; this gives it a middle
+    time.sleep(DELAY_S)
     return batch
 
 
@@ -29,7 +35,13 @@ def main() -> None:
     parser.add_argument("checkpoints")
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--ray-temp-dir")
+    parser.add_argument("--kafka", help="bootstrap servers: INPUT is then a topic")
+    parser.add_argument("--stop-ms", type=int)
+    parser.add_argument("--group")
+    parser.add_argument("--delay", type=float, default=DELAY_S, help="seconds of sleep per batch")
     args = parser.parse_args()
+    global DELAY_S
+    DELAY_S = args.delay
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 import ray
 
+from raystream.runtime.job import stop_all
+
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
@@ -15,4 +17,6 @@ def ray_local() -> Iterator[None]:
         ray.shutdown()
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=True)
     yield
+    # A job a failed test left running would lose Ray under its feet, which ends the whole process.
+    stop_all()
     ray.shutdown()

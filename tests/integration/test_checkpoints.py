@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ import ray
 from windows_oracle import normalized, out_of_order_events, windows_sql
 
 import raystream as rs
+import raystream.testing
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -171,3 +173,73 @@ def test_a_checkpoint_of_another_pipeline_is_refused(tmp_path: Path) -> None:
 def test_a_source_that_cannot_replay_is_refused_at_once() -> None:
     with pytest.raises(rs.PlanError, match="read_socket is not replayable"):
         rs.read_socket("127.0.0.1", 9).start(rs.RunConfig(checkpoint_dir="memory://never"))
+
+
+def test_read_state_and_inspect_show_the_keys_and_open_windows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raystream.cli import main
+
+    # Key "a" has a window that can still change; key "b" only closed ones.
+    events = pa.table(
+        {
+            "t": np.array([1_000, 2_000, 11_000, 12_000, 95_000], dtype=np.int64),
+            "k": ["a", "b", "b", "a", "a"],
+            "v": np.array([1, 2, 3, 4, 5], dtype=np.int64),
+        }
+    )
+    source = rs.testing.TestSource().add_batch(events)  # unbounded: no end, so windows stay open
+    stream = source.stream(time_column="t").with_watermark("t", delay="60s")
+    windows = stream.key_by("k").window(rs.Tumbling("10s")).agg(n=rs.count(), total=rs.sum("v"), name="per_key")
+    checkpoints = str(tmp_path / "ck")
+    job = windows.start(rs.RunConfig(parallelism=2, checkpoint_dir=checkpoints))
+    deadline = time.monotonic() + 60
+    while job.metrics()["epochs_completed"] < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    job.stop()
+
+    state = rs.read_state(checkpoints).sort_values(["k", "window_start"]).reset_index(drop=True)
+    # The watermark is 95 s - 60 s = 35 s: windows ending by then fired and were freed.
+    assert state[["k", "window_start", "window_end", "n", "total"]].to_dict("records") == [
+        {"k": "a", "window_start": 90_000, "window_end": 100_000, "n": 1, "total": 5},
+    ]
+    assert rs.read_state(checkpoints, operator="per_key").shape == state.shape
+
+    assert main(["checkpoints", "inspect", checkpoints]) == 0
+    printed = capsys.readouterr().out
+    assert "last committed epoch:" in printed
+    assert "test-0: 1" in printed  # the split's position: one step of the script read
+    assert "watermark: 1970-01-01T00:00:35+00:00 (35000 ms)" in printed
+    assert "per_key: 1 rows in 1 files" in printed
+
+
+def test_kafka_job_resumes_from_its_checkpointed_offsets_not_the_consumer_group(
+    kafka_broker: Any, new_topic: Any, tmp_path: Path
+) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+
+    frame = out_of_order_events(30_000, keys=10, max_disorder_ms=2_000, seed=12)
+    topic = new_topic(partitions=2)
+    lines = frame.to_json(orient="records", lines=True).splitlines()
+    for p in range(2):
+        rows = range(p, len(lines), 2)
+        kafka_broker.produce(
+            topic, [lines[i] for i in rows], partition=p, timestamps_ms=[int(frame["t"][i]) for i in rows]
+        )
+    stop_ms = int(frame["t"].max()) + 60_000
+    for p in range(2):
+        kafka_broker.produce(topic, ['{"t": 0, "k": -1, "v": 0}'], partition=p, timestamps_ms=[stop_ms])
+    group = f"misleading-{topic}"
+    out, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
+    args = [topic, str(out), str(checkpoints), "--kafka", kafka_broker.bootstrap_servers, "--stop-ms", str(stop_ms)]
+    args += ["--group", group, "--delay", "0.3"]
+    assert not run_job(args, kill_after=8.0), "the job ended before it could be killed"
+    committed = [int(p.stem) for p in (checkpoints / "commits").glob("*.json")]
+    assert max(committed) > 0, "the kill came before any epoch was checkpointed"
+    # Move the group to the end of the topic: a job that trusted the group would skip what it had not read.
+    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap_servers, "group.id": group})
+    consumer.commit(offsets=[TopicPartition(topic, p, 15_001) for p in range(2)], asynchronous=False)
+    consumer.close()
+    assert run_job(args)
+    pd.testing.assert_frame_equal(written(out), normalized(windows_sql(frame, rs.Tumbling("10s"))))

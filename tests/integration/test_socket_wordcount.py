@@ -56,7 +56,10 @@ def test_socket_wordcount_equals_counter(line_server: LineServer, tmp_path: Path
     stream, run_config, _ = prepare_job(ROOT / "jobs" / "wordcount.py", config)
     job = stream.start(run_config)
     # The server closes the connection after the last line, which ends the socket split and the job.
-    job.wait(timeout=120)
+    try:
+        job.wait(timeout=120)
+    finally:
+        job.stop()
     assert job.status() == "finished"
     counts = job.results()
     expected = Counter(word for line in LINES for word in line.split())
