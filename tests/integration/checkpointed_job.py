@@ -15,17 +15,22 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
+from datetime import datetime, timezone
 
 import pyarrow as pa
 
 import raystream as rs
 
-DELAY_S = 0.05  # per batch: a test kills the job mid-run; this gives it a middle
 
+def slowed(delay_s: float) -> Callable[[pa.Table], pa.Table]:
+    """A pass-through that takes ``delay_s`` per batch: a test kills the job mid-run, this gives it a middle."""
 
-def slowly(batch: pa.Table) -> pa.Table:
-    time.sleep(DELAY_S)
-    return batch
+    def slowly(batch: pa.Table) -> pa.Table:
+        time.sleep(delay_s)
+        return batch
+
+    return slowly
 
 
 def main() -> None:
@@ -38,17 +43,22 @@ def main() -> None:
     parser.add_argument("--kafka", help="bootstrap servers: INPUT is then a topic")
     parser.add_argument("--stop-ms", type=int)
     parser.add_argument("--group")
-    parser.add_argument("--delay", type=float, default=DELAY_S, help="seconds of sleep per batch")
+    parser.add_argument("--delay", type=float, default=0.05, help="seconds of sleep per batch")
     args = parser.parse_args()
-    global DELAY_S
-    DELAY_S = args.delay
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=args.ray_temp_dir)
-    events = rs.read_parquet(args.input, time_column="t").map_batches(
-        slowly, schema=pa.schema([("t", pa.int64()), ("k", pa.int64()), ("v", pa.int64())])
-    )
+    schema = pa.schema([("t", pa.int64()), ("k", pa.int64()), ("v", pa.int64())])
+    if args.kafka:
+        stop = datetime.fromtimestamp(args.stop_ms / 1000, tz=timezone.utc)
+        config = {"group.id": args.group}
+        source = rs.read_kafka(
+            args.input, args.kafka, schema=schema, time_column="t", stop=stop, consumer_config=config
+        )
+    else:
+        source = rs.read_parquet(args.input, time_column="t")
+    events = source.map_batches(slowed(args.delay), schema=schema)
     windows = events.with_watermark("t", delay="5s").key_by("k").window(rs.Tumbling("10s"))
     config = rs.RunConfig(
         parallelism=args.parallelism, max_batch_rows=2_000, checkpoint_dir=args.checkpoints, checkpoint_every=1

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,13 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame
     return folder, frame
 
 
-def run_job(args: list[str], kill_after: float | None = None) -> bool:
-    """Run the job in its own process group; with ``kill_after``, SIGKILL the group after that many seconds.
+def last_commit(checkpoints: Path) -> int:
+    """The newest committed epoch in a checkpoint folder (-1 when there is none)."""
+    return max((int(p.stem) for p in (checkpoints / "commits").glob("*.json")), default=-1)
+
+
+def run_job(args: list[str], kill_when: Callable[[], bool] | None = None) -> bool:
+    """Run the job in its own process group; SIGKILL the whole group once ``kill_when()`` is true.
 
     Returns:
         True when the job ran to its end, False when it was killed.
@@ -59,14 +65,14 @@ def run_job(args: list[str], kill_after: float | None = None) -> bool:
     with open(log, "wb") as output:
         process = subprocess.Popen(command, start_new_session=True, stdout=output, stderr=subprocess.STDOUT)
     try:
-        try:
-            process.wait(timeout=300 if kill_after is None else kill_after)
-        except subprocess.TimeoutExpired:
-            if kill_after is None:
-                raise
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return False
+        started = time.monotonic()
+        while process.poll() is None:
+            if kill_when is not None and kill_when():
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return False
+            assert time.monotonic() - started < 300, "the job ran for 5 minutes"
+            time.sleep(0.02)
         assert process.returncode == 0, log.read_text()[-3000:]
         return True
     finally:
@@ -81,18 +87,22 @@ def test_driver_killed_three_times_then_finished_gives_the_uninterrupted_output(
     folder, frame = events
     expected = normalized(windows_sql(frame, rs.Tumbling("10s")))
     out, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
-    args = [str(folder), str(out), str(checkpoints)]
+    args = [str(folder), str(out), str(checkpoints), "--delay", "0.1"]
     rng = random.Random(5)
-    kills = 0
-    for _ in range(6):
-        if kills >= 3:
-            break
-        # Ray starts in ~3 s; the run itself takes several more: kill somewhere in the middle.
-        if not run_job(args, kill_after=rng.uniform(5.0, 9.0)):
-            kills += 1
-    assert kills >= 3
-    committed = [int(p.stem) for p in (checkpoints / "commits").glob("*.json")]
-    assert max(committed) > 0, "the kills came before any epoch was checkpointed"
+    for _ in range(3):
+        # Kill at a random moment in the middle: after one to three more epochs were checkpointed,
+        # and a random instant after that.
+        target = last_commit(checkpoints) + rng.randint(1, 3)
+        pause = rng.uniform(0.0, 0.3)
+        ready_at: list[float] = []
+
+        def due(target: int = target, pause: float = pause, ready_at: list[float] = ready_at) -> bool:
+            if not ready_at and (checkpoints / "commits").exists() and last_commit(checkpoints) >= target:
+                ready_at.append(time.monotonic())
+            return bool(ready_at) and time.monotonic() - ready_at[0] >= pause
+
+        assert not run_job(args, kill_when=due), "the job ended before it could be killed"
+    assert last_commit(checkpoints) > 0
     assert run_job(args)
     pd.testing.assert_frame_equal(written(out), expected)
 
@@ -233,10 +243,8 @@ def test_kafka_job_resumes_from_its_checkpointed_offsets_not_the_consumer_group(
     group = f"misleading-{topic}"
     out, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
     args = [topic, str(out), str(checkpoints), "--kafka", kafka_broker.bootstrap_servers, "--stop-ms", str(stop_ms)]
-    args += ["--group", group, "--delay", "0.3"]
-    assert not run_job(args, kill_after=8.0), "the job ended before it could be killed"
-    committed = [int(p.stem) for p in (checkpoints / "commits").glob("*.json")]
-    assert max(committed) > 0, "the kill came before any epoch was checkpointed"
+    args += ["--group", group, "--delay", "0.1"]
+    assert not run_job(args, kill_when=lambda: (checkpoints / "commits").exists() and last_commit(checkpoints) >= 3)
     # Move the group to the end of the topic: a job that trusted the group would skip what it had not read.
     consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap_servers, "group.id": group})
     consumer.commit(offsets=[TopicPartition(topic, p, 15_001) for p in range(2)], asynchronous=False)
