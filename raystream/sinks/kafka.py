@@ -24,7 +24,7 @@ class KafkaSink(Sink):
     ``write`` returns only once the broker has acknowledged every record of
     the batch (``flush``); a delivery error fails the epoch with the
     broker's message. A replayed epoch produces its records again, so this
-    sink is at-least-once.
+    sink is at-least-once; :class:`TransactionalKafkaSink` is exactly-once.
 
     Args:
         topic: The topic to write.
@@ -93,33 +93,12 @@ class KafkaSink(Sink):
         return Producer(config)
 
     def write(self, table: pa.Table, epoch_id: int, writer: int) -> int:
-        from confluent_kafka import KafkaException
-
         if self._producer is None:
             self._producer = self._open()
         values = self._values(table)
         keys = self._keys(table)
-        failures: list[str] = []
-        lock = threading.Lock()
-
-        def delivered(error: Any, message: Any) -> None:
-            if error is not None:
-                with lock:
-                    failures.append(str(error))
-
-        producer = self._producer
-        # The Producer API takes one record per call; the values were encoded for the whole batch at once.
-        for i, value in enumerate(values):
-            while True:
-                try:
-                    producer.produce(self.topic, value=value, key=keys[i] if keys else None, on_delivery=delivered)
-                    break
-                except BufferError:  # the local queue is full: let deliveries drain, then retry
-                    producer.poll(0.1)
-                except KafkaException as exc:  # refused before sending, such as a record over message.max.bytes
-                    failures.append(str(exc.args[0]) if exc.args else str(exc))
-                    break
-        remaining = producer.flush(_FLUSH_TIMEOUT_S)
+        failures = _produce(self._producer, self.topic, values, keys)
+        remaining = self._producer.flush(_FLUSH_TIMEOUT_S)
         if remaining:
             failures.append(f"{remaining} records still unacknowledged after {_FLUSH_TIMEOUT_S:g}s")
         if failures:
@@ -150,6 +129,109 @@ class KafkaSink(Sink):
     def on_finish(self) -> None:
         if self._producer is not None:
             self._producer.flush(_FLUSH_TIMEOUT_S)
+
+
+def _produce(producer: Any, topic: str, values: list[bytes], keys: list[bytes | None] | None) -> list[str]:
+    """Hand every record to the producer; returns the errors of those it refused or could not deliver.
+
+    Deliveries are confirmed by the caller's ``flush`` (or ``commit_transaction``).
+    """
+    from confluent_kafka import KafkaException
+
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def delivered(error: Any, message: Any) -> None:
+        if error is not None:
+            with lock:
+                failures.append(str(error))
+
+    # The Producer API takes one record per call; the values were encoded for the whole batch at once.
+    for i, value in enumerate(values):
+        while True:
+            try:
+                producer.produce(topic, value=value, key=keys[i] if keys else None, on_delivery=delivered)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain, then retry
+                producer.poll(0.1)
+            except KafkaException as exc:  # refused before sending, such as a record over message.max.bytes
+                failures.append(str(exc.args[0]) if exc.args else str(exc))
+                break
+    return failures
+
+
+class TransactionalKafkaSink(KafkaSink):
+    """``write_kafka(..., transactional_id=...)``: exactly-once output through Kafka transactions.
+
+    Each epoch is produced from the driver in one transaction, together
+    with a marker: the epoch id, committed as the offset of the consumer
+    group ``raystream-epochs.<transactional_id>`` on partition 0 of the
+    topic, which commits or aborts with the records. An epoch replayed
+    after a failure whose marker says it was committed is not produced
+    again, so a consumer reading with ``isolation.level=read_committed``
+    sees every row once.
+    """
+
+    on_driver = True
+
+    def __init__(self, *args: Any, transactional_id: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not transactional_id:
+            raise PlanError("write_kafka: transactional_id must be a non-empty string")
+        self.transactional_id = transactional_id
+        self.marker_group = f"raystream-epochs.{transactional_id}"
+        self.committed_epoch = 0
+        self._group_metadata: Any = None
+
+    def _open(self) -> Any:
+        from confluent_kafka import Producer
+
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "linger.ms": 5,
+            "transactional.id": self.transactional_id,
+        }
+        config.update(self.producer_config)
+        return Producer(config)
+
+    def on_start(self, context: SinkContext) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        super().on_start(context)
+        self._producer = self._open()
+        # Fences an earlier producer with this id and aborts the transaction it left open.
+        self._producer.init_transactions(_FLUSH_TIMEOUT_S)
+        marker = Consumer({"bootstrap.servers": self.bootstrap_servers, "group.id": self.marker_group})
+        try:
+            (position,) = marker.committed([TopicPartition(self.topic, 0)], timeout=_FLUSH_TIMEOUT_S)
+            self.committed_epoch = max(0, position.offset)
+            self._group_metadata = marker.consumer_group_metadata()
+        finally:
+            marker.close()
+
+    def write(self, table: pa.Table, epoch_id: int, writer: int) -> int:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        if epoch_id <= self.committed_epoch:
+            return 0  # a replay of an epoch whose transaction committed: its records are there already
+        values, keys = self._values(table), self._keys(table)
+        producer = self._producer
+        producer.begin_transaction()
+        failures = _produce(producer, self.topic, values, keys)
+        try:
+            if failures:
+                raise KafkaDeliveryError(failures[0])
+            producer.send_offsets_to_transaction(
+                [TopicPartition(self.topic, 0, epoch_id)], self._group_metadata, _FLUSH_TIMEOUT_S
+            )
+            producer.commit_transaction(_FLUSH_TIMEOUT_S)
+        except (KafkaException, KafkaDeliveryError) as exc:
+            producer.abort_transaction(_FLUSH_TIMEOUT_S)
+            raise KafkaDeliveryError(
+                f"write_kafka: the transaction of epoch {epoch_id} to {self.topic!r} failed and was aborted: {exc}"
+            ) from exc
+        self.committed_epoch = epoch_id
+        return len(values)
 
 
 def _admin_settings(config: dict[str, Any]) -> dict[str, Any]:

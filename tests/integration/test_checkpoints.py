@@ -251,3 +251,59 @@ def test_kafka_job_resumes_from_its_checkpointed_offsets_not_the_consumer_group(
     consumer.close()
     assert run_job(args)
     pd.testing.assert_frame_equal(written(out), normalized(windows_sql(frame, rs.Tumbling("10s"))))
+
+
+def read_committed(bootstrap_servers: str, topic: str, partitions: int) -> list[bytes]:
+    """Every record of ``topic`` that a read_committed consumer sees."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"check-{topic}",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    values, ended, deadline = [], set(), time.monotonic() + 30
+    while len(ended) < partitions and time.monotonic() < deadline:
+        for message in consumer.consume(1000, 0.5):
+            if message.error() is None:
+                values.append(message.value())
+            elif message.error().code() == -191:  # _PARTITION_EOF
+                ended.add(message.partition())
+    consumer.close()
+    return values
+
+
+def test_transactional_kafka_sink_has_no_duplicates_after_a_crash_and_restart(
+    kafka_broker: Any, new_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raystream.runtime.checkpointing import Checkpointing
+
+    table = pa.table({"t": np.arange(20_000, dtype=np.int64), "k": np.arange(20_000) % 7, "v": np.arange(20_000)})
+    out = new_topic(partitions=2)
+    config = rs.RunConfig(parallelism=2, max_batch_rows=1_000, checkpoint_dir=str(tmp_path / "ck"))
+
+    def run() -> None:
+        rs.from_arrow(table).with_columns(w=pa.compute.field("v") * 2).write_kafka(
+            out, kafka_broker.bootstrap_servers, config=config, transactional_id=f"tx-{out}"
+        )
+
+    # Crash right after epoch 4's transaction committed and before its checkpoint: the worst moment.
+    real_commit = Checkpointing.commit
+
+    def crash_at_4(self: Checkpointing, epoch: int, *args: Any) -> None:
+        if epoch == 4:
+            raise KeyboardInterrupt("the driver dies here")
+        real_commit(self, epoch, *args)
+
+    monkeypatch.setattr(Checkpointing, "commit", crash_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.undo()
+    run()  # restarts from checkpoint 3 and replays epoch 4, whose transaction is already committed
+
+    rows = [json.loads(v)["v"] for v in read_committed(kafka_broker.bootstrap_servers, out, 2)]
+    assert len(rows) == 20_000 and sorted(rows) == list(range(20_000))
