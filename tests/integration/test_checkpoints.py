@@ -307,3 +307,18 @@ def test_transactional_kafka_sink_has_no_duplicates_after_a_crash_and_restart(
 
     rows = [json.loads(v)["v"] for v in read_committed(kafka_broker.bootstrap_servers, out, 2)]
     assert len(rows) == 20_000 and sorted(rows) == list(range(20_000))
+
+
+def test_checkpoint_interval_and_pruning(tmp_path: Path) -> None:
+    table = pa.table({"k": np.arange(20_000) % 5, "v": np.ones(20_000, dtype=np.int64)})
+    hourly = rs.RunConfig(max_batch_rows=1_000, checkpoint_dir=str(tmp_path / "hourly"), checkpoint_interval="1h")
+    job = rs.from_arrow(table).key_by("k").agg(n=rs.count()).write_parquet(str(tmp_path / "a"), hourly)
+    last = job.metrics()["epochs_completed"]  # epochs are numbered from 1
+    assert last > 5
+    # Within the hour only the start (0) and the end of the input are checkpointed.
+    assert [int(p.stem) for p in sorted((tmp_path / "hourly" / "commits").glob("*.json"))] == [0, last]
+
+    every = rs.RunConfig(max_batch_rows=1_000, checkpoint_dir=str(tmp_path / "every"), checkpoints_to_keep=2)
+    rs.from_arrow(table).key_by("k").agg(n=rs.count()).write_parquet(str(tmp_path / "b"), every)
+    assert [int(p.stem) for p in sorted((tmp_path / "every" / "commits").glob("*.json"))] == [last - 1, last]
+    assert rs.read_state(str(tmp_path / "every"))["n"].sum() == 20_000
