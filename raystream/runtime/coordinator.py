@@ -270,8 +270,9 @@ class Coordinator:
             )
         options = {"num_cpus": config.actor_cpus, "scheduling_strategy": "SPREAD", "max_restarts": 0}
         reader_class = ray.remote(ReaderActor).options(**options)
+        shared_source = ray.put(source)  # one copy in the object store for all readers (an in-memory table, say)
         self.readers = [
-            reader_class.remote(i, source, self.plan.reader_chain, self._downstream(-1), self._side_slot(-1))
+            reader_class.remote(i, shared_source, self.plan.reader_chain, self._downstream(-1), self._side_slot(-1))
             for i in range(num_readers)
         ]
         partition_class = ray.remote(PartitionActor).options(**options)

@@ -31,18 +31,17 @@ class TableSource(Source):
         return self._table.schema
 
     def splits(self, parallelism: int) -> list[Split]:
-        rows = self._table.num_rows
-        blocks = max(1, -(-rows // self.block_rows))
+        blocks = max(1, -(-self._table.num_rows // self.block_rows))
         count = max(1, min(parallelism, blocks))
-        splits = []
-        for i in range(count):
-            # Zero-copy: a table whose chunks are slices of the original.
-            dealt = [self._table.slice(b * self.block_rows, self.block_rows) for b in range(i, blocks, count)]
-            splits.append(Split(f"{self.name}[{i}/{count}]", pa.concat_tables(dealt)))
-        return splits
+        # A split is named by its blocks only: the table travels once, with the source.
+        return [Split(f"{self.name}[{i}/{count}]", (i, count)) for i in range(count)]
 
     def open_split(self, split: Split, position: Any | None) -> SplitReader:
-        return _TableSliceReader(split.payload, int(position or 0))
+        first, step = split.payload
+        blocks = max(1, -(-self._table.num_rows // self.block_rows))
+        # Zero-copy: a table whose chunks are slices of the original.
+        dealt = [self._table.slice(b * self.block_rows, self.block_rows) for b in range(first, blocks, step)]
+        return _TableSliceReader(pa.concat_tables(dealt), int(position or 0))
 
 
 class _TableSliceReader(SplitReader):
