@@ -26,6 +26,7 @@ from __future__ import annotations
 import codecs
 import posixpath
 import re
+from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -405,9 +406,9 @@ class _RowReader(SplitReader):
             self._closer = None
         self._buffer = None
 
+    @abstractmethod
     def _open(self, max_rows: int) -> tuple[Iterator[pa.RecordBatch], int]:
         """Open the file; return its batches and the split row the first one starts at."""
-        raise NotImplementedError
 
     def _hint(self) -> str:
         return "check that the file is not corrupt"
@@ -619,12 +620,13 @@ class _StreamSource(_FileSource):
         except (pa.ArrowException, OSError) as exc:
             raise PlanError(f"{self.name}: cannot parse '{file.shown}' ({exc}); {self._parse_hint()}") from exc
 
+    @abstractmethod
     def _open_reader(self, stream: pa.NativeFile, schema: pa.Schema | None) -> Any:
         """Return a pyarrow streaming reader over ``stream``, or ``None`` when it holds no record."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _parse_hint(self) -> str:
-        raise NotImplementedError
+        """How to fix a file that does not parse, for error messages."""
 
     def splits(self, parallelism: int) -> list[Split]:
         """Return one split per non-empty file."""
