@@ -12,13 +12,16 @@ One epoch:
    the fused stateless chain and, before a keyed stage, pre-aggregates and
    hash-partitions its output; it returns metadata plus one ref per partition.
 2. The coordinator reads the readers' metadata (positions, largest event
-   time per split), and computes the watermark; when every split of a
-   every split is done (a bounded source read to its end, a closed socket), it is +infinity.
+   time per split) and computes the watermark; once every split is done (a
+   bounded source read to its end, a closed socket) it is +infinity. With
+   a ``checkpoint_dir`` it now logs what the epoch read (see
+   :mod:`raystream.runtime.checkpointing` for the whole protocol).
 3. It hands the partition refs of each keyed stage to that stage's actors,
    with the watermark, without waiting for them.
 4. Up to ``max_in_flight_epochs`` epochs are in flight; the oldest is then
-   completed: its metadata is read, and the sink makes it visible. Late
-   rows that windows send to a side output are delivered then too.
+   completed: its metadata is read, the state snapshot (if one is due) is
+   durable, the sink makes the output visible, and the checkpoint commits.
+   Side outputs (late rows, dead letters) are delivered then too.
 
 Readers and the first keyed stage tell late rows by the same watermark: the
 one computed after the previous epoch.
