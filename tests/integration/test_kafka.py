@@ -142,11 +142,11 @@ def test_write_kafka_round_trip_every_row_once_keyed(kafka_broker: Any, new_topi
 def test_a_missing_topic_and_an_unreachable_broker_are_clear_errors(kafka_broker: Any) -> None:
     with pytest.raises(rs.RaystreamError, match="topic 'no-such-topic' not found on 127.0.0.1"):
         rs.read_kafka("no-such-topic", kafka_broker.bootstrap_servers)
-    from tests_support import free_port
+    from kafka_broker import free_loopback_port
 
     started = time.monotonic()
     with pytest.raises(rs.RaystreamError, match=r"cannot reach Kafka at 127\.0\.0\.1:\d+ within 10s"):
-        rs.read_kafka("clicks", f"127.0.0.1:{free_port()}")
+        rs.read_kafka("clicks", f"127.0.0.1:{free_loopback_port()}")
     assert time.monotonic() - started < 30
 
 
