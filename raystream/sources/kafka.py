@@ -17,12 +17,12 @@ DEVELOPERS.md):
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -224,7 +224,7 @@ class KafkaSource(Source):
                 ]
         finally:
             consumer.close()
-        sample, _ = _decode_json_values(values[:records], None)
+        sample, _ = _decode_json_values(pa.array(values[:records], pa.binary()), None)
         return None if sample is None else sample.schema
 
     def schema(self) -> pa.Schema | None:
@@ -358,32 +358,32 @@ class _PartitionReader(SplitReader):
                 raise KafkaError(f"read_kafka: error reading {part.topic}/{part.partition}: {message.error()}")
         # confluent-kafka hands over one Message object per record; reading their fields is the one
         # per-record loop a Kafka source cannot avoid. Decoding below is vectorized.
-        offsets = [m.offset() for m in messages]
-        timestamps = [m.timestamp()[1] for m in messages]
+        offsets = np.fromiter((m.offset() for m in messages), dtype=np.int64, count=len(messages))
+        timestamps = np.fromiter((m.timestamp()[1] for m in messages), dtype=np.int64, count=len(messages))
         keep = len(messages)
         limits = [o for o in (part.stop_offset, until) if o is not None]
         if limits:
-            keep = sum(1 for o in offsets if o < min(limits))
+            keep = int(np.count_nonzero(offsets < min(limits)))
         if part.stop_ms is not None:
-            past = next((i for i, ts in enumerate(timestamps[:keep]) if ts >= part.stop_ms), None)
-            if past is not None:
-                keep, self.done = past, True
+            past = np.flatnonzero(timestamps[:keep] >= part.stop_ms)
+            if past.size:
+                keep, self.done = int(past[0]), True
         if keep < len(messages):
-            self.next_offset = offsets[keep]  # the first record not emitted
+            self.next_offset = int(offsets[keep])  # the first record not emitted
             if not self.done:  # records past a replay limit come again in the next epoch
                 self._consumer.seek(TopicPartition(part.topic, part.partition, self.next_offset))
         elif messages:
-            self.next_offset = offsets[-1] + 1
+            self.next_offset = int(offsets[-1]) + 1
         if part.stop_offset is not None and (self.next_offset or 0) >= part.stop_offset:
             self.done = True
         raw = pa.table(
             {
                 "key": pa.array([m.key() for m in messages[:keep]], pa.binary()),
                 "value": pa.array([m.value() for m in messages[:keep]], pa.binary()),
-                "topic": pa.array([part.topic] * keep, pa.string()),
-                "partition": pa.array([part.partition] * keep, pa.int32()),
-                "offset": pa.array(offsets[:keep], pa.int64()),
-                "timestamp": pa.array(timestamps[:keep], pa.int64()).cast(_TIMESTAMP),
+                "topic": pa.repeat(pa.scalar(part.topic, pa.string()), keep),
+                "partition": pa.repeat(pa.scalar(part.partition, pa.int32()), keep),
+                "offset": pa.array(offsets[:keep]),
+                "timestamp": pa.array(timestamps[:keep]).cast(_TIMESTAMP),
             }
         )
         if part.start_ms is not None and raw.num_rows:
@@ -416,7 +416,7 @@ class _PartitionReader(SplitReader):
 
     def _decode_json(self, raw: pa.Table) -> pa.Table:
         schema = self.source._record_schema
-        good, bad = _decode_json_values(raw.column("value").to_pylist(), schema)
+        good, bad = _decode_json_values(raw.column("value").combine_chunks(), schema)
         if bad:
             self._reject(raw, bad)
         rows = good if good is not None else (schema.empty_table() if schema is not None else pa.table({}))
@@ -479,42 +479,48 @@ class _PartitionReader(SplitReader):
             self._consumer = None
 
 
-def _decode_json_values(values: list[bytes | None], schema: pa.Schema | None) -> tuple[pa.Table | None, list]:
-    """Decode JSON records in one ``pyarrow.json`` call; isolate bad ones by halving only when it fails.
+def _decode_json_values(values: pa.Array, schema: pa.Schema | None) -> tuple[pa.Table | None, list]:
+    """Decode a binary array of JSON records in one ``pyarrow.json`` call; bisect only when that fails.
 
     Returns the decoded rows of the good records, in order, and
-    ``(index, error)`` for each bad one.
+    ``(index, error)`` for each bad one. A batch decodes to exactly one row
+    per record or it is halved, so an empty record, or one that holds a
+    newline, is isolated too.
     """
-    if not values:
+    if len(values) == 0:
         return None, []
     good: list[pa.Table] = []
     bad: list[tuple[int, str]] = []
 
     def decode(start: int, end: int) -> None:
-        chunk = values[start:end]
-        if any(v is None or b"\n" in v or not v.strip() for v in chunk):
-            if end - start == 1:
-                bad.append((start, "empty value" if not (chunk[0] or b"").strip() else "a newline inside the record"))
+        chunk = values.slice(start, end - start)
+        if end - start == 1:
+            value = chunk[0].as_py()
+            if value is None or not value.strip():
+                bad.append((start, "empty value"))
                 return
-        else:
-            data = b"\n".join(v for v in chunk if v is not None)
-            # Blocks of ~1 MiB decode in parallel; a block must hold the longest record whole.
-            block_size = max(1 << 20, 2 * max(map(len, chunk)) + 2)  # type: ignore[arg-type]
-            try:
-                table = pajson.read_json(
-                    io.BytesIO(data),
-                    read_options=pajson.ReadOptions(block_size=block_size),
-                    parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
-                )
-                if table.num_rows == end - start:
-                    good.append(table if schema is None else table.select(schema.names).cast(schema))
-                    return
-                error = f"decoded to {table.num_rows} rows"
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                error = str(exc).splitlines()[0]
-            if end - start == 1:
-                bad.append((start, error))
+            if b"\n" in value:
+                bad.append((start, "a newline inside the record"))
                 return
+        lines = pa.ListArray.from_arrays(pa.array([0, len(chunk)], pa.int32()), chunk.fill_null(b""))
+        data = pc.binary_join(lines, b"\n")[0].as_buffer()
+        # Blocks of ~1 MiB decode in parallel; a block must hold the longest record whole.
+        block_size = max(1 << 20, 2 * (pc.max(pc.binary_length(chunk)).as_py() or 0) + 2)
+        try:
+            table = pajson.read_json(
+                pa.BufferReader(data),
+                read_options=pajson.ReadOptions(block_size=block_size),
+                parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+            )
+            if table.num_rows == end - start:
+                good.append(table if schema is None else table.select(schema.names).cast(schema))
+                return
+            error = f"decoded to {table.num_rows} rows"
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            error = str(exc).splitlines()[0]
+        if end - start == 1:
+            bad.append((start, error))
+            return
         middle = (start + end) // 2
         decode(start, middle)
         decode(middle, end)
