@@ -146,7 +146,6 @@ class Coordinator:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._blocked_seconds = 0.0
-        self._known_splits: set[str] = set()
         self._last_discovery = time.monotonic()
         self.checkpointing = Checkpointing(plan, config) if config.checkpoint_dir is not None else None
         self.splits: list[Split] = []
@@ -288,8 +287,7 @@ class Coordinator:
             ]
             for s, stage in enumerate(self.plan.stages)
         ]
-        self._known_splits = set()
-        ready = self._assign(splits)
+        ready = self._assign(splits, first=0)
         ready += [actor.ping.remote() for layer in self.stage_actors for actor in layer]
         try:
             self._get_metadata(ready, timeout=_ACTOR_START_TIMEOUT_S)
@@ -314,15 +312,19 @@ class Coordinator:
         self.checkpointing.commit(0, splits, {}, set(), self.watermarks.current, self.watermarks.clocks(), [])
         return 1, []
 
-    def _assign(self, splits: list[Any]) -> list[ray.ObjectRef]:
-        """Deal splits round-robin to the readers, at their known positions (or from their start)."""
+    def _assign(self, splits: list[Split], first: int) -> list[ray.ObjectRef]:
+        """Deal splits round-robin to the readers, at their known positions (or from their start).
+
+        Args:
+            splits: The splits to hand out.
+            first: The index of ``splits[0]`` in ``self.splits``, so that new splits continue the deal.
+        """
         assignments: list[list[Any]] = [[] for _ in self.readers]
         for i, split in enumerate(splits):
             position = self.positions.get(split.split_id)
-            assignments[(len(self._known_splits) + i) % len(self.readers)].append((split, position))
+            assignments[(first + i) % len(self.readers)].append((split, position))
         now = time.monotonic()
         for split in splits:
-            self._known_splits.add(split.split_id)
             self.watermarks.add_split(split.split_id, now)
         return [reader.assign.remote(chunk) for reader, chunk in zip(self.readers, assignments, strict=True) if chunk]
 
@@ -334,10 +336,12 @@ class Coordinator:
         if time.monotonic() - self._last_discovery < SPLIT_DISCOVERY_INTERVAL_S:
             return
         self._last_discovery = time.monotonic()
-        new = [s for s in source.splits(self.config.parallelism) if s.split_id not in self._known_splits]
+        known = {split.split_id for split in self.splits}
+        new = [s for s in source.splits(self.config.parallelism) if s.split_id not in known]
         if new:
+            first = len(self.splits)
             self.splits = [*self.splits, *new]
-            self._get_metadata(self._assign(new))
+            self._get_metadata(self._assign(new, first))
 
     def _kill_actors(self) -> None:
         for actor in [*self.readers, *(a for layer in self.stage_actors for a in layer)]:
