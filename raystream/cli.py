@@ -30,7 +30,10 @@ def load_job(path: str | Path) -> ModuleType:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"raystream run: job file {str(path)!r} does not exist")
+        raise ConfigError(
+            f"raystream run: job file {str(path)!r} does not exist; give its path from the current folder, "
+            "such as jobs/wordcount.py"
+        )
     name = f"raystream_job_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None

@@ -178,7 +178,9 @@ class SourceConfig:
             return rs.read_socket(self.host, self.port)
         if self.kind == "kafka":
             if not self.topics:
-                raise ConfigError("config: 'job.source.topics' is required for source kind 'kafka'")
+                raise ConfigError(
+                    "config: 'job.source.topics' is required for source kind 'kafka', as topics: [clicks]"
+                )
             return rs.read_kafka(
                 self.topics,
                 self.bootstrap_servers,
@@ -189,7 +191,9 @@ class SourceConfig:
                 consumer_config=self.consumer_config or None,
             )
         if self.path is None:
-            raise ConfigError(f"source.path is required for source kind {self.kind!r}")
+            raise ConfigError(
+                f"config: 'job.source.path' is required for source kind {self.kind!r}; give a file, folder, glob or URL"
+            )
         if self.kind == "text":
             return rs.read_text(self.path, storage_options=options)
         if self.kind == "parquet":
@@ -228,7 +232,7 @@ class SinkConfig:
         if self.kind == "print":
             return stream.print(config, num_rows=self.num_rows, sort_by=self.sort_by or None, wait=wait)
         if self.path is None:
-            raise ConfigError("sink.path is required for sink kind 'parquet'")
+            raise ConfigError("config: 'sink.path' is required for sink kind 'parquet'; give an output folder or URL")
         return stream.write_parquet(
             self.path,
             config,

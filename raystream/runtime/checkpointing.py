@@ -207,7 +207,10 @@ def read_state(checkpoint_dir: str, operator: str | None = None, storage_options
     store = CheckpointStore(checkpoint_dir, storage_options)
     checkpoint = store.latest()
     if checkpoint is None:
-        raise CheckpointError(f"read_state: no committed checkpoint in {checkpoint_dir}")
+        raise CheckpointError(
+            f"read_state: no committed checkpoint in {checkpoint_dir}; check the path, or run the job with "
+            "RunConfig(checkpoint_dir=...) first"
+        )
     operators = pickle.loads(base64.b64decode(checkpoint.record["operators"]))
     if not operators:
         raise CheckpointError(f"read_state: the job checkpointed in {checkpoint_dir} has no keyed state")

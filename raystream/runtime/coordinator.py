@@ -487,8 +487,14 @@ class Coordinator:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, RaystreamError):
                 raise cause from None
-            raise JobFailedError(f"a raystream actor failed: {exc}") from exc
+            raise JobFailedError(
+                f"a raystream actor failed: {exc}; unless the traceback shows your own code, this is a raystream "
+                "bug: please report it with this message"
+            ) from exc
         except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
-            raise ActorDiedError(f"a raystream actor died: {exc}") from exc
+            raise ActorDiedError(
+                f"a raystream actor died: {exc}; give the job a RunConfig(checkpoint_dir=...) to recover by itself, "
+                "and check the node's memory and health (ray status)"
+            ) from exc
         finally:
             self._blocked_seconds += time.perf_counter() - waited

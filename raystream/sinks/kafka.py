@@ -104,7 +104,8 @@ class KafkaSink(Sink):
         if failures:
             raise KafkaDeliveryError(
                 f"write_kafka: {len(failures)} of {len(values)} records to {self.topic!r} failed in epoch "
-                f"{epoch_id}: {failures[0]}"
+                f"{epoch_id}: {failures[0]}; check the topic and producer_config (message.max.bytes, acks, "
+                "credentials)"
             )
         return len(values)
 

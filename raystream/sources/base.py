@@ -89,7 +89,8 @@ class SplitReader(ABC):
         if self.position() != position:
             raise ReplayError(
                 f"replaying a split ended at position {self.position()!r}, not at the logged {position!r}: "
-                "the source does not return the same rows from the same position, so it cannot be replayed"
+                "the source does not return the same rows from the same position, so it cannot be replayed; make "
+                "its reads deterministic (override read_until), or start over with a new checkpoint_dir"
             )
         return batch
 

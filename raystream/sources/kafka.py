@@ -406,7 +406,8 @@ class _PartitionReader(SplitReader):
         if self.next_offset != position:
             raise KafkaError(
                 f"read_kafka: replaying {self.partition.topic}/{self.partition.partition} stopped at offset "
-                f"{self.next_offset}, not at the logged {position}; were records deleted by retention?"
+                f"{self.next_offset}, not at the logged {position}; records were probably deleted by retention: "
+                "raise the topic's retention, or start over with a new checkpoint_dir"
             )
         return pa.concat_tables(tables, promote_options="default") if tables else self._empty()
 
