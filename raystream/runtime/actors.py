@@ -194,9 +194,9 @@ class ReaderActor:
             "rows_in": rows_in,
             "rows_out": table.num_rows,
             "splits": progress,
-            # A reader without splits waits only for a source that may still add some (new Kafka partitions).
-            "done": all(s.done for s in self.splits)
-            and (bool(self.splits) or self.source.bounded or not self.source.discovers_splits),
+            # An unbounded source that discovers splits (Kafka partitions, landing files) may still hand this
+            # reader more, so its reader is never done.
+            "done": all(s.done for s in self.splits) and (self.source.bounded or not self.source.discovers_splits),
             "late_count": routed.late_count,
             "dead_letters": sum(t.num_rows for t in dead_letters),
             "sink_result": routed.sink_result,

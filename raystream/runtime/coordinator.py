@@ -53,8 +53,6 @@ from raystream.sources.base import Split
 _log = logging.getLogger("raystream")
 _ACTOR_START_TIMEOUT_S = 120.0
 _IDLE_SLEEP_S = 0.01
-#: How often an unbounded source is asked for new splits (new Kafka partitions).
-SPLIT_DISCOVERY_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -315,17 +313,22 @@ class Coordinator:
     def _assign(self, splits: list[Split], first: int) -> list[ray.ObjectRef]:
         """Deal splits round-robin to the readers, at their known positions (or from their start).
 
+        Splits whose smallest event time is known are dealt in event-time
+        order, so that readers, each reading its splits one after another,
+        move through history together and the watermark advances smoothly.
+
         Args:
             splits: The splits to hand out.
             first: The index of ``splits[0]`` in ``self.splits``, so that new splits continue the deal.
         """
+        ordered = sorted(splits, key=lambda s: (s.min_event_time_ms is None, s.min_event_time_ms or 0))
         assignments: list[list[Any]] = [[] for _ in self.readers]
-        for i, split in enumerate(splits):
+        for i, split in enumerate(ordered):
             position = self.positions.get(split.split_id)
             assignments[(first + i) % len(self.readers)].append((split, position))
         now = time.monotonic()
-        for split in splits:
-            self.watermarks.add_split(split.split_id, now)
+        for split in ordered:
+            self.watermarks.add_split(split.split_id, now, split.min_event_time_ms)
         return [reader.assign.remote(chunk) for reader, chunk in zip(self.readers, assignments, strict=True) if chunk]
 
     def _discover_splits(self) -> None:
@@ -333,7 +336,7 @@ class Coordinator:
         source = self.plan.source
         if source.bounded or not source.discovers_splits:
             return
-        if time.monotonic() - self._last_discovery < SPLIT_DISCOVERY_INTERVAL_S:
+        if time.monotonic() - self._last_discovery < source.discovery_interval_s:
             return
         self._last_discovery = time.monotonic()
         known = {split.split_id for split in self.splits}

@@ -15,6 +15,8 @@ class _SplitClock:
     declared_ms: int | None = None
     last_active: float = 0.0
     done: bool = False
+    #: The split's smallest event time when known before reading it (Parquet statistics, partition values).
+    min_event_time_ms: int | None = None
 
 
 class WatermarkTracker:
@@ -22,8 +24,10 @@ class WatermarkTracker:
 
     A split may also declare a watermark itself (a test script does); the
     larger of the two counts. A split that has neither yet holds the
-    watermark at the start of time, so a slow split can never make another split's events
-    late. A finished split no longer counts. A split silent for longer than
+    watermark where its own events start (its ``min_event_time_ms`` minus
+    the delay), or where the watermark is when that is unknown, so a slow or
+    unstarted split can never make another split's events late. A finished
+    split no longer counts. A split silent for longer than
     the idle timeout stops counting until it yields again. The watermark
     never goes back.
     """
@@ -46,9 +50,10 @@ class WatermarkTracker:
         for split_id, (max_event_time_ms, declared_ms, done) in clocks.items():
             self.splits[split_id] = _SplitClock(max_event_time_ms, declared_ms, now, done)
 
-    def add_split(self, split_id: str, now: float) -> None:
-        """Start tracking a split assigned to a reader."""
-        self.splits.setdefault(split_id, _SplitClock(last_active=now))
+    def add_split(self, split_id: str, now: float, min_event_time_ms: int | None = None) -> None:
+        """Start tracking a split assigned to a reader, whose events start at ``min_event_time_ms`` if known."""
+        clock = self.splits.setdefault(split_id, _SplitClock(last_active=now))
+        clock.min_event_time_ms = min_event_time_ms
 
     def observe(self, split_id: str, progress: dict[str, Any], now: float) -> None:
         """Record what one split yielded in an epoch (a reader's progress entry for it)."""
@@ -81,7 +86,8 @@ class WatermarkTracker:
                 continue
             if idle_ms is not None and (now - clock.last_active) * 1000 >= idle_ms:
                 continue
-            derived = None if clock.max_event_time_ms is None else clock.max_event_time_ms - self.event_time.delay_ms
+            seen = clock.max_event_time_ms if clock.max_event_time_ms is not None else clock.min_event_time_ms
+            derived = None if seen is None else seen - self.event_time.delay_ms
             if derived is None and clock.declared_ms is None:
                 return self.current
             candidates.append(max(v for v in (derived, clock.declared_ms) if v is not None))

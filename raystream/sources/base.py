@@ -135,8 +135,10 @@ class Source(ABC):
     bounded: bool = True
     #: True when a split can be re-read from any position it reported.
     replayable: bool = True
-    #: True when ``splits()`` may return new splits while a job runs (new Kafka partitions).
+    #: True when ``splits()`` may return new splits while a job runs (new Kafka partitions, files landing).
     discovers_splits: bool = False
+    #: How often, in seconds, a source that discovers splits is asked for new ones.
+    discovery_interval_s: float = 5.0
     #: True when readers may return malformed records through ``take_dead_letters``.
     has_dead_letters: bool = False
 

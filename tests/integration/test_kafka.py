@@ -156,6 +156,7 @@ class GrowingSource(rs.Source):
     name = "growing"
     bounded = False
     discovers_splits = True
+    discovery_interval_s = 0.2
 
     def __init__(self) -> None:
         self.calls = 0
@@ -186,11 +187,8 @@ class _OneRowReader(rs.SplitReader):
         return self.sent
 
 
-def test_new_splits_are_picked_up_while_running(monkeypatch: Any) -> None:
+def test_new_splits_are_picked_up_while_running() -> None:
     """New Kafka partitions arrive as new splits. Tansu has no CreatePartitions, so a growing source stands in."""
-    from raystream.runtime import coordinator
-
-    monkeypatch.setattr(coordinator, "SPLIT_DISCOVERY_INTERVAL_S", 0.2)
     job = rs.from_source(GrowingSource()).key_by("k").agg(n=rs.count()).start(rs.RunConfig(parallelism=2))
     try:
         deadline = time.monotonic() + 30
