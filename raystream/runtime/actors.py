@@ -261,7 +261,7 @@ class PartitionActor:
         return _returns(meta, routed, self.side_slot, own_late)
 
     def snapshot(self, epoch: int, store: CheckpointStore) -> list[StateFile]:
-        """Save the state after ``epoch`` as one Arrow IPC file per (state table, key group).
+        """Save the state after ``epoch``: one Arrow IPC file per state table, a record batch per key group.
 
         Called right after ``process(epoch)``; actor calls run in order, so
         it sees exactly the state that epoch left.
@@ -272,10 +272,9 @@ class PartitionActor:
                 continue
             groups = key_groups(table, self.stage.operator.keys, self.num_key_groups)
             present = np.unique(groups)
-            for group, part in zip(
-                present, split_by_partition(table, np.searchsorted(present, groups), len(present)), strict=True
-            ):
-                files.append(store.write_state(epoch, self.stage.name, name, int(group), part))
+            parts = split_by_partition(table, np.searchsorted(present, groups), len(present))
+            pairs = [(int(group), part) for group, part in zip(present, parts, strict=True)]
+            files.append(store.write_state(epoch, self.stage.name, name, self.index, pairs))
         return files
 
     def restore(self, store: CheckpointStore, files: list[StateFile], watermark_ms: int) -> int:
@@ -283,8 +282,8 @@ class PartitionActor:
         owned = set(key_groups_of_partition(self.index, self.num_key_groups, self.num_partitions))
         tables: dict[str, list[pa.Table]] = {}
         for entry in files:
-            if entry.stage == self.stage.name and entry.key_group in owned:
-                tables.setdefault(entry.table, []).append(store.read_state(entry))
+            if entry.stage == self.stage.name and owned.intersection(entry.key_groups):
+                tables.setdefault(entry.table, []).append(store.read_state(entry, owned))
         self.state.restore({name: pa.concat_tables(parts) for name, parts in tables.items()}, watermark_ms)
         self.previous_watermark_ms = watermark_ms
         return self.state.num_rows

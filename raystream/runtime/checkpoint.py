@@ -4,7 +4,7 @@ A checkpoint lives under one fsspec URL (a local folder, ``memory://``,
 ``s3://``...)::
 
     offsets/<epoch:010d>.json                                   the write-ahead log, one record per epoch
-    state/<epoch:010d>/<stage>/<table>/kg-<key_group:05d>.arrow  Arrow IPC files, one table each
+    state/<epoch:010d>/<stage>/<table>/part-<writer:05d>.arrow  Arrow IPC files, a record batch per key group
     state/<epoch:010d>/manifest.json                            the state files of the epoch
     commits/<epoch:010d>.json                                   the commit marker, written last
 
@@ -16,8 +16,11 @@ The commit protocol of an epoch, in order:
 1. Before the epoch's output is made, the driver logs where the epoch reads
    (``write_offsets``). After a crash, the epochs logged after the restored
    checkpoint are replayed from these records, so they read the same input.
-2. Each partition actor writes its key groups' state (``write_state``), in
-   parallel, and hands the returned ``StateFile`` entries to the driver.
+2. Each partition actor writes its state (``write_state``), in parallel: one
+   file per state table, holding one record batch per key group, so that a
+   checkpoint costs a few files per actor whatever the number of key
+   groups, and a restore with another parallelism still reads just the key
+   groups it owns. It hands the returned ``StateFile`` entries to the driver.
 3. The driver calls ``commit``: it writes the manifest of the state files,
    then the commit marker, which names the manifest's checksum and carries
    its own. The epoch is a checkpoint only once its marker is whole; a state
@@ -43,6 +46,7 @@ import logging
 import re
 import uuid
 import warnings
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,17 +104,19 @@ class StateFile:
     Attributes:
         stage: The stage that owns the state.
         table: The name of the state table within the stage.
-        key_group: The key group whose state the file holds.
+        writer: The partition actor that wrote the file (its index in the stage).
         path: The file's path relative to the checkpoint root, with ``/`` separators.
-        rows: The number of rows of the table.
+        key_groups: The key group of each record batch of the file, in file order.
+        rows: The number of rows, over all key groups.
         bytes: The size of the file in bytes.
         sha256: The hex SHA-256 of the file's bytes.
     """
 
     stage: str
     table: str
-    key_group: int
+    writer: int
     path: str
+    key_groups: tuple[int, ...]
     rows: int
     bytes: int
     sha256: str
@@ -140,8 +146,8 @@ class CheckpointStore:
     The storage options (credentials) never appear in messages or reprs.
 
     Only the driver calls ``write_offsets`` and ``commit``, one epoch at a
-    time. ``write_state`` is called from many processes at once, for
-    different key groups.
+    time. ``write_state`` is called from many processes at once, each
+    writer for its own key groups.
 
     Args:
         url: The checkpoint directory, any fsspec URL.
@@ -227,19 +233,22 @@ class CheckpointStore:
 
     # ------------------------------------------------------------------ state
 
-    def write_state(self, epoch: int, stage: str, table: str, key_group: int, data: pa.Table) -> StateFile:
-        """Write the state of one key group of one table, and return its manifest entry.
+    def write_state(
+        self, epoch: int, stage: str, table: str, writer: int, groups: Sequence[tuple[int, pa.Table]]
+    ) -> StateFile:
+        """Write one writer's state of one table, a record batch per key group, and return its manifest entry.
 
         Called by partition actors, many at once, each for its own key groups.
-        The file is written whole under a temporary name, then renamed; the
-        entry's size and SHA-256 are those of the bytes written.
+        The file is written whole (under a temporary name, then renamed, where
+        a write is not atomic by itself); the entry's size and SHA-256 are
+        those of the bytes written.
 
         Args:
             epoch: The epoch being checkpointed.
             stage: The stage that owns the state (a name without ``/``).
             table: The state table's name within the stage (a name without ``/``).
-            key_group: The key group, 0 to 99999.
-            data: The state, written as an Arrow IPC file.
+            writer: The index of the partition actor writing, which names the file.
+            groups: ``(key_group, rows)`` pairs, each key group (0 to 99999) once, all with the same schema.
 
         Returns:
             The entry to pass, with the others of the epoch, to ``commit``.
@@ -250,34 +259,43 @@ class CheckpointStore:
         _check_epoch(epoch, self.url)
         _check_name("stage", stage, self.url)
         _check_name("table", table, self.url)
-        if isinstance(key_group, bool) or not isinstance(key_group, int) or not 0 <= key_group <= _MAX_KEY_GROUP:
-            raise CheckpointError(
-                f"checkpoint {self.url}: key_group={key_group!r} is invalid; it must be an integer 0..{_MAX_KEY_GROUP}"
-            )
+        _check_int("writer", writer, _MAX_KEY_GROUP, self.url)
+        if not groups:
+            raise CheckpointError(f"checkpoint {self.url}: no key groups to write for {stage}/{table}")
+        for key_group, _ in groups:
+            _check_int("key_group", key_group, _MAX_KEY_GROUP, self.url)
+        key_groups = tuple(int(key_group) for key_group, _ in groups)
+        if len(set(key_groups)) != len(key_groups):
+            raise CheckpointError(f"checkpoint {self.url}: a key group is given twice for {stage}/{table}")
         sink = io.BytesIO()
-        with pyarrow.ipc.new_file(sink, data.schema) as writer:
-            writer.write_table(data)
+        schema = groups[0][1].schema
+        with pyarrow.ipc.new_file(sink, schema) as out:
+            for _, data in groups:
+                # One batch per key group: the reader finds a key group's rows by batch index.
+                out.write_batch(data.combine_chunks().to_batches()[0] if data.num_rows else _empty_batch(schema))
         payload = sink.getvalue()
-        rel = f"{_epoch_dir_rel(epoch)}/{stage}/{table}/kg-{key_group:05d}.arrow"
+        rel = f"{_epoch_dir_rel(epoch)}/{stage}/{table}/part-{writer:05d}.arrow"
         self._write_bytes(rel, payload)
         return StateFile(
             stage=stage,
             table=table,
-            key_group=key_group,
+            writer=writer,
             path=rel,
-            rows=data.num_rows,
+            key_groups=key_groups,
+            rows=sum(data.num_rows for _, data in groups),
             bytes=len(payload),
             sha256=hashlib.sha256(payload).hexdigest(),
         )
 
-    def read_state(self, entry: StateFile) -> pa.Table:
+    def read_state(self, entry: StateFile, key_groups: Collection[int] | None = None) -> pa.Table:
         """Read one state file back, checking its size, SHA-256 and row count.
 
         Args:
             entry: An entry of a ``Checkpoint``'s ``state_files``.
+            key_groups: Keep only these key groups' rows; ``None`` keeps all.
 
         Returns:
-            The table that ``write_state`` wrote.
+            The rows that ``write_state`` wrote, of the chosen key groups.
 
         Raises:
             CorruptCheckpointError: The file is missing, truncated or altered.
@@ -298,13 +316,23 @@ class CheckpointStore:
             problem = f"checksum mismatch (sha256 {digest}, expected {entry.sha256})"
         if problem is None and data is not None:
             try:
-                table = pyarrow.ipc.open_file(pa.BufferReader(data)).read_all()
+                reader = pyarrow.ipc.open_file(pa.BufferReader(data))
+                batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
             except (pa.ArrowInvalid, OSError) as exc:
                 problem = f"not a readable Arrow IPC file ({exc})"
             else:
-                if table.num_rows == entry.rows:
-                    return table
-                problem = f"holds {table.num_rows} rows, expected {entry.rows}"
+                rows = sum(batch.num_rows for batch in batches)
+                if len(batches) != len(entry.key_groups):
+                    problem = f"holds {len(batches)} key groups, expected {len(entry.key_groups)}"
+                elif rows != entry.rows:
+                    problem = f"holds {rows} rows, expected {entry.rows}"
+                else:
+                    wanted = [
+                        b
+                        for b, g in zip(batches, entry.key_groups, strict=True)
+                        if key_groups is None or g in key_groups
+                    ]
+                    return pa.Table.from_batches(wanted, reader.schema)
         raise CorruptCheckpointError(
             f"checkpoint state file {self._name(rel)} is corrupt: {problem}; "
             f"{self._fallback_hint(_epoch_of_state_rel(rel))}"
@@ -348,14 +376,15 @@ class CheckpointStore:
                     f"checkpoint {self.url}: cannot commit epoch {epoch} with state file {entry!r}: "
                     f"only the StateFile entries that write_state returned for epoch {epoch} belong in it"
                 )
-            ident = (entry.stage, entry.table, entry.key_group)
-            if ident in seen:
-                raise CheckpointError(
-                    f"checkpoint {self.url}: cannot commit epoch {epoch}: key group {entry.key_group} of "
-                    f"{entry.stage}/{entry.table} is listed twice; pass each write_state entry once"
-                )
-            seen.add(ident)
-        entries = sorted(state_files, key=lambda e: (e.stage, e.table, e.key_group))
+            for key_group in entry.key_groups:
+                ident = (entry.stage, entry.table, key_group)
+                if ident in seen:
+                    raise CheckpointError(
+                        f"checkpoint {self.url}: cannot commit epoch {epoch}: key group {key_group} of "
+                        f"{entry.stage}/{entry.table} is listed twice; pass each write_state entry once"
+                    )
+                seen.add(ident)
+        entries = sorted(state_files, key=lambda e: (e.stage, e.table, e.writer))
         self._dumps(record, f"the commit record of epoch {epoch}")  # fail before writing anything
         manifest = self._dumps([dataclasses.asdict(e) for e in entries], f"the manifest of epoch {epoch}").encode()
         self._write_bytes(_manifest_rel(epoch), manifest)
@@ -681,6 +710,19 @@ def _canonical_sha256(obj: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(kind: str, value: Any, largest: int, url: str) -> None:
+    if not _is_int(value) or not 0 <= value <= largest:
+        raise CheckpointError(f"checkpoint {url}: {kind}={value!r} is invalid; it must be an integer 0..{largest}")
+
+
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=schema)
+
+
 def _state_file_from_json(item: Any) -> StateFile:
     """Build a manifest entry from its JSON form, checking every field's type."""
     fields = {f.name: f.type for f in dataclasses.fields(StateFile)}
@@ -688,7 +730,12 @@ def _state_file_from_json(item: Any) -> StateFile:
         raise ValueError(f"an entry is not a state file: {item!r}")
     for name, kind in fields.items():
         value = item[name]
-        ok = isinstance(value, str) if kind == "str" else isinstance(value, int) and not isinstance(value, bool)
+        if kind == "str":
+            ok = isinstance(value, str)
+        elif kind == "int":
+            ok = _is_int(value)
+        else:  # the key groups: a JSON list of ints
+            ok = isinstance(value, list) and all(_is_int(v) for v in value)
         if not ok:
             raise ValueError(f"field {name!r} of an entry is {value!r}, expected {kind}")
-    return StateFile(**item)
+    return StateFile(**{**item, "key_groups": tuple(item["key_groups"])})

@@ -40,9 +40,9 @@ def record(epoch: int, fingerprint: str = FINGERPRINT) -> dict:
 
 
 def write_epoch(store: CheckpointStore, epoch: int, commit: bool = True) -> list[StateFile]:
-    """Log, snapshot (two key groups of one table) and commit an epoch, as the runtime does."""
+    """Log, snapshot (two writers, a key group each, of one table) and commit an epoch, as the runtime does."""
     store.write_offsets(epoch, {"epoch": epoch, "positions": {"split-0": epoch * 10}})
-    files = [store.write_state(epoch, "agg", "values", kg, state_table(epoch, kg)) for kg in (3, 7)]
+    files = [store.write_state(epoch, "agg", "values", kg, [(kg, state_table(epoch, kg))]) for kg in (3, 7)]
     if commit:
         store.commit(epoch, record(epoch), files)
     return files
@@ -88,7 +88,7 @@ def test_round_trip_local(store: CheckpointStore, url: str) -> None:
     assert store.committed_epochs() == [1]
     # Restoring commit 1 replays only the epochs after it: its own offsets are no longer needed.
     assert store.offset_epochs() == []
-    assert files[0].path == "state/0000000001/agg/values/kg-00003.arrow"
+    assert files[0].path == "state/0000000001/agg/values/part-00003.arrow"
     assert (Path(url) / files[0].path).stat().st_size == files[0].bytes
     assert files[0].rows == 5
 
@@ -122,8 +122,8 @@ def test_empty_state_and_rewritten_offsets(store: CheckpointStore) -> None:
 
 
 def test_state_file_is_json_able(store: CheckpointStore) -> None:
-    entry = store.write_state(4, "agg", "values", 0, state_table(4, 0))
-    assert StateFile(**json.loads(json.dumps(entry.__dict__))) == entry
+    entry = store.write_state(4, "agg", "values", 0, [(0, state_table(4, 0))])
+    assert StateFile(**{**json.loads(json.dumps(entry.__dict__)), "key_groups": (0,)}) == entry
 
 
 def test_unparsable_offsets_names_the_file(store: CheckpointStore, url: str) -> None:
@@ -183,7 +183,7 @@ def test_truncated_state_file_falls_back(store: CheckpointStore, url: str, caplo
     path = Path(url) / files[1].path
     path.write_bytes(path.read_bytes()[:-10])
     assert_falls_back(store, "commits/0000000002.json", "truncated", caplog)
-    with pytest.raises(CorruptCheckpointError, match=r"kg-00007\.arrow is corrupt: truncated"):
+    with pytest.raises(CorruptCheckpointError, match=r"part-00007\.arrow is corrupt: truncated"):
         store.read_state(files[1])
 
 
@@ -213,7 +213,7 @@ def test_flipped_byte_in_state_file_fails_read_state(store: CheckpointStore, url
     # Same size, so latest() (which does not hash) still returns the commit; read_state catches it.
     checkpoint = store.latest(FINGERPRINT)
     assert checkpoint is not None and checkpoint.epoch == 1
-    with pytest.raises(CorruptCheckpointError, match=r"kg-00003\.arrow is corrupt: checksum mismatch") as info:
+    with pytest.raises(CorruptCheckpointError, match=r"part-00003\.arrow is corrupt: checksum mismatch") as info:
         store.read_state(checkpoint.state_files[0])
     assert url in str(info.value) and "commits/0000000001.json" in str(info.value)
     assert store.read_state(checkpoint.state_files[1]).equals(state_table(1, 7))
@@ -222,7 +222,7 @@ def test_flipped_byte_in_state_file_fails_read_state(store: CheckpointStore, url
 def test_missing_state_file_fails_read_state(store: CheckpointStore, url: str) -> None:
     files = write_epoch(store, 1)
     (Path(url) / files[0].path).unlink()
-    with pytest.raises(CorruptCheckpointError, match=r"kg-00003\.arrow is corrupt: missing"):
+    with pytest.raises(CorruptCheckpointError, match=r"part-00003\.arrow is corrupt: missing"):
         store.read_state(files[0])
 
 
@@ -272,7 +272,7 @@ def test_pruning_keeps_newest_commits_and_replayable_offsets(url: str) -> None:
     # Offsets after the oldest kept commit (3) stay: replay from commit 3 needs 4, 5, 6.
     assert store.offset_epochs() == [4, 5, 6]
 
-    store.write_state(1, "agg", "values", 0, state_table(1, 0))  # a stale partial checkpoint
+    store.write_state(1, "agg", "values", 0, [(0, state_table(1, 0))])  # a stale partial checkpoint
     write_epoch(store, 7)
     assert store.committed_epochs() == [4, 7]
     # Epoch 5 (no commit, older than 7) and the stale epoch 1 are gone; 3 was pruned.
@@ -330,15 +330,19 @@ def test_storage_options_stay_secret(memory_url: str) -> None:
 
 def test_bad_names_are_refused(store: CheckpointStore) -> None:
     with pytest.raises(CheckpointError, match="stage name 'a/b'"):
-        store.write_state(1, "a/b", "values", 0, state_table(1, 0))
+        store.write_state(1, "a/b", "values", 0, [(0, state_table(1, 0))])
+    with pytest.raises(CheckpointError, match="writer=-1"):
+        store.write_state(1, "agg", "values", -1, [(0, state_table(1, 0))])
     with pytest.raises(CheckpointError, match="key_group=-1"):
-        store.write_state(1, "agg", "values", -1, state_table(1, 0))
+        store.write_state(1, "agg", "values", 0, [(-1, state_table(1, 0))])
+    with pytest.raises(CheckpointError, match="given twice"):
+        store.write_state(1, "agg", "values", 0, [(2, state_table(1, 0)), (2, state_table(1, 0))])
     with pytest.raises(CheckpointError, match="epoch=-1"):
         store.write_offsets(-1, {})
 
 
 def test_commit_refuses_foreign_entries_and_unjsonable_records(store: CheckpointStore) -> None:
-    old = store.write_state(1, "agg", "values", 0, state_table(1, 0))
+    old = store.write_state(1, "agg", "values", 0, [(0, state_table(1, 0))])
     with pytest.raises(CheckpointError, match="only the StateFile entries that write_state returned for epoch 2"):
         store.commit(2, record(2), [old])
     with pytest.raises(CheckpointError, match="listed twice"):
@@ -361,9 +365,9 @@ def test_a_file_is_not_a_checkpoint_dir(tmp_path: Path) -> None:
 def test_describe(store: CheckpointStore, url: str) -> None:
     assert store.describe() == {"url": url, "latest_epoch": None, "record": {}, "state": {}}
     files = write_epoch(store, 1)
-    files.append(store.write_state(2, "window", "open", 0, state_table(2, 0).slice(0, 2)))
+    files.append(store.write_state(2, "window", "open", 0, [(0, state_table(2, 0).slice(0, 2))]))
     files = [f for f in files if f.path.startswith("state/0000000002")] + [
-        store.write_state(2, "agg", "values", kg, state_table(2, kg)) for kg in (3, 7)
+        store.write_state(2, "agg", "values", kg, [(kg, state_table(2, kg))]) for kg in (3, 7)
     ]
     store.commit(2, record(2), files)
     described = store.describe()
@@ -378,3 +382,17 @@ def test_describe(store: CheckpointStore, url: str) -> None:
         },
     }
     json.dumps(described)
+
+
+def test_one_file_holds_a_writers_key_groups_and_reads_back_any_subset(store: CheckpointStore) -> None:
+    """A writer's key groups share one file (a record batch each): a rescaled restore reads only its own."""
+    groups = [(kg, state_table(1, kg)) for kg in (3, 7, 9)] + [(11, state_table(1, 11).slice(0, 0))]
+    entry = store.write_state(1, "agg", "values", 0, groups)
+    assert entry.key_groups == (3, 7, 9, 11) and entry.rows == 15
+    store.commit(1, record(1), [entry])
+    checkpoint = store.latest(FINGERPRINT)
+    assert checkpoint is not None and checkpoint.state_files == (entry,)
+    assert store.read_state(entry, {7, 11}).equals(state_table(1, 7))
+    assert store.read_state(entry, {9, 3}).equals(pa.concat_tables([state_table(1, 3), state_table(1, 9)]))
+    assert store.read_state(entry).num_rows == 15
+    assert store.read_state(entry, {42}).num_rows == 0
