@@ -9,8 +9,9 @@ The protocol, for each epoch ``E`` of a job with a ``checkpoint_dir``:
 2. Run the epoch: the partition actors process it.
 3. Stage the sink output under the epoch id: files under
    ``_staging/epoch-E``, nothing visible yet.
-4. Snapshot each partition actor's state per key group (Arrow IPC files,
-   ``state/E/...``), when a checkpoint is due.
+4. Snapshot each partition actor's state per key group, when a checkpoint
+   is due: an Arrow IPC file per actor and state table, with a record batch
+   per key group, indexed in the epoch's manifest (``state/E/...``).
 5. Commit the sinks: the staged output becomes visible. Committing ``E``
    again replaces ``E``'s output, so a replayed epoch never doubles it.
 6. Write ``commits/E`` last.
