@@ -28,6 +28,7 @@ from raystream.sources import (
     read_socket,
     read_text,
 )
+from raystream.sources.hybrid import hybrid
 from raystream.stream import KeyedStream, Stream, WindowedStream
 from raystream.windows import Session, Sliding, Tumbling
 
@@ -58,6 +59,7 @@ __all__ = [
     "from_arrow",
     "from_pandas",
     "from_source",
+    "hybrid",
     "max",
     "mean",
     "min",

@@ -64,3 +64,21 @@ def datetime_to_ms(value: datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return int(value.timestamp() * 1000)
+
+
+def parse_datetime(value: datetime | str, what: str) -> datetime:
+    """A datetime, or an ISO 8601 string such as ``"2026-01-03"`` or ``"2026-01-03T12:00:00+01:00"``.
+
+    Raises:
+        PlanError: naming ``what`` when the value is neither.
+    """
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise PlanError(
+        f"{what}: {value!r} is not a time; give a datetime or an ISO 8601 string such as '2026-01-03T00:00'"
+    )

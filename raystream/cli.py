@@ -3,6 +3,11 @@
 ``raystream run JOB.py --config CONFIG.yaml`` loads a job module, validates
 the YAML against it, builds the stream and runs it into the configured sink.
 
+``raystream backfill JOB.py --config CONFIG.yaml --from T1 --to T2`` runs the
+same job over the history of its source (``job.source``, or the ``history``
+of a hybrid source) between two times, into the same sink, with a progress
+bar.
+
 A job module defines ``build(config) -> Stream`` and, to take settings from
 the ``job:`` section of the YAML, a dataclass named ``Config``; ``build``
 then receives an instance of it.
@@ -18,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from raystream.config import RunConfig, SinkConfig, load_yaml, parse_config
+from raystream.config import RunConfig, SinkConfig, SourceConfig, load_yaml, parse_config
 from raystream.errors import ConfigError, RaystreamError
 
 
@@ -45,10 +50,15 @@ def load_job(path: str | Path) -> ModuleType:
     return module
 
 
-def prepare_job(job_path: str | Path, config_path: str | Path) -> tuple[Any, RunConfig, SinkConfig]:
-    """Load a job and its YAML config; return (stream, run config, sink config). Nothing runs yet."""
+def prepare_job(
+    job_path: str | Path, config_path: str | Path, data: dict[str, Any] | None = None
+) -> tuple[Any, RunConfig, SinkConfig]:
+    """Load a job and its YAML config; return (stream, run config, sink config). Nothing runs yet.
+
+    ``data``, when given, is the config already loaded (and changed, by ``backfill``).
+    """
     module = load_job(job_path)
-    data = load_yaml(config_path)
+    data = load_yaml(config_path) if data is None else data
     job_config_class = getattr(module, "Config", None)
     if job_config_class is not None:
         job_config = parse_config(job_config_class, data.get("job"), "job")
@@ -72,6 +82,48 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("stopping...", file=sys.stderr)
         job.stop()
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from raystream._time import datetime_to_ms, parse_datetime
+    from raystream.progress import BackfillProgress
+
+    start, end = (
+        parse_datetime(value, f"raystream backfill: --{flag}")
+        for value, flag in ((args.start, "from"), (args.end, "to"))
+    )
+    if start >= end:
+        raise ConfigError(f"raystream backfill: --from {args.start} is not before --to {args.end}")
+    data = load_yaml(args.config)
+    job_section = dict(data.get("job") or {})
+    source = job_section.get("source")
+    if not isinstance(source, dict):
+        raise ConfigError(
+            f"raystream backfill: {args.config!r} has no job.source; backfill runs the job's history source over "
+            "a time range, so the job must take its source from the config"
+        )
+    if source.get("kind") == "hybrid":
+        source = source.get("history")
+    if not isinstance(source, dict) or source.get("kind") not in SourceConfig.FILE_KINDS:
+        raise ConfigError(
+            f"raystream backfill: job.source in {args.config!r} is not a file source or a hybrid with a file "
+            f"history (kinds: {', '.join(SourceConfig.FILE_KINDS)}); backfill reads history from files"
+        )
+    job_section["source"] = {**source, "start": start.isoformat(), "end": end.isoformat(), "watch": False}
+    stream, run_config, sink_config = prepare_job(args.job, args.config, {**data, "job": job_section})
+    job = sink_config.run(stream, run_config, wait=False)
+    progress = BackfillProgress(datetime_to_ms(start), datetime_to_ms(end))
+    try:
+        while job.status() == "running":
+            progress.update(job.metrics())
+            time.sleep(0.5)
+        job.wait()
+    except KeyboardInterrupt:
+        print("stopping...", file=sys.stderr)
+        job.stop()
+    finally:
+        progress.close(job.metrics())
     return 0
 
 
@@ -120,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("job", help="a Python file that defines build(config) -> Stream")
     run.add_argument("--config", required=True, help="a YAML file with job, run and sink sections")
     run.set_defaults(handler=_run)
+    backfill = commands.add_parser("backfill", help="run a job over its history between two times, with progress")
+    backfill.add_argument("job", help="a Python file that defines build(config) -> Stream")
+    backfill.add_argument("--config", required=True, help="the job's YAML config; its job.source is the history")
+    backfill.add_argument("--from", dest="start", required=True, help="the first event time, ISO (2026-01-01)")
+    backfill.add_argument("--to", dest="end", required=True, help="the end of the range (excluded), ISO")
+    backfill.set_defaults(handler=_backfill)
     checkpoints = commands.add_parser("checkpoints", help="look into a job's checkpoints")
     checkpoint_commands = checkpoints.add_subparsers(dest="checkpoint_command", required=True)
     inspect = checkpoint_commands.add_parser(

@@ -20,6 +20,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,10 +124,11 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """A source chosen in YAML, so one job file can read files or a live feed.
+    """A source chosen in YAML, so one job file can read history, a live feed, or both.
 
     Attributes:
-        kind: ``text``, ``parquet``, ``csv``, ``json``, ``socket`` or ``kafka``.
+        kind: ``text``, ``parquet``, ``csv``, ``json``, ``socket``, ``kafka``, or
+            ``hybrid`` (``history`` then ``live``, switching at ``switch_at``).
         path: For file kinds: a file, folder, glob or URL.
         host: For ``socket``.
         port: For ``socket``.
@@ -134,25 +136,41 @@ class SourceConfig:
         bootstrap_servers: For ``kafka``.
         schema: For ``kafka`` (and ``csv``/``json`` files): column name to type, in
             pyarrow's names (``int64``, ``double``, ``string``, ``timestamp[ms]``...).
-        start: For ``kafka``: ``earliest`` or ``latest``.
-        stop: For ``kafka``: absent (unbounded) or ``latest``.
+        start: For ``kafka``: ``earliest`` (the default), ``latest`` or an ISO time. For
+            file kinds: read only events at or after this ISO time (files are pruned).
+        end: For file kinds: read only events before this ISO time.
+        stop: For ``kafka``: absent (unbounded), ``latest``, or an ISO time.
         time_column: The event-time column, if any.
+        watch: For file kinds: keep watching ``path`` for new files.
+        poll_interval: For file kinds with ``watch``: how often to look, such as ``10s``.
         storage_options: fsspec options for ``path``.
         consumer_config: For ``kafka``: librdkafka settings.
+        history: For ``hybrid``: the file source that holds the history.
+        live: For ``hybrid``: the live source (``kafka``).
+        switch_at: For ``hybrid``: the ISO time where history hands over to live.
     """
 
-    kind: Literal["text", "parquet", "csv", "json", "socket", "kafka"]
+    kind: Literal["text", "parquet", "csv", "json", "socket", "kafka", "hybrid"]
     path: str | None = None
     host: str = "localhost"
     port: int = 9999
     topics: list[str] = field(default_factory=list)
     bootstrap_servers: str = "localhost:9092"
     schema: dict[str, str] = field(default_factory=dict)
-    start: Literal["earliest", "latest"] = "earliest"
-    stop: Literal["latest"] | None = None
+    start: str | None = None
+    end: str | None = None
+    stop: str | None = None
     time_column: str | None = None
+    watch: bool = False
+    poll_interval: str = "10s"
     storage_options: dict[str, Any] = field(default_factory=dict)
     consumer_config: dict[str, Any] = field(default_factory=dict)
+    history: SourceConfig | None = None
+    live: SourceConfig | None = None
+    switch_at: str | None = None
+
+    #: The kinds that read files, which ``raystream backfill`` can run over a time range.
+    FILE_KINDS: typing.ClassVar[tuple[str, ...]] = ("text", "parquet", "csv", "json")
 
     def arrow_schema(self) -> pa.Schema | None:
         """``schema`` as a pyarrow schema; a ConfigError names a type pyarrow does not know."""
@@ -169,42 +187,61 @@ class SourceConfig:
                 ) from exc
         return pa.schema(fields)
 
-    def build(self) -> Stream:
-        """Return the stream this config describes."""
+    def build(self, where: str = "job.source") -> Stream:
+        """Return the stream this config describes (``where`` is its key path, for errors)."""
         import raystream as rs
 
         options = self.storage_options or None
+        if self.kind == "hybrid":
+            if self.history is None or self.live is None or self.switch_at is None:
+                raise ConfigError(
+                    f"config: '{where}' of kind 'hybrid' needs 'history' (a file source), 'live' (a kafka "
+                    "source) and 'switch_at' (an ISO time)"
+                )
+            history = self.history.build(f"{where}.history")
+            return rs.hybrid(history, self.live.build(f"{where}.live"), self.switch_at)
         if self.kind == "socket":
             return rs.read_socket(self.host, self.port)
         if self.kind == "kafka":
             if not self.topics:
-                raise ConfigError(
-                    "config: 'job.source.topics' is required for source kind 'kafka', as topics: [clicks]"
-                )
+                raise ConfigError(f"config: '{where}.topics' is required for source kind 'kafka', as topics: [clicks]")
             return rs.read_kafka(
                 self.topics,
                 self.bootstrap_servers,
                 schema=self.arrow_schema(),
                 time_column=self.time_column,
-                start=self.start,
-                stop=self.stop,
+                start=_kafka_bound(self.start or "earliest", f"{where}.start", ("earliest", "latest")),
+                stop=None if self.stop is None else _kafka_bound(self.stop, f"{where}.stop", ("latest",)),
                 consumer_config=self.consumer_config or None,
             )
         if self.path is None:
             raise ConfigError(
-                f"config: 'job.source.path' is required for source kind {self.kind!r}; give a file, folder, glob or URL"
+                f"config: '{where}.path' is required for source kind {self.kind!r}; give a file, folder, glob or URL"
             )
         if self.kind == "text":
             return rs.read_text(self.path, storage_options=options)
+        files: dict[str, Any] = {"time_column": self.time_column, "storage_options": options}
+        if self.start is not None or self.end is not None:
+            files.update(start=self.start, end=self.end)
+        if self.watch:
+            files.update(watch=True, poll_interval=self.poll_interval)
         if self.kind == "parquet":
-            return rs.read_parquet(self.path, time_column=self.time_column, storage_options=options)
+            return rs.read_parquet(self.path, **files)
         if self.kind == "csv":
-            return rs.read_csv(
-                self.path, time_column=self.time_column, schema=self.arrow_schema(), storage_options=options
-            )
-        return rs.read_json(
-            self.path, time_column=self.time_column, schema=self.arrow_schema(), storage_options=options
-        )
+            return rs.read_csv(self.path, schema=self.arrow_schema(), **files)
+        return rs.read_json(self.path, schema=self.arrow_schema(), **files)
+
+
+def _kafka_bound(value: str, where: str, words: tuple[str, ...]) -> str | datetime:
+    """A Kafka start or stop from YAML: one of ``words``, or an ISO time."""
+    if value in words:
+        return value
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"config: '{where}' is {value!r}; use {' or '.join(words)}, or an ISO time such as 2026-01-03T00:00:00"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,12 @@ class ReaderActor:
                 state.reader.close()
 
     def run_epoch(
-        self, epoch: int, max_rows: int, watermark_ms: int, replay: dict[str, dict[str, Any]] | None = None
+        self,
+        epoch: int,
+        max_rows: int,
+        watermark_ms: int,
+        phase: int = 0,
+        replay: dict[str, dict[str, Any]] | None = None,
     ) -> list[Any] | dict[str, Any]:
         """Read, transform and route one epoch. Returns ``[metadata, *outputs, side outputs]``, or the metadata alone.
 
@@ -141,6 +146,7 @@ class ReaderActor:
             epoch: The epoch id.
             max_rows: The most rows to read, over all splits.
             watermark_ms: The watermark before this epoch, to tell late rows.
+            phase: Read only splits of this phase or earlier (see ``Split.phase``).
             replay: When the epoch is replayed from the write-ahead log:
                 for each split the epoch read, the ``position`` it reached
                 and the ``budget`` of rows it was given. Other splits are
@@ -154,7 +160,7 @@ class ReaderActor:
         rows_in = 0
         for state in self.splits:
             logged = None if replay is None else replay.get(state.split.split_id)
-            if state.done or (budget <= 0 if replay is None else logged is None):
+            if state.done or (budget <= 0 or state.split.phase > phase if replay is None else logged is None):
                 continue
             assert state.reader is not None
             given = budget if logged is None else logged["budget"]

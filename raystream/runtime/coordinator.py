@@ -97,6 +97,8 @@ class Metrics:
     run_seconds: float = 0.0
     started_at: float = field(default_factory=time.time)
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    splits_total: int = 0
+    splits_done: int = 0
     state_rows: dict[str, int] = field(default_factory=dict)
     peak_state_rows: dict[str, int] = field(default_factory=dict)
     actor_nodes: dict[str, str] = field(default_factory=dict)
@@ -116,6 +118,8 @@ class Metrics:
             "startup_seconds": self.startup_seconds,
             "run_seconds": self.run_seconds,
             "splits": {k: dict(v) for k, v in self.splits.items()},
+            "splits_total": self.splits_total,
+            "splits_done": self.splits_done,
             "state_rows": dict(self.state_rows),
             "peak_state_rows": dict(self.peak_state_rows),
             "actor_nodes": dict(self.actor_nodes),
@@ -321,15 +325,20 @@ class Coordinator:
             splits: The splits to hand out.
             first: The index of ``splits[0]`` in ``self.splits``, so that new splits continue the deal.
         """
-        ordered = sorted(splits, key=lambda s: (s.min_event_time_ms is None, s.min_event_time_ms or 0))
+        ordered = sorted(splits, key=lambda s: (s.phase, s.min_event_time_ms is None, s.min_event_time_ms or 0))
         assignments: list[list[Any]] = [[] for _ in self.readers]
         for i, split in enumerate(ordered):
             position = self.positions.get(split.split_id)
             assignments[(first + i) % len(self.readers)].append((split, position))
         now = time.monotonic()
+        phase = self._phase()
         for split in ordered:
-            self.watermarks.add_split(split.split_id, now, split.min_event_time_ms)
+            self.watermarks.add_split(split.split_id, now, split.min_event_time_ms, pending=split.phase > phase)
         return [reader.assign.remote(chunk) for reader, chunk in zip(self.readers, assignments, strict=True) if chunk]
+
+    def _phase(self) -> int:
+        """The phase being read: the earliest one with a split not done (see ``Split.phase``)."""
+        return min((s.phase for s in self.splits if s.split_id not in self.done_splits), default=0)
 
     def _discover_splits(self) -> None:
         """Pick up splits that appeared since the job started (new partitions of a topic)."""
@@ -366,11 +375,14 @@ class Coordinator:
             blocked_before = self._blocked_seconds
             logged = to_replay.popleft() if to_replay else None
             previous_watermark = logged["watermark_before"] if logged else self.watermarks.current
+            phase = self._phase()
             calls = {
                 i: _refs(
                     self.readers[i]
                     .run_epoch.options(num_returns=self._num_returns(-1))
-                    .remote(epoch, config.max_batch_rows, previous_watermark, logged["splits"] if logged else None)
+                    .remote(
+                        epoch, config.max_batch_rows, previous_watermark, phase, logged["splits"] if logged else None
+                    )
                 )
                 for i in active
             }
@@ -389,6 +401,8 @@ class Coordinator:
                 if meta["done"]:
                     active.remove(meta["index"])
             end_of_input = not active
+            if self._phase() > phase:  # the next phase's splits start now: only from now may they go idle
+                self.watermarks.activate([s.split_id for s in self.splits if s.phase == self._phase()], now)
             if logged is not None:
                 watermark = self.watermarks.current = logged["watermark"]
             else:
@@ -477,6 +491,7 @@ class Coordinator:
                 rows = sum(m["state_rows"] for m in metas if m.get("stage") == stage.name)
                 metrics.state_rows[stage.name] = rows
                 metrics.peak_state_rows[stage.name] = max(rows, metrics.peak_state_rows.get(stage.name, 0))
+            metrics.splits_total, metrics.splits_done = len(self.splits), len(self.done_splits)
             positions = {split_id: entry["position"] for split_id, entry in metrics.splits.items()}
         # This epoch's output is committed: the source may now publish positions, for information.
         self.plan.source.on_epoch_complete(positions)

@@ -17,6 +17,8 @@ class _SplitClock:
     done: bool = False
     #: The split's smallest event time when known before reading it (Parquet statistics, partition values).
     min_event_time_ms: int | None = None
+    #: Not read yet because an earlier phase is still being read; it is never idle meanwhile.
+    pending: bool = False
 
 
 class WatermarkTracker:
@@ -27,7 +29,8 @@ class WatermarkTracker:
     watermark where its own events start (its ``min_event_time_ms`` minus
     the delay), or where the watermark is when that is unknown, so a slow or
     unstarted split can never make another split's events late. A finished
-    split no longer counts. A split silent for longer than
+    split no longer counts, and a split of a later phase (see ``Split.phase``)
+    counts as unstarted until its phase begins. A split silent for longer than
     the idle timeout stops counting until it yields again. The watermark
     never goes back.
     """
@@ -50,10 +53,20 @@ class WatermarkTracker:
         for split_id, (max_event_time_ms, declared_ms, done) in clocks.items():
             self.splits[split_id] = _SplitClock(max_event_time_ms, declared_ms, now, done)
 
-    def add_split(self, split_id: str, now: float, min_event_time_ms: int | None = None) -> None:
-        """Start tracking a split assigned to a reader, whose events start at ``min_event_time_ms`` if known."""
+    def add_split(self, split_id: str, now: float, min_event_time_ms: int | None = None, pending: bool = False) -> None:
+        """Start tracking a split assigned to a reader, whose events start at ``min_event_time_ms`` if known.
+
+        A ``pending`` split waits for its phase: it is not idle until :meth:`activate`.
+        """
         clock = self.splits.setdefault(split_id, _SplitClock(last_active=now))
         clock.min_event_time_ms = min_event_time_ms
+        clock.pending = pending
+
+    def activate(self, split_ids: list[str], now: float) -> None:
+        """The phase of these splits has begun: from now on they may go idle."""
+        for split_id in split_ids:
+            clock = self.splits[split_id]
+            clock.pending, clock.last_active = False, now
 
     def observe(self, split_id: str, progress: dict[str, Any], now: float) -> None:
         """Record what one split yielded in an epoch (a reader's progress entry for it)."""
@@ -84,7 +97,7 @@ class WatermarkTracker:
         for clock in self.splits.values():
             if clock.done:
                 continue
-            if idle_ms is not None and (now - clock.last_active) * 1000 >= idle_ms:
+            if not clock.pending and idle_ms is not None and (now - clock.last_active) * 1000 >= idle_ms:
                 continue
             seen = clock.max_event_time_ms if clock.max_event_time_ms is not None else clock.min_event_time_ms
             derived = None if seen is None else seen - self.event_time.delay_ms

@@ -34,12 +34,17 @@ class Split:
             travels to a reader actor.
         min_event_time_ms: The split's smallest event time, when the source
             knows it before reading (Parquet statistics, partition values).
-            Readers may use it to read splits in event-time order.
+            Splits are dealt to readers in this order, and an unstarted
+            split holds the watermark here.
+        phase: Splits are read phase by phase: none of phase ``n + 1`` is
+            read before every split of phase ``n`` is done. A hybrid source
+            reads its history in phase 0 and its live source in phase 1.
     """
 
     split_id: str
     payload: Any = None
     min_event_time_ms: int | None = None
+    phase: int = 0
 
 
 class SplitReader(ABC):
