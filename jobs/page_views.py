@@ -91,22 +91,26 @@ def write_history(out: str, first_day: date, count: int, events_per_day: int = 2
     return written
 
 
+def kafka_records(table: pa.Table) -> tuple[list[str], list[str], list[int]]:
+    """Page views as Kafka records: JSON values, the user as key, the view's time (epoch ms) as record time."""
+    frame = table.to_pandas()
+    lines = frame.to_json(orient="records", lines=True, date_format="iso", date_unit="ms").splitlines()
+    return lines, frame["user"].tolist(), table.column("ts").cast(pa.int64()).to_pylist()
+
+
 def produce_live(bootstrap_servers: str, topic: str, first_day: date, count: int, events_per_day: int = 20_000) -> int:
-    """Produce the days to Kafka as JSON, keyed by user, with each view's time as the record time."""
+    """Produce the days to Kafka, one record per page view (see ``kafka_records``)."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": bootstrap_servers, "linger.ms": 20})
     produced = 0
     for day in days(first_day, count):
-        table = generate_day(day, events_per_day)
-        frame = table.to_pandas()
-        lines = frame.to_json(orient="records", lines=True, date_format="iso", date_unit="ms").splitlines()
-        times_ms = table.column("ts").cast(pa.int64()).to_numpy()
+        lines, users, times_ms = kafka_records(generate_day(day, events_per_day))
         # confluent-kafka produces one record per call: this loop is the client's interface, not a hot path.
-        for line, user, at in zip(lines, frame["user"], times_ms, strict=True):
+        for line, user, at in zip(lines, users, times_ms, strict=True):
             while True:
                 try:
-                    producer.produce(topic, value=line.encode(), key=user.encode(), timestamp=int(at))
+                    producer.produce(topic, value=line.encode(), key=user.encode(), timestamp=at)
                     break
                 except BufferError:
                     producer.poll(0.1)

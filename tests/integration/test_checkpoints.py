@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from job_process import last_commit, run_job_process
 from windows_oracle import normalized, out_of_order_events, windows_sql
 
 import raystream as rs
@@ -47,38 +42,9 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame
     return folder, frame
 
 
-def last_commit(checkpoints: Path) -> int:
-    """The newest committed epoch in a checkpoint folder (-1 when there is none)."""
-    return max((int(p.stem) for p in (checkpoints / "commits").glob("*.json")), default=-1)
-
-
 def run_job(args: list[str], kill_when: Callable[[], bool] | None = None) -> bool:
-    """Run the job in its own process group; SIGKILL the whole group once ``kill_when()`` is true.
-
-    Returns:
-        True when the job ran to its end, False when it was killed.
-    """
-    # A short folder of its own for the job's Ray: socket paths must stay under ~100 characters.
-    ray_dir = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
-    command = [sys.executable, str(JOB), *args, "--ray-temp-dir", str(ray_dir)]
-    log = ray_dir.with_suffix(".log")
-    with open(log, "wb") as output:
-        process = subprocess.Popen(command, start_new_session=True, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        started = time.monotonic()
-        while process.poll() is None:
-            if kill_when is not None and kill_when():
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                return False
-            assert time.monotonic() - started < 300, "the job ran for 5 minutes"
-            time.sleep(0.02)
-        assert process.returncode == 0, log.read_text()[-3000:]
-        return True
-    finally:
-        # The local Ray the job started lives in its own temp dir: make sure none of it survives.
-        subprocess.run(["pkill", "-9", "-f", str(ray_dir)], check=False)
-        shutil.rmtree(ray_dir, ignore_errors=True)
+    """Run checkpointed_job.py with ``args``; see :func:`job_process.run_job_process`."""
+    return run_job_process(JOB, args, kill_when)
 
 
 def test_driver_killed_three_times_then_finished_gives_the_uninterrupted_output(
