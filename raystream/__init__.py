@@ -8,6 +8,7 @@ Build a stream from a source, chain operators, then call a terminal::
     counts.print()
 """
 
+from raystream import datagen
 from raystream.aggregates import Aggregate, count, count_distinct, max, mean, min, sum
 from raystream.config import RunConfig
 from raystream.errors import ConfigError, JobFailedError, PlanError, RaystreamError, UserFunctionError
@@ -56,6 +57,7 @@ __all__ = [
     "WindowedStream",
     "count",
     "count_distinct",
+    "datagen",
     "from_arrow",
     "from_pandas",
     "from_source",

@@ -52,7 +52,10 @@ from raystream.sources.base import Split
 
 _log = logging.getLogger("raystream")
 _ACTOR_START_TIMEOUT_S = 120.0
+#: How long the loop pauses after an epoch of an unbounded source read nothing; it doubles while the source
+#: stays idle, up to the maximum, so that an idle job does not log (and checkpoint) a hundred empty epochs a second.
 _IDLE_SLEEP_S = 0.01
+_MAX_IDLE_SLEEP_S = 0.16
 
 
 @dataclass
@@ -369,6 +372,7 @@ class Coordinator:
         active = list(range(len(self.readers)))
         in_flight: deque[_EpochInFlight] = deque()
         to_replay = deque(replay)
+        idle_sleep = _IDLE_SLEEP_S
         while active and not self._stop.is_set():
             self._discover_splits()
             loop_started = time.perf_counter()
@@ -451,7 +455,10 @@ class Coordinator:
                 self._blocked_seconds - blocked_before
             )
             if not bounded and rows == 0:
-                time.sleep(_IDLE_SLEEP_S)
+                time.sleep(idle_sleep)
+                idle_sleep = min(2 * idle_sleep, _MAX_IDLE_SLEEP_S)
+            else:
+                idle_sleep = _IDLE_SLEEP_S
         while in_flight:
             self._complete(in_flight.popleft(), runner, side_router)
 

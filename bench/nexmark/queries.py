@@ -1,0 +1,261 @@
+"""The Nexmark queries as raystream pipelines, the same queries in DuckDB SQL, and the check between them.
+
+Each raystream pipeline starts from the bids as a stream with event time
+``date_time`` and uses only the public API. Each SQL query reads a view
+named ``bid`` over the same Parquet files. :func:`compare` checks two
+outputs by their row count and an order-independent hash of their rows,
+computed by DuckDB over both, with times as epoch milliseconds and floats
+rounded to cents.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+import raystream as rs
+
+#: How an output column is made comparable: as BIGINT, as epoch ms, as a float rounded to cents, as text.
+ColumnKind = Literal["int", "time", "float", "text"]
+
+#: Nexmark's usual watermark: event time minus 4 s.
+WATERMARK_DELAY = "4s"
+
+
+@dataclass(frozen=True)
+class Query:
+    """One Nexmark query, in raystream and in SQL.
+
+    Attributes:
+        name: ``q0``, ``q1``...
+        title: What it computes, in a few words.
+        inputs: The bid columns it reads.
+        build: The raystream pipeline over the bid stream.
+        sql: The DuckDB query over the view ``bid``.
+        output: The output columns, in order, and how to compare each.
+        per_epoch: A function applied on the driver to each epoch's whole
+            output before it is written (the last step of q5), or ``None``.
+    """
+
+    name: str
+    title: str
+    inputs: tuple[str, ...]
+    build: Callable[[rs.Stream], rs.Stream]
+    sql: str
+    output: tuple[tuple[str, ColumnKind], ...]
+    per_epoch: Callable[[pa.Table], pa.Table] | None = None
+
+
+# -- q5: the rows that hold their window's maximum ------------------------------------------
+
+
+def rows_with_window_max(table: pa.Table) -> pa.Table:
+    """Keep the rows whose ``num`` equals the largest ``num`` of their ``window_start``, all ties included.
+
+    Used twice in q5. Fused after the window, in each partition actor, it
+    keeps that actor's candidates: a row that holds its window's global
+    maximum holds the maximum of any subset of the window's rows too. On the
+    driver, over an epoch's whole output, it keeps the global winners; that
+    is exact because a window (with no allowed lateness) fires once, in one
+    epoch, in every partition actor.
+    """
+    if table.num_rows == 0:
+        return table
+    maxima = table.group_by("window_start", use_threads=False).aggregate([("num", "max")])
+    joined = table.join(maxima, "window_start", use_threads=False)
+    return joined.filter(pc.field("num") == pc.field("num_max")).select(table.column_names)
+
+
+def _hot_items(bids: rs.Stream) -> rs.Stream:
+    counts = (
+        bids.with_watermark("date_time", delay=WATERMARK_DELAY)
+        .key_by("auction")
+        .window(rs.Sliding("10s", "2s"))
+        .agg(num=rs.count())
+    )
+    return counts.map_batches(rows_with_window_max, schema=counts.schema)
+
+
+QUERIES: dict[str, Query] = {
+    query.name: query
+    for query in [
+        Query(
+            "q0",
+            "pass-through",
+            ("auction", "bidder", "price", "date_time", "extra"),
+            lambda bids: bids.select("auction", "bidder", "price", "date_time", "extra"),
+            "SELECT auction, bidder, price, date_time, extra FROM bid",
+            (("auction", "int"), ("bidder", "int"), ("price", "int"), ("date_time", "time"), ("extra", "text")),
+        ),
+        Query(
+            "q1",
+            "price * 0.908",
+            ("auction", "bidder", "price", "date_time", "extra"),
+            lambda bids: bids.with_columns(price=pc.field("price") * 0.908).select(
+                "auction", "bidder", "price", "date_time", "extra"
+            ),
+            "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid",
+            (("auction", "int"), ("bidder", "int"), ("price", "float"), ("date_time", "time"), ("extra", "text")),
+        ),
+        Query(
+            "q2",
+            "auction % 123 == 0",
+            ("auction", "price"),
+            lambda bids: bids.filter(pc.modulo(pc.field("auction"), 123) == 0).select("auction", "price"),
+            "SELECT auction, price FROM bid WHERE auction % 123 = 0",
+            (("auction", "int"), ("price", "int")),
+        ),
+        Query(
+            "q5",
+            "hot items, 10 s windows sliding by 2 s",
+            ("auction", "date_time"),
+            _hot_items,
+            """
+            WITH counts AS (
+                SELECT auction, window_start, count(*) AS num
+                FROM (
+                    SELECT auction, epoch_ms(date_time) AS t, (epoch_ms(date_time) // 2000 - j) * 2000 AS window_start
+                    FROM bid, range(0, 5) AS r(j)
+                )
+                WHERE window_start + 10000 > t
+                GROUP BY auction, window_start
+            )
+            SELECT auction, epoch_ms(window_start) AS window_start, epoch_ms(window_start + 10000) AS window_end, num
+            FROM counts
+            QUALIFY num = max(num) OVER (PARTITION BY window_start)
+            """,
+            (("auction", "int"), ("window_start", "time"), ("window_end", "time"), ("num", "int")),
+            per_epoch=rows_with_window_max,
+        ),
+        Query(
+            "w2",
+            "count and max(price) per auction, 10 s tumbling windows",
+            ("auction", "price", "date_time"),
+            lambda bids: (
+                bids.with_watermark("date_time", delay=WATERMARK_DELAY)
+                .key_by("auction")
+                .window(rs.Tumbling("10s"))
+                .agg(num=rs.count(), max_price=rs.max("price"))
+            ),
+            """
+            SELECT auction, epoch_ms(window_start) AS window_start, epoch_ms(window_start + 10000) AS window_end,
+                   count(*) AS num, max(price) AS max_price
+            FROM (SELECT auction, price, epoch_ms(date_time) // 10000 * 10000 AS window_start FROM bid)
+            GROUP BY auction, window_start
+            """,
+            (
+                ("auction", "int"),
+                ("window_start", "time"),
+                ("window_end", "time"),
+                ("num", "int"),
+                ("max_price", "int"),
+            ),
+        ),
+    ]
+}
+
+
+# -- running a query ---------------------------------------------------------------------
+
+
+class _EpochFiles:
+    """A ``foreach_batch`` function: applies ``step`` to each epoch and writes it as ``part-<epoch>.parquet``.
+
+    A replayed epoch overwrites its own file, so the output stays exact. It
+    fails if a window comes back in a later epoch, which would make the
+    per-epoch step of q5 wrong.
+    """
+
+    def __init__(self, folder: str, step: Callable[[pa.Table], pa.Table]) -> None:
+        self.folder = folder
+        self.step = step
+        self.windows_seen: dict[int, set[Any]] = {}
+        os.makedirs(folder, exist_ok=True)
+
+    def __call__(self, table: pa.Table, epoch_id: int) -> None:
+        result = self.step(table)
+        if "window_start" in table.column_names:
+            windows = set(pc.unique(table.column("window_start")).to_pylist())  # a few windows per epoch
+            self.windows_seen[epoch_id] = windows
+            earlier: set[Any] = set().union(*(w for e, w in self.windows_seen.items() if e != epoch_id))
+            again = windows & earlier
+            if again:
+                raise RuntimeError(
+                    f"epoch {epoch_id} holds windows that fired in an earlier epoch too ({min(again)}...); "
+                    "the per-epoch maximum of q5 needs each window to fire once"
+                )
+        if result.num_rows:
+            pq.write_table(result, os.path.join(self.folder, f"part-{epoch_id:08d}.parquet"))
+
+
+def bid_stream(path: str, query: Query) -> rs.Stream:
+    """The bids under ``path`` as a stream of the columns ``query`` reads, with event time ``date_time`` if read."""
+    time_column = "date_time" if "date_time" in query.inputs else None
+    return rs.read_parquet(path, columns=list(query.inputs), time_column=time_column)
+
+
+def run_raystream(query: Query, bids: str | rs.Stream, out: str, config: rs.RunConfig) -> dict[str, Any]:
+    """Run ``query`` over the bids (a Parquet folder, or a stream) into Parquet files under ``out``.
+
+    Returns:
+        The job's metrics (``run_seconds``, ``startup_seconds``, ``rows_read``...).
+    """
+    stream = bid_stream(bids, query) if isinstance(bids, str) else bids
+    pipeline = query.build(stream)
+    if query.per_epoch is None:
+        job = pipeline.write_parquet(out, config)
+    else:
+        job = pipeline.foreach_batch(_EpochFiles(out, query.per_epoch), config)
+    return job.metrics()
+
+
+def bid_view(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Make ``bid`` a view over the Parquet files under ``path``."""
+    con.execute(f"CREATE OR REPLACE VIEW bid AS SELECT * FROM read_parquet('{_sql_text(path)}/**/*.parquet')")
+
+
+def run_duckdb(con: duckdb.DuckDBPyConnection, query: Query, out_file: str) -> None:
+    """Run ``query``'s SQL over the view ``bid`` into one Parquet file."""
+    con.execute(f"COPY ({query.sql}) TO '{_sql_text(out_file)}' (FORMAT parquet)")
+
+
+def fingerprint(con: duckdb.DuckDBPyConnection, query: Query, files: list[str]) -> tuple[int, int]:
+    """The row count and the sum of the rows' hashes of Parquet ``files`` holding ``query``'s output."""
+    if not files:
+        return 0, 0
+    listed = ", ".join(f"'{_sql_text(f)}'" for f in files)
+    normalized = ", ".join(_normalized(name, kind) for name, kind in query.output)
+    rows, total = con.execute(
+        f"SELECT count(*), coalesce(sum(hash({normalized})), 0) FROM read_parquet([{listed}])"
+    ).fetchone()  # type: ignore[misc]
+    return int(rows), int(total)
+
+
+def compare(con: duckdb.DuckDBPyConnection, query: Query, raystream_out: str, duckdb_out: str) -> dict[str, Any]:
+    """Compare raystream's output folder with DuckDB's output file: equal row counts and row hashes."""
+    ours = fingerprint(con, query, sorted(glob.glob(os.path.join(raystream_out, "*.parquet"))))
+    theirs = fingerprint(con, query, [duckdb_out] if os.path.exists(duckdb_out) else [])
+    return {"rows": ours[0], "duckdb_rows": theirs[0], "hash": str(ours[1]), "equal": ours == theirs}
+
+
+def _normalized(name: str, kind: ColumnKind) -> str:
+    column = f'"{name}"'
+    if kind == "int":
+        return f"{column}::BIGINT"
+    if kind == "time":
+        return f"epoch_ms({column}::TIMESTAMP)"
+    if kind == "float":
+        return f"round({column}::DOUBLE, 2)"
+    return f"{column}::VARCHAR"
+
+
+def _sql_text(value: str) -> str:
+    return value.replace("'", "''")
