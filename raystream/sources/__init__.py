@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -65,15 +65,52 @@ def read_parquet(
     *,
     time_column: str | None = None,
     columns: list[str] | None = None,
+    schema: pa.Schema | None = None,
+    start: datetime | date | str | None = None,
+    end: datetime | date | str | None = None,
+    partition_time: str | list[str] | None = "auto",
+    partitioning: str | None = "hive",
+    watch: bool = False,
+    poll_interval: str | timedelta | int = "10s",
     storage_options: dict[str, Any] | None = None,
 ) -> Stream:
     """Read Parquet files: a file, a folder (recursively), a glob or a list, on any fsspec URL.
 
     Splits are ranges of row groups, so one large file is read in parallel.
+    ``key=value`` folders below the path become columns (Hive partitions).
+
+    Args:
+        path: ``data/``, ``s3://bucket/events/``, ``hdfs://namenode:8020/events``,
+            ``gs://...`` or ``abfs://...`` (with gcsfs or adlfs installed), a glob, or a list.
+        time_column: The event-time column: a timestamp of any unit and zone, or int64 epoch ms.
+        columns: The columns to read (partition columns too), in this order; all when ``None``.
+        schema: The schema instead of the files' footers (needed to watch an empty folder).
+        start: Only rows with ``time_column >= start`` (a datetime, date or ISO string; naive is UTC).
+            Files are pruned by their partition folders and row groups by their statistics first.
+        end: Only rows with ``time_column < end``.
+        partition_time: The partition folders that give a file's time range: ``"auto"``
+            (``dt=`` or ``date=``, plus ``hour=``), ``None``, a column, or ``[day, hour]``.
+        partitioning: ``"hive"`` (``key=value`` folders are columns) or ``None``.
+        watch: Pick up files as they land (atomically, by rename); the stream is unbounded.
+        poll_interval: How often to list ``path`` again when watching: ``"10s"``, ``"1m"``...
+        storage_options: Passed to the fsspec filesystem (credentials, endpoint); never put in messages.
     """
     from raystream.sources.files import ParquetSource
 
-    return from_source(ParquetSource(path, columns=columns, storage_options=storage_options), time_column)
+    source = ParquetSource(
+        path,
+        columns=columns,
+        schema=schema,
+        time_column=time_column,
+        start=start,
+        end=end,
+        partition_time=partition_time,
+        partitioning=partitioning,
+        watch=watch,
+        poll_interval=poll_interval,
+        storage_options=storage_options,
+    )
+    return from_source(source, time_column)
 
 
 def read_csv(
@@ -82,12 +119,35 @@ def read_csv(
     time_column: str | None = None,
     schema: pa.Schema | None = None,
     delimiter: str = ",",
+    start: datetime | date | str | None = None,
+    end: datetime | date | str | None = None,
+    partition_time: str | list[str] | None = "auto",
+    partitioning: str | None = "hive",
+    watch: bool = False,
+    poll_interval: str | timedelta | int = "10s",
     storage_options: dict[str, Any] | None = None,
 ) -> Stream:
-    """Read CSV files with a header row. ``schema`` overrides type inference."""
+    """Read CSV files with a header row. ``schema`` overrides type inference.
+
+    ``start``, ``end``, ``partition_time``, ``partitioning``, ``watch`` and
+    ``poll_interval`` work as in :func:`read_parquet` (files are pruned by
+    their partition folders; there are no row groups).
+    """
     from raystream.sources.files import CsvSource
 
-    source = CsvSource(path, schema=schema, delimiter=delimiter, storage_options=storage_options)
+    source = CsvSource(
+        path,
+        schema=schema,
+        delimiter=delimiter,
+        time_column=time_column,
+        start=start,
+        end=end,
+        partition_time=partition_time,
+        partitioning=partitioning,
+        watch=watch,
+        poll_interval=poll_interval,
+        storage_options=storage_options,
+    )
     return from_source(source, time_column)
 
 
@@ -96,19 +156,61 @@ def read_json(
     *,
     time_column: str | None = None,
     schema: pa.Schema | None = None,
+    start: datetime | date | str | None = None,
+    end: datetime | date | str | None = None,
+    partition_time: str | list[str] | None = "auto",
+    partitioning: str | None = "hive",
+    watch: bool = False,
+    poll_interval: str | timedelta | int = "10s",
     storage_options: dict[str, Any] | None = None,
 ) -> Stream:
-    """Read newline-delimited JSON files. ``schema`` overrides type inference."""
+    """Read newline-delimited JSON files. ``schema`` overrides type inference.
+
+    ``start``, ``end``, ``partition_time``, ``partitioning``, ``watch`` and
+    ``poll_interval`` work as in :func:`read_parquet` (files are pruned by
+    their partition folders; there are no row groups).
+    """
     from raystream.sources.files import JsonSource
 
-    return from_source(JsonSource(path, schema=schema, storage_options=storage_options), time_column)
+    source = JsonSource(
+        path,
+        schema=schema,
+        time_column=time_column,
+        start=start,
+        end=end,
+        partition_time=partition_time,
+        partitioning=partitioning,
+        watch=watch,
+        poll_interval=poll_interval,
+        storage_options=storage_options,
+    )
+    return from_source(source, time_column)
 
 
-def read_text(path: str | list[str], *, storage_options: dict[str, Any] | None = None) -> Stream:
-    """Read text files as a stream with one ``line`` column, one row per line."""
+def read_text(
+    path: str | list[str],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    encoding: str = "utf-8",
+    partitioning: str | None = "hive",
+    watch: bool = False,
+    poll_interval: str | timedelta | int = "10s",
+) -> Stream:
+    """Read text files as a stream with one ``line`` column, one row per line (then any partition columns).
+
+    ``partitioning``, ``watch`` and ``poll_interval`` work as in :func:`read_parquet`.
+    """
     from raystream.sources.files import TextSource
 
-    return from_source(TextSource(path, storage_options=storage_options))
+    source = TextSource(
+        path,
+        storage_options=storage_options,
+        encoding=encoding,
+        partitioning=partitioning,
+        watch=watch,
+        poll_interval=poll_interval,
+    )
+    return from_source(source)
 
 
 def read_kafka(

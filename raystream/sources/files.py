@@ -1,47 +1,111 @@
 """File sources: Parquet, CSV, newline-delimited JSON and text lines.
 
-Every file source follows the same plan, on the driver, in its constructor:
+Every file source follows the same plan, on the driver, in its constructor,
+so that bad input fails before a job starts:
 
-1. Resolve each path (an fsspec URL: a file, a directory or a glob) to a
-   sorted list of data files. Names starting with ``.`` or ``_``
-   (``_SUCCESS``, ``.crc``, ``_staging/``) are ignored below a directory or
-   a glob; a missing path, or one that matches no data file, raises
-   :class:`FileNotFoundError`.
-2. Read each file's schema (a Parquet footer, the first block of a CSV or
-   JSON file) and unify them. Column sets must be equal; types must be
-   equal or safely promotable (``int64`` and ``double`` give ``double``,
-   ``null`` and any type give that type). Anything else is a
-   :class:`~raystream.errors.PlanError` that names both files and the column.
+1. **List.** Resolve each path (an fsspec URL: a file, a directory or a glob;
+   ``s3://`` through s3fs, ``hdfs://`` through pyarrow's HadoopFileSystem,
+   ``gs://``/``abfs://`` when gcsfs/adlfs are installed, see
+   :mod:`raystream._fs`) to a sorted list of data files. Names starting with
+   ``.`` or ``_`` (``_SUCCESS``, ``.crc``, ``_staging/``) are ignored below a
+   directory or a glob; a missing path, or one that matches no data file,
+   raises :class:`FileNotFoundError`.
+2. **Hive partitions.** Each folder named ``key=value`` between the path
+   given (a directory, or the part of a glob before its first wildcard) and
+   a file becomes a column ``key`` with that value (URL-decoded; an empty
+   value and ``__HIVE_DEFAULT_PARTITION__`` are null). A folder name without
+   ``=`` is not a partition, and neither is a folder in the path given
+   itself. The type is inferred over every listed file, like pyarrow
+   datasets: ``int64`` when every value is an integer (``hour=03`` is 3),
+   else ``string`` (``dt=2026-01-01`` stays the string ``"2026-01-01"``).
+   Partition columns come after the files' columns; a file outside a folder
+   that others are in gets null. ``partitioning=None`` turns this off.
+3. **Prune by time.** With ``time_column``, ``start`` and ``end`` (half-open:
+   ``start <= t < end``; a datetime, a ``datetime.date``, or an ISO string;
+   naive means UTC), a file whose *partition time range* lies outside
+   ``[start, end)`` is dropped before it is opened. The range comes from the
+   partition columns in ``partition_time`` (by default ``dt`` or ``date``,
+   and ``hour`` when present): a day value (``2026-01-01`` or ``20260101``)
+   is that UTC day, narrowed to one hour by an ``hour`` (0-23) column; an
+   hour value (``2026-01-01T03``, ``2026-01-01 03``, ``2026-01-01-03``) is
+   that hour. The partitions are trusted: their rows must have event times
+   in their range.
+4. **Schemas.** Read each remaining file's schema (a Parquet footer, the
+   first block of a CSV or JSON file) and unify them. Column sets must be
+   equal; types must be equal or safely promotable (``int64`` and ``double``
+   give ``double``, ``null`` and any type give that type). Anything else is
+   a :class:`~raystream.errors.PlanError` that names both files and the
+   column. With ``schema=``, it gives the files' columns and types instead;
+   a column of it that is also a partition folder of a file comes from the
+   folder (in the schema's type), and partition columns it does not name are
+   appended as in step 2 (only those of files listed at plan time: to watch
+   an empty folder with partition columns, name them in ``schema=``).
+5. **Parquet row groups.** Row groups whose statistics on ``time_column``
+   lie outside ``[start, end)`` are dropped; only footers are read.
 
 Then, in reader actors, a split (a file, or a range of Parquet row groups)
-is read batch by batch; each batch is cast to the unified schema. A split's
-position is a plain ``int``: the number of rows already returned from the
-split, except for :class:`TextSource`, where it is the byte offset of the
-first line not yet returned (so resuming a large text file seeks instead of
-re-reading it).
+is read batch by batch; each batch gets its partition columns, is cast to
+the source's schema, and, with ``start``/``end``, loses its rows outside
+``[start, end)`` (and rows with a null time), vectorized. A split's position
+is a plain ``int``: the number of the split's rows already consumed from the
+file (returned or filtered out), except for :class:`TextSource`, where it is
+the byte offset of the first line not yet returned (so resuming a large text
+file seeks instead of re-reading it).
+
+**Event-time order.** With ``time_column``, each split's
+``min_event_time_ms`` is a lower bound of its event times: the smallest
+Parquet statistic of its row groups, else the start of its partition time
+range, raised to ``start``. The engine deals splits in that order.
+
+**Progress.** Each reader's :meth:`~SplitReader.metrics` (shown per split in
+``Job.metrics()["splits"]``) holds ``file`` (its URL, without credentials),
+``rows_read`` (rows consumed from the file), ``bytes_read`` and
+``bytes_total`` (Parquet: compressed bytes of the row groups started and of
+all of the split's row groups; CSV, JSON, text: bytes of the file read so far
+and its size), and ``event_time_ms`` (the largest event time returned, with
+``time_column``).
+
+**Which files are opened.** :meth:`files` lists the files a source reads
+after pruning. Every open of a file, at plan time or by a reader, goes
+through :func:`_open_file`, so a test can count them by wrapping it.
+
+**Watching.** With ``watch=True`` the source is unbounded: every
+``poll_interval`` the engine calls :meth:`splits`, which lists the paths
+again and returns one split per file (Parquet: per run of row groups) with a
+stable id derived from the file's path, so files that landed since are new
+splits and files already read are not read again after a restart. A file is
+assumed to land atomically: written elsewhere (or under a ``.`` or ``_``
+name, which is ignored) and then renamed into place, never modified after.
+The schema is fixed at plan time, from the files already there or from
+``schema=``; a new Parquet file must have its columns (extra ones are
+ignored), and a new file's partition values must fit their column types.
 """
 
 from __future__ import annotations
 
 import codecs
+import json
 import posixpath
 import re
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from datetime import date, datetime
+from typing import Any, TypeAlias, TypeVar
+from urllib.parse import unquote
 
 import fsspec
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-import pyarrow.fs as pafs
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from raystream._fs import to_arrow_fs, url_to_fs
+from raystream._fs import redact, shown_url, to_arrow_fs, url_to_fs
+from raystream._time import Duration, duration_ms, is_event_time_type
 from raystream.errors import PlanError, RaystreamError
 from raystream.sources.base import Source, Split, SplitReader
 
@@ -60,9 +124,13 @@ _INFER_BLOCK_BYTES = 1 << 20
 _TEXT_BLOCK_BYTES = 8 << 20
 #: Rows decoded at a time from a Parquet row group.
 _PARQUET_BATCH_ROWS = 64 * 1024
+#: Rows taken from a file at a time when rows outside [start, end) are filtered out.
+_FILTER_CHUNK_ROWS = 64 * 1024
+#: Rows one ``next_batch`` may skip as outside [start, end) before it returns an
+#: empty batch, so that one epoch does not scan a whole large file.
+_FILTER_SCAN_ROWS = 1 << 20
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@]*@")
 _COMPRESSION_BY_SUFFIX = {
     ".gz": "gzip",
     ".bz2": "bz2",
@@ -70,6 +138,42 @@ _COMPRESSION_BY_SUFFIX = {
     ".lz4": "lz4",
     ".br": "brotli",
 }
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+_INTEGER = re.compile(r"^[+-]?\d{1,18}$")
+_DAY = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$|^(\d{4})(\d{2})(\d{2})$")
+_HOUR = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[T _-](\d{2})$")
+_AUTO_DAY_COLUMNS = ("dt", "date")
+_AUTO_HOUR_COLUMN = "hour"
+_NS_PER_MS = 1_000_000
+_NS_PER_HOUR = 3_600 * 10**9
+_NS_PER_DAY = 24 * _NS_PER_HOUR
+_NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+_NS_PER_PARQUET_UNIT = {"milliseconds": 10**6, "microseconds": 10**3, "nanoseconds": 1}
+
+#: ``partition_time=``: ``"auto"``, ``None``, a day column, or ``[day, hour]``.
+PartitionTime: TypeAlias = "str | Sequence[str] | None"
+#: ``start=`` and ``end=``: a datetime, a date or an ISO string (naive means UTC).
+TimeBound: TypeAlias = "datetime | date | str | pd.Timestamp | None"
+
+
+# --------------------------------------------------------------------------- #
+# Opening files                                                               #
+# --------------------------------------------------------------------------- #
+
+
+def _open_file(fs: fsspec.AbstractFileSystem, path: str) -> pa.NativeFile:
+    """Open ``path`` for reading (random access, so that the bytes read can be told).
+
+    Every open of a data file in this module, at plan time or by a reader,
+    goes through here: a test counts the files opened by wrapping it.
+    """
+    return to_arrow_fs(fs).open_input_file(path)
+
+
+def _decompressed(raw: pa.NativeFile, path: str) -> pa.NativeFile:
+    """``raw``, decompressed when the file name ends in a compression suffix (``.gz``, ``.zst``...)."""
+    compression = _COMPRESSION_BY_SUFFIX.get(posixpath.splitext(path)[1].lower())
+    return raw if compression is None else pa.CompressedInputStream(raw, compression)
 
 
 # --------------------------------------------------------------------------- #
@@ -81,31 +185,26 @@ _COMPRESSION_BY_SUFFIX = {
 class _File:
     """One data file, reopenable in another process.
 
+    It holds no filesystem, so no credentials: a split's payload is pickled
+    into checkpoints. The source keeps the filesystem of each root.
+
     Attributes:
-        fs: The fsspec filesystem; it pickles with its storage options, so a
-            reader actor reopens the file with the same credentials.
-        path: The path inside ``fs`` (no protocol).
+        root: The index of the path it was found under, in the source's paths.
+        path: The path inside that root's filesystem (no protocol).
         label: A short, stable name for split ids: the path relative to the
             root the user gave, or the full URL when several roots were given.
-        shown: The full URL without credentials, for error messages.
+        shown: The full URL without credentials, for messages and metrics.
         size: The size in bytes when the listing reported it.
+        partitions: The Hive partition folders between the root and the
+            file, as ``(key, value)`` pairs; a value is ``None`` for null.
     """
 
-    fs: fsspec.AbstractFileSystem
+    root: int
     path: str
     label: str
     shown: str
     size: int | None
-
-
-def _redact(url: str) -> str:
-    """Drop ``user:password@`` from a URL before it goes into a message."""
-    return _URL_CREDENTIALS.sub("***@", url)
-
-
-def _shown(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    return path if "file" in protocols else _redact(fs.unstrip_protocol(path))
+    partitions: tuple[tuple[str, str | None], ...] = ()
 
 
 def _is_hidden(relative: str) -> bool:
@@ -125,45 +224,81 @@ def _relative(path: str, base: str) -> str:
     return path[len(base) + 1 :] if base and path.startswith(base + "/") else path.lstrip("/")
 
 
-def _resolve(name: str, urls: str | Sequence[str], storage_options: dict[str, Any] | None) -> list[_File]:
-    """Expand ``urls`` into the data files they name, in a deterministic order.
+def _check_paths(name: str, urls: Any) -> list[str]:
+    roots = [urls] if isinstance(urls, str) else list(urls) if isinstance(urls, list | tuple) else []
+    if not roots or not all(isinstance(root, str) and root for root in roots):
+        raise PlanError(f"{name}: path must be a non-empty string or a list of them, got {redact(repr(urls))}")
+    return roots
+
+
+def _hive_partitions(name: str, shown: str, relative: str) -> tuple[tuple[str, str | None], ...]:
+    """The ``key=value`` folders of ``relative`` (a path below the root, ending with the file name)."""
+    found: dict[str, str | None] = {}
+    for folder in relative.split("/")[:-1]:
+        key, equals, value = folder.partition("=")
+        if not equals or not key:
+            continue  # A folder without '=' is not a partition.
+        key, value = unquote(key), unquote(value)
+        if key in found:
+            raise PlanError(
+                f"{name}: '{shown}' is inside two partition folders named '{key}'; rename one, or pass "
+                f"partitioning=None to read no columns from folder names"
+            )
+        found[key] = None if value in ("", _HIVE_NULL) else value
+    return tuple(found.items())
+
+
+def _list(
+    name: str,
+    urls: Sequence[str],
+    filesystems: Sequence[tuple[fsspec.AbstractFileSystem, str]],
+    hive: bool,
+    allow_empty: bool,
+) -> list[_File]:
+    """List the data files of every root, in a deterministic order.
 
     Each root's files are sorted; roots keep the order they were given in and
     a file named twice is kept once.
 
+    Args:
+        allow_empty: A root that does not exist or holds no data file yet is
+            empty instead of an error (a watched folder).
+
     Raises:
         FileNotFoundError: A root does not exist or matches no data file.
-        PlanError: ``urls`` is empty or a root could not be listed.
+        PlanError: A root could not be listed.
     """
-    roots = [urls] if isinstance(urls, str) else list(urls)
-    if not roots or not all(isinstance(root, str) and root for root in roots):
-        raise PlanError(f"{name}: path must be a non-empty string or a list of them, got {urls!r}")
     files: list[_File] = []
     seen: set[tuple[str, str]] = set()
-    for url in roots:
-        fs, root = url_to_fs(url, storage_options)
+    for index, (url, (fs, root)) in enumerate(zip(urls, filesystems, strict=True)):
+        fs.invalidate_cache()  # A cached listing (s3fs keeps one) would hide files that landed since.
         try:
             found = _list_root(name, url, fs, root)
         except FileNotFoundError:
+            if allow_empty:
+                continue
             raise
-        except Exception as exc:  # Filesystems raise their own types (botocore, gcsfs...): name the path.
-            raise PlanError(
-                f"{name}: cannot list '{_redact(url)}' ({type(exc).__name__}: {exc}); "
+        except Exception as exc:  # noqa: BLE001 - filesystems raise their own types (botocore...): name the path.
+            message = (
+                f"{name}: cannot list '{redact(url)}' ({type(exc).__name__}: {exc}); "
                 f"check the path and storage_options (credentials, region, endpoint)"
-            ) from exc
+            )
+            clean = redact(message, fs.storage_options)
+            raise PlanError(clean) from (exc if clean == message else None)
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         for path, relative, size in found:
             if (protocol, path) in seen:
                 continue
             seen.add((protocol, path))
-            shown = _shown(fs, path)
-            files.append(_File(fs, path, relative if len(roots) == 1 else shown, shown, size))
+            shown = shown_url(fs, path)
+            partitions = _hive_partitions(name, shown, relative) if hive else ()
+            files.append(_File(index, path, relative if len(urls) == 1 else shown, shown, size, partitions))
     return files
 
 
 def _list_root(name: str, url: str, fs: fsspec.AbstractFileSystem, root: str) -> list[tuple[str, str, int | None]]:
     """Return ``(path, path relative to the root, size)`` of each data file under one root."""
-    shown = _redact(url)
+    shown = redact(url)
     try:
         info = fs.info(root)
     except FileNotFoundError:
@@ -213,6 +348,78 @@ def _plan_map(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         return [fn(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(_PLAN_THREADS, len(items))) as pool:
         return list(pool.map(fn, items))
+
+
+# --------------------------------------------------------------------------- #
+# Partitions and time                                                         #
+# --------------------------------------------------------------------------- #
+
+
+def _infer_partition_fields(files: Sequence[_File]) -> list[pa.Field]:
+    """One field per partition key, in first-seen order: int64 when every value is an integer, else string."""
+    values: dict[str, set[str]] = {}
+    for file in files:
+        for key, value in file.partitions:
+            seen = values.setdefault(key, set())
+            if value is not None:
+                seen.add(value)
+    return [
+        pa.field(key, pa.int64() if seen and all(_INTEGER.match(v) for v in seen) else pa.string())
+        for key, seen in values.items()
+    ]
+
+
+def _time_ns(name: str, what: str, value: Any) -> int:
+    """Epoch nanoseconds of a datetime, date, pandas Timestamp or ISO string; naive means UTC."""
+    if isinstance(value, bool) or not isinstance(value, datetime | date | str | pd.Timestamp | np.datetime64):
+        raise PlanError(
+            f"{name}: {what}={value!r} is not a time; use a datetime or an ISO string such as '2026-01-01T00:00:00Z'"
+        )
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise PlanError(
+            f"{name}: {what}={value!r} is not a time ({exc}); use a datetime or an ISO string such as "
+            f"'2026-01-01T00:00:00Z'"
+        ) from exc
+    if pd.isna(stamp):
+        raise PlanError(f"{name}: {what} is NaT; pass a datetime or an ISO string")
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return int(stamp.value)
+
+
+def _partition_range_ns(day: str | None, hour: str | None) -> tuple[int, int] | None:
+    """``[start, end)`` in epoch ns of a day (or hour) partition value and an optional hour value.
+
+    Returns ``None`` when the day is null. Raises ``ValueError`` when a value is not a day, an hour or 0-23.
+    """
+    if day is None:
+        return None
+    match = _HOUR.match(day)
+    if match:
+        year, month, dom, start_hour = match.groups()
+        width = _NS_PER_HOUR
+        if hour is not None:
+            raise ValueError(f"'{day}' is already an hour, so the hour partition is redundant")
+    else:
+        match = _DAY.match(day)
+        if match is None:
+            raise ValueError(f"'{day}' is not a day (2026-01-01, 20260101) or an hour (2026-01-01T03)")
+        year, month, dom = (g for g in match.groups() if g is not None)
+        start_hour, width = "0", _NS_PER_DAY
+    if int(start_hour) > 23:
+        raise ValueError(f"'{day}' has an hour past 23")
+    start = int(np.datetime64(f"{year}-{month}-{dom}", "D").astype("datetime64[ns]").astype(np.int64))
+    start += int(start_hour) * _NS_PER_HOUR
+    if hour is not None:
+        if not _INTEGER.match(hour) or not 0 <= int(hour) <= 23:
+            raise ValueError(f"hour '{hour}' is not 0-23")
+        start, width = start + int(hour) * _NS_PER_HOUR, _NS_PER_HOUR
+    return start, start + width
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
 
 
 # --------------------------------------------------------------------------- #
@@ -348,6 +555,12 @@ class _RowBuffer:
         self._rows = rest.num_rows
         return table.slice(0, max_rows)
 
+    def unread(self, table: pa.Table) -> None:
+        """Put ``table`` (the end of the last ``take``) back in front of the stream."""
+        if table.num_rows:
+            self._pending = [*table.to_batches(), *self._pending]
+            self._rows += table.num_rows
+
     def _pull(self) -> bool:
         """Append the next non-empty batch; False at the end of the stream."""
         for batch in self._batches:
@@ -358,46 +571,152 @@ class _RowBuffer:
         return False
 
 
-class _RowReader(SplitReader):
-    """A reader whose position is the number of rows returned from the split.
+def _time_values(column: pa.ChunkedArray | pa.Array) -> tuple[pa.ChunkedArray | pa.Array, int]:
+    """A time column as int64 in its own unit, and the nanoseconds in that unit (int64 columns are epoch ms)."""
+    if pa.types.is_timestamp(column.type):
+        return pc.cast(column, pa.int64()), _NS_PER_UNIT[column.type.unit]
+    return column, _NS_PER_MS
 
-    Subclasses open the file and return its record batches, starting at a
-    row they choose at or before ``start`` (Parquet starts at a row group);
-    this class skips the rest and regroups the batches.
+
+class _Rows:
+    """Turns one file's rows into the source's batches: partition columns, types, the time filter.
+
+    Built in the reader actor, from the source and the file.
     """
 
-    def __init__(self, name: str, file: _File, schema: pa.Schema, start: int) -> None:
-        self._name = name
+    def __init__(self, source: _FileSource, file: _File) -> None:
+        self.name = source.name
+        self.file = file
+        self.fs = source._filesystem(file)
+        self.schema = source.schema()
+        self.file_schema = source._file_schema(file)
+        self.path_values = source._path_values(file)
+        self.time_column = source._time_column
+        self.bounds: tuple[int | None, int | None] | None = None
+        if self.time_column is not None and (source._start_ns is not None or source._end_ns is not None):
+            kind = self.schema.field(self.time_column).type
+            unit_ns = _NS_PER_UNIT[kind.unit] if pa.types.is_timestamp(kind) else _NS_PER_MS
+            # A value v in the column's unit is at v * unit_ns; v * unit_ns >= x  <=>  v >= ceil(x / unit_ns).
+            self.bounds = tuple(  # type: ignore[assignment]
+                None if bound is None else _ceil_div(bound, unit_ns) for bound in (source._start_ns, source._end_ns)
+            )
+        self.event_time_ms: int | None = None
+
+    def complete(self, raw: pa.Table) -> pa.Table:
+        """Add the partition columns to ``raw`` (the file's columns) and cast it to the source's schema."""
+        for column, value in self.path_values.items():
+            raw = raw.append_column(column, pa.repeat(value, raw.num_rows))
+        return _conform(raw, self.schema)
+
+    def mask(self, table: pa.Table) -> pa.ChunkedArray | None:
+        """True for the rows inside ``[start, end)``, or ``None`` when every row is kept."""
+        if self.bounds is None:
+            return None
+        assert self.time_column is not None
+        values, _ = _time_values(table.column(self.time_column))
+        low, high = self.bounds
+        mask = None if low is None else pc.greater_equal(values, low)
+        if high is not None:
+            below = pc.less(values, high)
+            mask = below if mask is None else pc.and_(mask, below)
+        return mask
+
+    def seen(self, table: pa.Table) -> None:
+        """Note the largest event time of a returned batch, for metrics."""
+        if self.time_column is None or not table.num_rows:
+            return
+        values, unit_ns = _time_values(table.column(self.time_column))
+        top = pc.max(values).as_py()
+        if top is not None:
+            top_ms = top * unit_ns // _NS_PER_MS
+            self.event_time_ms = top_ms if self.event_time_ms is None else max(self.event_time_ms, top_ms)
+
+    def error(self, exc: BaseException, where: str, hint: str) -> RaystreamError:
+        """A read error naming the file, with any credential of the filesystem removed."""
+        message = f"{self.name}: cannot read '{self.file.shown}' {where}: {exc}; {hint}"
+        clean = redact(message, self.fs.storage_options)
+        error = RaystreamError(clean)
+        error.__cause__ = exc if clean == message else None
+        error.__suppress_context__ = True
+        return error
+
+
+class _RowReader(SplitReader):
+    """A reader whose position is the number of the split's rows consumed from the file.
+
+    Subclasses open the file and return its record batches (the file's
+    columns, as ``file_schema`` names them), starting at a row they choose at
+    or before ``start`` (Parquet starts at a row group); this class skips the
+    rest, regroups the batches, adds the partition columns and filters by time.
+    """
+
+    def __init__(self, source: _FileSource, file: _File, start: int) -> None:
+        self._rows = _Rows(source, file)
         self._file = file
-        self._schema = schema
         self._start = start
-        self._returned = start
+        self._consumed = start
         self._buffer: _RowBuffer | None = None
         self._closer: Any = None
 
     def next_batch(self, max_rows: int) -> pa.Table | None:
-        """Return the next 1 to ``max_rows`` rows, or ``None`` once the split is exhausted."""
+        """Return the next 1 to ``max_rows`` rows, or ``None`` once the split is exhausted.
+
+        With ``start``/``end``, a batch may be empty when a long run of rows
+        fell outside them (the position still moved).
+        """
         _check_max_rows(max_rows)
         try:
             if self._buffer is None:
                 batches, first_row = self._open(max_rows)
                 self._buffer = _RowBuffer(batches)
                 self._buffer.skip(self._start - first_row)
-            table = self._buffer.take(max_rows)
-            if table is None:
-                return None
-            table = _conform(table, self._schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise RaystreamError(
-                f"{self._name}: cannot read '{self._file.shown}' after row {self._returned} of its split: "
-                f"{exc}; {self._hint()}"
-            ) from exc
-        self._returned += table.num_rows
+            table = self._take(self._buffer, max_rows)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._rows.error(exc, f"after row {self._consumed} of its split", self._hint())  # noqa: B904
+        if table is not None:
+            self._rows.seen(table)
         return table
 
+    def _take(self, buffer: _RowBuffer, max_rows: int) -> pa.Table | None:
+        if self._rows.bounds is None:
+            raw = buffer.take(max_rows)
+            if raw is None:
+                return None
+            self._consumed += raw.num_rows
+            return self._rows.complete(raw)
+        scanned = 0
+        while True:
+            raw = buffer.take(max(max_rows, _FILTER_CHUNK_ROWS))
+            if raw is None:
+                return None
+            table = self._rows.complete(raw)
+            mask = self._rows.mask(table)
+            assert mask is not None
+            kept = pc.indices_nonzero(mask)
+            if len(kept) > max_rows:
+                # Return exactly max_rows rows; the rest of the chunk is read again next time.
+                cut = kept[max_rows].as_py()
+                buffer.unread(raw.slice(cut))
+                table, mask = table.slice(0, cut), mask.slice(0, cut)
+            self._consumed += table.num_rows
+            scanned += table.num_rows
+            out = table.filter(mask)
+            if out.num_rows or scanned >= _FILTER_SCAN_ROWS:
+                return out
+
     def position(self) -> int:
-        """Return the number of rows of the split returned so far."""
-        return self._returned
+        """Return the number of rows of the split consumed so far (returned or filtered out)."""
+        return self._consumed
+
+    def metrics(self) -> dict[str, Any]:
+        """The file, rows consumed, bytes read and the event time reached (see the module docstring)."""
+        return {
+            "file": self._file.shown,
+            "rows_read": self._consumed,
+            "bytes_read": self._bytes_read(),
+            "bytes_total": self._bytes_total(),
+            "event_time_ms": self._rows.event_time_ms,
+        }
 
     def close(self) -> None:
         """Close the file, if it was opened."""
@@ -410,11 +729,16 @@ class _RowReader(SplitReader):
     def _open(self, max_rows: int) -> tuple[Iterator[pa.RecordBatch], int]:
         """Open the file; return its batches and the split row the first one starts at."""
 
+    @abstractmethod
+    def _bytes_read(self) -> int:
+        """Bytes of the split read so far."""
+
+    @abstractmethod
+    def _bytes_total(self) -> int | None:
+        """Bytes of the split, when known."""
+
     def _hint(self) -> str:
         return "check that the file is not corrupt"
-
-    def _arrow_fs(self) -> pafs.FileSystem:
-        return to_arrow_fs(self._file.fs)
 
 
 # --------------------------------------------------------------------------- #
@@ -423,26 +747,275 @@ class _RowReader(SplitReader):
 
 
 class _FileSource(Source):
-    """What every file source shares: resolved files, a unified schema, splits per file."""
+    """What every file source shares: listing, partitions, time pruning, watching.
+
+    Subclasses set ``self._schema`` (with :meth:`_with_partitions` when it is
+    inferred) and then call :meth:`_check_schema`.
+    """
 
     bounded = True
     replayable = True
+    #: False when the schema is known without any file (text: one ``line`` column).
+    _needs_schema = True
 
-    def __init__(self, path: str | list[str], storage_options: dict[str, Any] | None) -> None:
-        self._files = _resolve(self.name, path, storage_options)
+    def __init__(
+        self,
+        path: str | list[str],
+        *,
+        storage_options: dict[str, Any] | None,
+        explicit: pa.Schema | None = None,
+        partitioning: str | None = "hive",
+        time_column: str | None = None,
+        start: TimeBound = None,
+        end: TimeBound = None,
+        partition_time: PartitionTime | str = "auto",
+        watch: bool = False,
+        poll_interval: Duration = "10s",
+    ) -> None:
+        name = self.name
+        # Arguments first: nothing is listed or opened for a call that cannot work.
+        self._urls = _check_paths(name, path)
+        if partitioning not in ("hive", None):
+            raise PlanError(f"{name}: partitioning must be 'hive' or None, got {partitioning!r}")
+        if explicit is not None and not isinstance(explicit, pa.Schema):
+            raise PlanError(f"{name}: schema must be a pyarrow.Schema, got {type(explicit).__name__}")
+        if time_column is not None and (not isinstance(time_column, str) or not time_column):
+            raise PlanError(f"{name}: time_column must be a column name, got {time_column!r}")
+        if (start is not None or end is not None) and time_column is None:
+            raise PlanError(
+                f"{name}: start= and end= select rows by event time, so they need time_column=, the column to "
+                f"compare (for example time_column='ts')"
+            )
+        self._hive = partitioning == "hive"
+        self._explicit = explicit
+        self._time_column = time_column
+        self._start_ns = None if start is None else _time_ns(name, "start", start)
+        self._end_ns = None if end is None else _time_ns(name, "end", end)
+        if self._start_ns is not None and self._end_ns is not None and self._start_ns >= self._end_ns:
+            raise PlanError(f"{name}: start={start!r} is not before end={end!r}; the range [start, end) is empty")
+        self._partition_time_arg = _check_partition_time(name, partition_time, time_column)
+        self._watch = bool(watch)
+        if self._watch:
+            interval_ms = duration_ms(poll_interval, f"{name}: poll_interval")
+            if interval_ms <= 0:
+                raise PlanError(f"{name}: poll_interval must be positive, got {poll_interval!r}")
+            self.bounded = False
+            self.discovers_splits = True
+            self.discovery_interval_s = interval_ms / 1000
+        self._filesystems = [url_to_fs(url, storage_options, what=name) for url in self._urls]
+
+        listed = self._list()
+        if not listed and explicit is None and self._needs_schema:
+            shown = ", ".join(f"'{redact(url)}'" for url in self._urls)
+            raise PlanError(
+                f"{name}: watch=True on {shown}, which holds no data file yet, so the columns are unknown; pass "
+                f"schema= (a pyarrow.Schema) to start watching an empty folder"
+            )
+        # Partition columns that schema= names take its type and come from a file's folder when it has one;
+        # the others are appended with inferred types, and are null for a file outside such a folder.
+        inferred = _infer_partition_fields(listed)
+        explicit_names = set(explicit.names) if explicit is not None else set()
+        self._partition_fields = [field for field in inferred if field.name not in explicit_names]
+        self._path_always = frozenset(field.name for field in self._partition_fields)
+        self._partition_time = self._resolve_partition_time(_partition_keys(listed), bool(listed))
+        self._listed = listed
+        self._files = [file for file in listed if self._in_range(file)]
         self._schema: pa.Schema = pa.schema([])
+        if explicit is not None:
+            self._schema = pa.schema([*explicit, *self._partition_fields])
+
+    # -- the public face ---------------------------------------------------
 
     def schema(self) -> pa.Schema:
-        """Return the unified schema of every batch; known at plan time."""
+        """Return the schema of every batch, partition columns included; known at plan time."""
         return self._schema
 
+    def files(self) -> list[str]:
+        """The URLs (without credentials) of the files this source reads, after pruning by ``start``/``end``.
+
+        For a watching source, as of the last listing (the last ``splits()`` call).
+        """
+        return [file.shown for file in self._files]
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({len(self._files)} files)"
+        paths = ", ".join(repr(redact(url)) for url in self._urls)
+        return f"{type(self).__name__}({paths}, {len(self._files)} files)"
+
+    # -- for subclasses and readers -----------------------------------------
+
+    def _list(self) -> list[_File]:
+        return _list(self.name, self._urls, self._filesystems, self._hive, allow_empty=self._watch)
+
+    def _relist(self) -> list[_File]:
+        """List the paths again (a watching source); return the files that are new since the last listing."""
+        known = {(file.root, file.path) for file in self._listed}
+        self._listed = self._list()
+        self._files = [file for file in self._listed if self._in_range(file)]
+        return [file for file in self._files if (file.root, file.path) not in known]
+
+    def _filesystem(self, file: _File) -> fsspec.AbstractFileSystem:
+        return self._filesystems[file.root][0]
+
+    def _with_partitions(self, file_schema: pa.Schema) -> pa.Schema:
+        """``file_schema`` followed by the partition columns; a file column named like one is an error."""
+        for field in self._partition_fields:
+            if field.name in file_schema.names:
+                holder = next(f for f in self._listed if field.name in dict(f.partitions))
+                raise PlanError(
+                    f"{self.name}: column '{field.name}' is both in the files and a partition folder "
+                    f"('{holder.shown}'); rename the column, or pass partitioning=None to read no columns from "
+                    f"folder names"
+                )
+        return pa.schema([*file_schema, *self._partition_fields])
+
+    def _path_names(self, file: _File) -> set[str]:
+        """The columns of the source's schema that ``file`` takes from its path."""
+        keys = {key for key, _ in file.partitions}
+        return {name for name in self._schema.names if name in keys or name in self._path_always}
+
+    def _file_schema(self, file: _File) -> pa.Schema:
+        """The columns read from ``file`` itself, with the source's types."""
+        from_path = self._path_names(file)
+        return pa.schema([field for field in self._schema if field.name not in from_path])
+
+    def _path_values(self, file: _File) -> dict[str, pa.Scalar]:
+        """The partition columns of ``file``, as scalars of the source's types (null when it has no such folder).
+
+        Raises:
+            PlanError: A value does not fit its column's type.
+        """
+        values = dict(file.partitions)
+        out = {}
+        for name in sorted(self._path_names(file), key=self._schema.get_field_index):
+            kind = self._schema.field(name).type
+            value = values.get(name)
+            try:
+                out[name] = pa.scalar(value, pa.string()).cast(kind)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise PlanError(
+                    f"{self.name}: partition folder '{name}={value}' of '{file.shown}' is not a {kind} ({exc}); "
+                    f"rename the folder, or change the type of '{name}' in schema="
+                ) from exc
+        return out
+
+    def _check_schema(self) -> None:
+        """Check ``time_column`` against the schema, and every file's partition values against their types."""
+        for file in self._files:
+            self._path_values(file)
+            self._range_ns(file)
+        column = self._time_column
+        if column is None:
+            return
+        if column not in self._schema.names:
+            raise PlanError(
+                f"{self.name}: time_column '{column}' is not a column; the source has columns: "
+                f"{', '.join(self._schema.names)}"
+            )
+        kind = self._schema.field(column).type
+        if not is_event_time_type(kind):
+            raise PlanError(
+                f"{self.name}: time_column '{column}' has type {kind}; use a timestamp column or an int64 of "
+                f"epoch milliseconds"
+            )
+
+    def _resolve_partition_time(self, keys: Sequence[str], any_files: bool) -> tuple[str, ...]:
+        """The partition columns that give a file's time range: ``(day,)`` or ``(day, hour)``, or ``()``."""
+        chosen = self._partition_time_arg
+        if self._time_column is None or chosen is None:
+            return ()
+        if chosen == "auto":
+            day = next((key for key in _AUTO_DAY_COLUMNS if key in keys), None)
+            if day is None:
+                return ()
+            return (day, _AUTO_HOUR_COLUMN) if _AUTO_HOUR_COLUMN in keys else (day,)
+        assert isinstance(chosen, tuple)
+        missing = [key for key in chosen if key not in keys]
+        if missing and any_files:
+            raise PlanError(
+                f"{self.name}: partition_time names '{missing[0]}', which is not a partition folder of the files "
+                f"(their partition folders: {', '.join(keys) or 'none'}); check partition_time="
+            )
+        return chosen
+
+    def _range_ns(self, file: _File) -> tuple[int, int] | None:
+        """The time range ``file``'s partition folders give, or ``None``."""
+        if not self._partition_time:
+            return None
+        values = dict(file.partitions)
+        day = values.get(self._partition_time[0])
+        hour = values.get(self._partition_time[1]) if len(self._partition_time) > 1 else None
+        try:
+            return _partition_range_ns(day, hour)
+        except ValueError as exc:
+            raise PlanError(
+                f"{self.name}: the partition folders of '{file.shown}' give no time range: {exc}; name the "
+                f"day and hour folders with partition_time=, or pass partition_time=None not to use folders as time"
+            ) from exc
+
+    def _in_range(self, file: _File) -> bool:
+        """False when ``file``'s partition time range lies outside ``[start, end)``."""
+        if self._start_ns is None and self._end_ns is None:
+            return True
+        bounds = self._range_ns(file)
+        if bounds is None:
+            return True
+        low, high = bounds
+        return (self._start_ns is None or high > self._start_ns) and (self._end_ns is None or low < self._end_ns)
+
+    def _min_event_time_ms(self, file: _File, statistics_ns: int | None) -> int | None:
+        """A lower bound of a split's event times: statistics, else its partition range, raised to ``start``."""
+        if self._time_column is None:
+            return None
+        low = statistics_ns
+        if low is None:
+            bounds = self._range_ns(file)
+            low = None if bounds is None else bounds[0]
+        if self._start_ns is not None:
+            low = self._start_ns if low is None else max(low, self._start_ns)
+        return None if low is None else low // _NS_PER_MS
+
+
+def _partition_keys(files: Sequence[_File]) -> list[str]:
+    return list(dict.fromkeys(key for file in files for key, _ in file.partitions))
+
+
+def _check_partition_time(name: str, value: Any, time_column: str | None) -> tuple[str, ...] | str | None:
+    if value is None or value == "auto":
+        return value  # type: ignore[no-any-return]
+    names = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list | tuple) else None
+    if not names or len(names) > 2 or not all(isinstance(n, str) and n for n in names):
+        raise PlanError(
+            f"{name}: partition_time must be 'auto', None, a partition column (the day) or a list of two (the "
+            f"day and the hour), got {value!r}"
+        )
+    if time_column is None:
+        raise PlanError(f"{name}: partition_time= maps folders to event time, so it needs time_column=")
+    return names
 
 
 # --------------------------------------------------------------------------- #
 # Parquet                                                                     #
 # --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class _Footer:
+    """What a Parquet footer tells at plan time.
+
+    Attributes:
+        schema: The file's columns.
+        rows: Rows of each row group.
+        bytes: Compressed bytes of each row group (all its column chunks).
+        time_min_ns: Each row group's smallest ``time_column`` value in epoch
+            ns from its statistics, or ``None`` when unknown.
+        time_max_ns: Likewise, the largest.
+    """
+
+    schema: pa.Schema
+    rows: tuple[int, ...]
+    bytes: tuple[int, ...]
+    time_min_ns: tuple[int | None, ...]
+    time_max_ns: tuple[int | None, ...]
 
 
 @dataclass(frozen=True)
@@ -454,20 +1027,84 @@ class _RowGroups:
     stop: int
     #: Rows of each row group of the range, to skip whole groups on resume.
     rows: tuple[int, ...]
+    #: Compressed bytes of each row group of the range, for progress metrics.
+    bytes: tuple[int, ...] = ()
+
+
+def _time_statistics(
+    metadata: pq.FileMetaData, column: str | None
+) -> tuple[tuple[int | None, ...], tuple[int | None, ...]]:
+    """Each row group's min and max of ``column`` in epoch ns, from the footer's statistics.
+
+    The raw statistics are int64 in the unit of the column's Parquet logical
+    type (which may differ from the Arrow type it is read as: pyarrow stores
+    ``timestamp[s]`` as milliseconds). A timestamp column with or without a
+    time zone stores UTC-normalized or wall-clock values, which is what the
+    engine compares too. Other physical types (INT96) have no usable
+    statistics; their row groups are never pruned.
+    """
+    count = metadata.num_row_groups
+    unknown: tuple[tuple[int | None, ...], tuple[int | None, ...]] = ((None,) * count, (None,) * count)
+    if column is None:
+        return unknown
+    index = next((j for j in range(metadata.num_columns) if metadata.schema.column(j).path == column), None)
+    if index is None:
+        return unknown
+    described = metadata.schema.column(index)
+    if described.physical_type != "INT64":
+        return unknown
+    logical = json.loads(described.logical_type.to_json())
+    kind = logical.get("Type")
+    if kind == "Timestamp":
+        unit_ns = _NS_PER_PARQUET_UNIT.get(logical.get("timeUnit"))
+    elif kind == "None" or (kind == "Int" and logical.get("isSigned", True)):
+        unit_ns = _NS_PER_MS  # An int64 time column holds epoch milliseconds.
+    else:
+        unit_ns = None
+    if unit_ns is None:
+        return unknown
+    mins: list[int | None] = []
+    maxs: list[int | None] = []
+    for i in range(count):
+        statistics = metadata.row_group(i).column(index).statistics
+        if statistics is None or not statistics.has_min_max:
+            mins.append(None)
+            maxs.append(None)
+        else:
+            mins.append(int(statistics.min_raw) * unit_ns)
+            maxs.append(int(statistics.max_raw) * unit_ns)
+    return tuple(mins), tuple(maxs)
 
 
 class ParquetSource(_FileSource):
     """Reads Parquet files; a split is a run of row groups of one file.
 
-    Every file's footer is read at plan time: it gives the schema and the row
-    groups. Row groups are grouped into splits of at most about
-    ``target_split_rows`` rows (a larger row group is a split of its own).
+    Every remaining file's footer is read at plan time: it gives the schema,
+    the row groups and their statistics. Row groups are grouped into splits of
+    at most about ``target_split_rows`` rows (a larger row group is a split
+    of its own). See the module docstring for partitions, pruning by time and
+    watching.
 
     Args:
         path: An fsspec URL (``data/``, ``s3://bucket/events/``,
-            ``data/*.parquet``) or a list of them. A directory is read
-            recursively; names starting with ``.`` or ``_`` are ignored.
-        columns: The columns to read, in this order; all when ``None``.
+            ``hdfs://namenode:8020/events``, ``data/*.parquet``) or a list of
+            them. A directory is read recursively; names starting with ``.``
+            or ``_`` are ignored.
+        columns: The columns to read (partition columns too), in this order;
+            all when ``None``.
+        schema: The source's schema instead of the footers' (needed to watch
+            an empty folder); files are cast to it. Not with ``columns``.
+        time_column: The event-time column (a timestamp of any unit and
+            zone, or int64 epoch ms), for ``start``/``end`` and event-time order.
+        start: Read only rows with ``time_column >= start`` (datetime, date
+            or ISO string; naive is UTC).
+        end: Read only rows with ``time_column < end``.
+        partition_time: The partition columns that give a file's time range:
+            ``"auto"`` (``dt`` or ``date``, plus ``hour``), ``None`` (none), a
+            column name (a day or hour value) or ``[day, hour]``.
+        partitioning: ``"hive"`` reads ``key=value`` folders as columns; ``None`` does not.
+        watch: Pick up files as they land (an unbounded source).
+        poll_interval: How often to list the paths when watching (``"10s"``).
         storage_options: Passed to the fsspec filesystem (credentials...).
             They are never put in messages.
         target_split_rows: The most rows a split of several row groups has.
@@ -475,7 +1112,7 @@ class ParquetSource(_FileSource):
     Raises:
         FileNotFoundError: A path does not exist or holds no data file.
         PlanError: A file is not Parquet, lacks a column of ``columns``, or
-            the files' schemas conflict.
+            the files' schemas conflict; an argument is invalid.
 
     Example:
         >>> source = ParquetSource("s3://bucket/clicks/", columns=["user", "ts"])  # doctest: +SKIP
@@ -488,6 +1125,14 @@ class ParquetSource(_FileSource):
         path: str | list[str],
         *,
         columns: list[str] | None = None,
+        schema: pa.Schema | None = None,
+        time_column: str | None = None,
+        start: TimeBound = None,
+        end: TimeBound = None,
+        partition_time: PartitionTime = "auto",
+        partitioning: str | None = "hive",
+        watch: bool = False,
+        poll_interval: Duration = "10s",
         storage_options: dict[str, Any] | None = None,
         target_split_rows: int = 1_000_000,
     ) -> None:
@@ -495,66 +1140,162 @@ class ParquetSource(_FileSource):
             raise PlanError(f"{self.name}: target_split_rows must be at least 1, got {target_split_rows}")
         if columns is not None and (isinstance(columns, str) or len(set(columns)) != len(columns)):
             raise PlanError(f"{self.name}: columns must be a list of distinct names, got {columns!r}")
-        super().__init__(path, storage_options)
+        if columns is not None and schema is not None:
+            raise PlanError(f"{self.name}: pass columns= or schema=, not both; schema= names the columns to read")
         self._columns = list(columns) if columns is not None else None
         self._target_split_rows = target_split_rows
-        footers = _plan_map(self._read_footer, self._files)
+        self._footers: dict[tuple[int, str], _Footer] = {}
+        super().__init__(
+            path,
+            storage_options=storage_options,
+            explicit=schema,
+            partitioning=partitioning,
+            time_column=time_column,
+            start=start,
+            end=end,
+            partition_time=partition_time,
+            watch=watch,
+            poll_interval=poll_interval,
+        )
+        # Only the files left after pruning are opened; the first listed one when none is left, for the schema.
+        inspected = self._files or self._listed[:1]
+        footers = _plan_map(self._read_footer, inspected)
+        if schema is None:
+            self._schema = self._infer_schema(inspected, footers)
+        self._check_schema()
+        for file, footer in zip(inspected, footers, strict=True):
+            self._check_fits(file, footer)
+
+    def _infer_schema(self, files: Sequence[_File], footers: Sequence[_Footer]) -> pa.Schema:
+        from_path = self._path_always
         schemas = []
-        for file, (schema, _) in zip(self._files, footers, strict=True):
+        for file, footer in zip(files, footers, strict=True):
+            schema = footer.schema
             if self._columns is not None:
-                missing = [c for c in self._columns if c not in schema.names]
+                wanted = [c for c in self._columns if c not in from_path]
+                missing = [c for c in wanted if c not in schema.names]
                 if missing:
                     raise PlanError(
                         f"{self.name}: column '{missing[0]}' is not in '{file.shown}' (its columns: "
-                        f"{', '.join(schema.names)}); check columns="
+                        f"{', '.join([*schema.names, *sorted(from_path)])}); check columns="
                     )
-                schema = pa.schema([schema.field(c) for c in self._columns], metadata=schema.metadata)
+                schema = pa.schema([schema.field(c) for c in wanted], metadata=schema.metadata)
             schemas.append((file, schema))
-        self._schema = _unify(self.name, schemas, ", or leave the column out with columns=")
-        self._row_groups = [rows for _, rows in footers]
+        unified = self._with_partitions(_unify(self.name, schemas, ", or leave the column out with columns="))
+        if self._columns is None:
+            return unified
+        return pa.schema([unified.field(c) for c in self._columns])
 
-    def _read_footer(self, file: _File) -> tuple[pa.Schema, tuple[int, ...]]:
+    def _read_footer(self, file: _File) -> _Footer:
+        key = (file.root, file.path)
+        cached = self._footers.get(key)
+        if cached is not None:
+            return cached
+        fs = self._filesystem(file)
         try:
-            with to_arrow_fs(file.fs).open_input_file(file.path) as handle:
+            with _open_file(fs, file.path) as handle:
                 metadata = pq.ParquetFile(handle).metadata
                 schema = metadata.schema.to_arrow_schema()
         except FileNotFoundError:
             raise
         except (pa.ArrowException, OSError) as exc:
-            raise PlanError(
+            message = (
                 f"{self.name}: cannot read the Parquet footer of '{file.shown}' ({exc}); check that it is a "
                 f"Parquet file, or move it out of the input"
+            )
+            clean = redact(message, fs.storage_options)
+            raise PlanError(clean) from (exc if clean == message else None)
+        groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+        mins, maxs = _time_statistics(metadata, self._time_column)
+        footer = _Footer(
+            schema,
+            tuple(group.num_rows for group in groups),
+            tuple(sum(group.column(j).total_compressed_size for j in range(group.num_columns)) for group in groups),
+            mins,
+            maxs,
+        )
+        self._footers[key] = footer
+        return footer
+
+    def _check_fits(self, file: _File, footer: _Footer) -> None:
+        """Check that ``file`` has every column the source reads from it, in a type that casts to the source's."""
+        needed = self._file_schema(file)
+        missing = [name for name in needed.names if name not in footer.schema.names]
+        if missing:
+            raise PlanError(
+                f"{self.name}: column '{missing[0]}' is not in '{file.shown}' (its columns: "
+                f"{', '.join(footer.schema.names)}); make the file agree with the source's schema, or pass schema="
+            )
+        try:
+            footer.schema.empty_table().select(needed.names).cast(needed)
+        except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise PlanError(
+                f"{self.name}: columns of '{file.shown}' cannot be converted to the source's schema ({exc}); make "
+                f"the file agree, or pass schema="
             ) from exc
-        rows = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
-        return schema, rows
 
     def splits(self, parallelism: int) -> list[Split]:
-        """Return one split per run of row groups of about ``target_split_rows`` rows, file by file."""
+        """Return one split per run of row groups of about ``target_split_rows`` rows, file by file.
+
+        Row groups outside ``[start, end)`` by their statistics are left out,
+        so a run never spans a pruned group. A watching source lists its
+        paths again first and reads the footers of the files that are new.
+        """
+        if self._watch:
+            new = self._relist()
+            for file, footer in zip(new, _plan_map(self._read_footer, new), strict=True):
+                self._check_fits(file, footer)
+                self._path_values(file)
         splits = []
-        for file, group_rows in zip(self._files, self._row_groups, strict=True):
-            start, total = 0, 0
-            for index, rows in enumerate(group_rows):
-                if index > start and total + rows > self._target_split_rows:
-                    splits.append(self._split(file, start, index, group_rows))
-                    start, total = index, 0
-                total += rows
-            if group_rows:
-                splits.append(self._split(file, start, len(group_rows), group_rows))
+        for file in self._files:
+            splits.extend(self._file_splits(file, self._footers[(file.root, file.path)]))
         return splits
 
-    @staticmethod
-    def _split(file: _File, start: int, stop: int, group_rows: tuple[int, ...]) -> Split:
-        payload = _RowGroups(file, start, stop, group_rows[start:stop])
-        return Split(f"{file.label}#rg{start}-{stop - 1}", payload, None)
+    def _file_splits(self, file: _File, footer: _Footer) -> list[Split]:
+        kept = [i for i in range(len(footer.rows)) if self._group_in_range(footer, i)]
+        splits: list[Split] = []
+        run: list[int] = []
+        for index in [*kept, None]:
+            if run and (index is None or index != run[-1] + 1):
+                splits.extend(self._cut(file, footer, run[0], run[-1] + 1))
+                run = []
+            if index is not None:
+                run.append(index)
+        return splits
+
+    def _cut(self, file: _File, footer: _Footer, first: int, stop: int) -> list[Split]:
+        """Cut row groups ``first`` to ``stop`` into splits of about ``target_split_rows`` rows."""
+        splits = []
+        start, total = first, 0
+        for index in range(first, stop):
+            rows = footer.rows[index]
+            if index > start and total + rows > self._target_split_rows:
+                splits.append(self._split(file, footer, start, index))
+                start, total = index, 0
+            total += rows
+        splits.append(self._split(file, footer, start, stop))
+        return splits
+
+    def _split(self, file: _File, footer: _Footer, start: int, stop: int) -> Split:
+        mins = footer.time_min_ns[start:stop]
+        lowest = min(m for m in mins if m is not None) if all(m is not None for m in mins) else None
+        payload = _RowGroups(file, start, stop, footer.rows[start:stop], footer.bytes[start:stop])
+        return Split(f"{file.label}#rg{start}-{stop - 1}", payload, self._min_event_time_ms(file, lowest))
+
+    def _group_in_range(self, footer: _Footer, index: int) -> bool:
+        low, high = footer.time_min_ns[index], footer.time_max_ns[index]
+        if low is None or high is None:
+            return True
+        return (self._start_ns is None or high >= self._start_ns) and (self._end_ns is None or low < self._end_ns)
 
     def open_split(self, split: Split, position: Any | None) -> SplitReader:
-        """Open a run of row groups; ``position`` is the number of its rows already returned."""
-        return _ParquetReader(self.name, split.payload, self._schema, int(position or 0))
+        """Open a run of row groups; ``position`` is the number of its rows already consumed."""
+        return _ParquetReader(self, split.payload, int(position or 0))
 
 
 class _ParquetReader(_RowReader):
-    def __init__(self, name: str, groups: _RowGroups, schema: pa.Schema, start: int) -> None:
-        super().__init__(name, groups.file, schema, start)
+    def __init__(self, source: ParquetSource, groups: _RowGroups, start: int) -> None:
+        super().__init__(source, groups.file, start)
         self._groups = groups
 
     def _open(self, max_rows: int) -> tuple[Iterator[pa.RecordBatch], int]:
@@ -565,14 +1306,24 @@ class _ParquetReader(_RowReader):
         groups = list(range(self._groups.start + skipped, self._groups.stop))
         if not groups:  # Resumed at the end of the split: nothing to open.
             return iter(()), first_row
-        handle = self._arrow_fs().open_input_file(self._file.path)
+        handle = _open_file(self._rows.fs, self._file.path)
         self._closer = handle
         batches = pq.ParquetFile(handle).iter_batches(
             batch_size=min(max(max_rows, 1024), _PARQUET_BATCH_ROWS),
             row_groups=groups,
-            columns=self._schema.names,
+            columns=self._rows.file_schema.names,
         )
         return batches, first_row
+
+    def _bytes_read(self) -> int:
+        """Compressed bytes of the row groups of which a row was consumed."""
+        rows = self._groups.rows
+        starts = np.cumsum((0, *rows[:-1])) if rows else np.zeros(0, np.int64)
+        started = int(np.searchsorted(starts, self._consumed, side="left"))
+        return int(sum(self._groups.bytes[:started]))
+
+    def _bytes_total(self) -> int | None:
+        return int(sum(self._groups.bytes)) if self._groups.bytes else None
 
 
 # --------------------------------------------------------------------------- #
@@ -586,39 +1337,69 @@ class _StreamSource(_FileSource):
     #: Bytes parsed to infer a file's schema, and the streaming block size.
     _block_bytes = _INFER_BLOCK_BYTES
 
-    def __init__(self, path: str | list[str], schema: pa.Schema | None, storage_options: dict[str, Any] | None) -> None:
-        if schema is not None and not isinstance(schema, pa.Schema):
-            raise PlanError(f"{self.name}: schema must be a pyarrow.Schema, got {type(schema).__name__}")
-        super().__init__(path, storage_options)
-        self._explicit = schema
-        inferred = _plan_map(self._inspect, self._files)
+    def __init__(
+        self,
+        path: str | list[str],
+        *,
+        schema: pa.Schema | None,
+        storage_options: dict[str, Any] | None,
+        time_column: str | None,
+        start: TimeBound,
+        end: TimeBound,
+        partition_time: PartitionTime,
+        partitioning: str | None,
+        watch: bool,
+        poll_interval: Duration,
+    ) -> None:
+        super().__init__(
+            path,
+            storage_options=storage_options,
+            explicit=schema,
+            partitioning=partitioning,
+            time_column=time_column,
+            start=start,
+            end=end,
+            partition_time=partition_time,
+            watch=watch,
+            poll_interval=poll_interval,
+        )
+        # Only the files left after pruning are opened; the first listed one when none is left, for the schema.
+        inspected = self._files or self._listed[:1]
+        inferred = _plan_map(self._inspect, inspected)
+        kept = {(file.root, file.path) for file in self._files}
         # An empty file has no rows and no schema; it gets no split.
-        self._readable = [file for file, schema in zip(self._files, inferred, strict=True) if schema is not None]
-        schemas = [(f, s) for f, s in zip(self._files, inferred, strict=True) if s is not None]
-        if schema is not None:
-            self._schema = schema
-        elif schemas:
-            self._schema = _unify(self.name, schemas, " or pass schema=")
-        else:
-            raise PlanError(
-                f"{self.name}: every file of {_redact(repr(path))} is empty, so the columns are unknown; "
-                f"pass schema= to read them as an empty stream"
-            )
+        self._readable = [
+            file
+            for file, found in zip(inspected, inferred, strict=True)
+            if found is not None and (file.root, file.path) in kept
+        ]
+        if schema is None:
+            schemas = [(f, s) for f, s in zip(inspected, inferred, strict=True) if s is not None]
+            if not schemas:
+                shown = ", ".join(f"'{redact(url)}'" for url in self._urls)
+                raise PlanError(
+                    f"{self.name}: every file of {shown} is empty, so the columns are unknown; "
+                    f"pass schema= to read them as an empty stream"
+                )
+            self._schema = self._with_partitions(_unify(self.name, schemas, " or pass schema="))
+        self._check_schema()
 
     def _inspect(self, file: _File) -> pa.Schema | None:
         """Open ``file`` and parse its first block; return its schema, or ``None`` when empty."""
         if file.size == 0:
             return None
+        fs = self._filesystem(file)
         try:
-            with to_arrow_fs(file.fs).open_input_stream(file.path) as stream:
-                reader = self._open_reader(stream, self._explicit)
-                if reader is None:
-                    return None
-                return reader.schema
+            with _open_file(fs, file.path) as raw:
+                expected = self._file_schema(file) if self._explicit is not None else None
+                reader = self._open_reader(_decompressed(raw, file.path), expected)
+                return None if reader is None else reader.schema
         except FileNotFoundError:
             raise
         except (pa.ArrowException, OSError) as exc:
-            raise PlanError(f"{self.name}: cannot parse '{file.shown}' ({exc}); {self._parse_hint()}") from exc
+            message = f"{self.name}: cannot parse '{file.shown}' ({exc}); {self._parse_hint()}"
+            clean = redact(message, fs.storage_options)
+            raise PlanError(clean) from (exc if clean == message else None)
 
     @abstractmethod
     def _open_reader(self, stream: pa.NativeFile, schema: pa.Schema | None) -> Any:
@@ -629,25 +1410,51 @@ class _StreamSource(_FileSource):
         """How to fix a file that does not parse, for error messages."""
 
     def splits(self, parallelism: int) -> list[Split]:
-        """Return one split per non-empty file."""
-        return [Split(file.label, file, None) for file in self._readable]
+        """Return one split per non-empty file; a watching source lists its paths again first."""
+        if self._watch:
+            for file in self._relist():
+                self._path_values(file)
+            files = [file for file in self._files if file.size != 0]
+        else:
+            files = self._readable
+        return [Split(file.label, file, self._min_event_time_ms(file, None)) for file in files]
 
     def open_split(self, split: Split, position: Any | None) -> SplitReader:
-        """Open a file; ``position`` is the number of its rows already returned."""
+        """Open a file; ``position`` is the number of its rows already consumed."""
         return _StreamReader(self, split.payload, int(position or 0))
 
 
 class _StreamReader(_RowReader):
     def __init__(self, source: _StreamSource, file: _File, start: int) -> None:
-        super().__init__(source.name, file, source.schema(), start)
+        super().__init__(source, file, start)
         self._source = source
+        self._raw: pa.NativeFile | None = None
+        self._bytes = 0
 
     def _open(self, max_rows: int) -> tuple[Iterator[pa.RecordBatch], int]:
-        stream = self._arrow_fs().open_input_stream(self._file.path)
+        self._raw = _open_file(self._rows.fs, self._file.path)
+        stream = _decompressed(self._raw, self._file.path)
         self._closer = stream
-        # Parse every file with the unified schema, so that all files give the same types.
-        reader = self._source._open_reader(stream, self._schema)
+        # Parse every file with the source's column types, so that all files give the same types.
+        reader = self._source._open_reader(stream, self._rows.file_schema)
         return (iter(()) if reader is None else iter(reader)), 0
+
+    def _bytes_read(self) -> int:
+        """Bytes of the file read so far (compressed bytes for a compressed file)."""
+        if self._raw is not None and not self._raw.closed:  # The parser reads ahead a block at a time.
+            self._bytes = self._raw.tell()
+        return self._bytes
+
+    def _bytes_total(self) -> int | None:
+        return self._file.size
+
+    def close(self) -> None:
+        """Close the file, if it was opened."""
+        self._bytes_read()
+        super().close()
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
     def _hint(self) -> str:
         return self._source._parse_hint()
@@ -660,19 +1467,28 @@ class CsvSource(_StreamSource):
     block (1 MiB) at plan time and unified across files. A later value that
     does not fit the inferred type (``1.5`` in an ``int64`` column) fails the
     read: pass ``schema`` to be sure. With ``schema``, only its columns are
-    read, with its types; every file's header must have them.
+    read, with its types; every file's header must have them (but for those a
+    file's partition folders give). See the module docstring for partitions,
+    pruning by time and watching.
 
     Args:
         path: An fsspec URL (file, directory or glob) or a list of them.
             ``.gz``, ``.bz2``, ``.zst``... files are decompressed.
         schema: The columns to read and their types, instead of inference.
         delimiter: The field delimiter, one character.
+        time_column: The event-time column, for ``start``/``end`` and event-time order.
+        start: Read only rows with ``time_column >= start``.
+        end: Read only rows with ``time_column < end``.
+        partition_time: The partition columns that give a file's time range (see :class:`ParquetSource`).
+        partitioning: ``"hive"`` reads ``key=value`` folders as columns; ``None`` does not.
+        watch: Pick up files as they land (an unbounded source).
+        poll_interval: How often to list the paths when watching.
         storage_options: Passed to the fsspec filesystem; never put in messages.
 
     Raises:
         FileNotFoundError: A path does not exist or holds no data file.
         PlanError: A file cannot be parsed, lacks a column of ``schema``, or
-            the files' schemas conflict.
+            the files' schemas conflict; an argument is invalid.
     """
 
     name = "read_csv"
@@ -683,12 +1499,30 @@ class CsvSource(_StreamSource):
         *,
         schema: pa.Schema | None = None,
         delimiter: str = ",",
+        time_column: str | None = None,
+        start: TimeBound = None,
+        end: TimeBound = None,
+        partition_time: PartitionTime = "auto",
+        partitioning: str | None = "hive",
+        watch: bool = False,
+        poll_interval: Duration = "10s",
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(delimiter, str) or len(delimiter) != 1:
             raise PlanError(f"{self.name}: delimiter must be a single character, got {delimiter!r}")
         self._delimiter = delimiter
-        super().__init__(path, schema, storage_options)
+        super().__init__(
+            path,
+            schema=schema,
+            storage_options=storage_options,
+            time_column=time_column,
+            start=start,
+            end=end,
+            partition_time=partition_time,
+            partitioning=partitioning,
+            watch=watch,
+            poll_interval=poll_interval,
+        )
 
     def _open_reader(self, stream: pa.NativeFile, schema: pa.Schema | None) -> Any:
         convert = pa_csv.ConvertOptions()
@@ -714,16 +1548,25 @@ class JsonSource(_StreamSource):
     first block (1 MiB) at plan time and unified across files; a field or a
     type that first appears later in a file fails the read. With ``schema``,
     only its fields are read, with its types (other fields are ignored, a
-    missing field is null).
+    missing field is null). See the module docstring for partitions, pruning
+    by time and watching.
 
     Args:
         path: An fsspec URL (file, directory or glob) or a list of them.
         schema: The fields to read and their types, instead of inference.
+        time_column: The event-time column, for ``start``/``end`` and event-time order.
+        start: Read only rows with ``time_column >= start``.
+        end: Read only rows with ``time_column < end``.
+        partition_time: The partition columns that give a file's time range (see :class:`ParquetSource`).
+        partitioning: ``"hive"`` reads ``key=value`` folders as columns; ``None`` does not.
+        watch: Pick up files as they land (an unbounded source).
+        poll_interval: How often to list the paths when watching.
         storage_options: Passed to the fsspec filesystem; never put in messages.
 
     Raises:
         FileNotFoundError: A path does not exist or holds no data file.
-        PlanError: A file is not JSON lines, or the files' schemas conflict.
+        PlanError: A file is not JSON lines, or the files' schemas conflict;
+            an argument is invalid.
     """
 
     name = "read_json"
@@ -733,9 +1576,27 @@ class JsonSource(_StreamSource):
         path: str | list[str],
         *,
         schema: pa.Schema | None = None,
+        time_column: str | None = None,
+        start: TimeBound = None,
+        end: TimeBound = None,
+        partition_time: PartitionTime = "auto",
+        partitioning: str | None = "hive",
+        watch: bool = False,
+        poll_interval: Duration = "10s",
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(path, schema, storage_options)
+        super().__init__(
+            path,
+            schema=schema,
+            storage_options=storage_options,
+            time_column=time_column,
+            start=start,
+            end=end,
+            partition_time=partition_time,
+            partitioning=partitioning,
+            watch=watch,
+            poll_interval=poll_interval,
+        )
 
     def _open_reader(self, stream: pa.NativeFile, schema: pa.Schema | None) -> Any:
         parse = pa_json.ParseOptions()
@@ -778,7 +1639,7 @@ def _check_encoding(name: str, encoding: str) -> str:
 
 
 class TextSource(_FileSource):
-    """Reads text files as lines: one column ``line`` (string), one row per line.
+    """Reads text files as lines: a column ``line`` (string), one row per line, then any partition columns.
 
     A line ends at ``\\n``; the newline and a ``\\r`` before it are dropped.
     A last line without a newline is still a line; an empty file has no rows.
@@ -792,6 +1653,9 @@ class TextSource(_FileSource):
         storage_options: Passed to the fsspec filesystem; never put in messages.
         encoding: A Python codec in which a newline is the byte ``0x0A``
             (``utf-8``, ``latin-1``, ``cp1252``...; not ``utf-16``).
+        partitioning: ``"hive"`` reads ``key=value`` folders as columns; ``None`` does not.
+        watch: Pick up files as they land (an unbounded source).
+        poll_interval: How often to list the paths when watching.
 
     Raises:
         FileNotFoundError: A path does not exist or holds no data file.
@@ -799,35 +1663,57 @@ class TextSource(_FileSource):
     """
 
     name = "read_text"
+    _needs_schema = False
     #: Bytes read at a time.
     _block_bytes = _TEXT_BLOCK_BYTES
 
     def __init__(
-        self, path: str | list[str], *, storage_options: dict[str, Any] | None = None, encoding: str = "utf-8"
+        self,
+        path: str | list[str],
+        *,
+        storage_options: dict[str, Any] | None = None,
+        encoding: str = "utf-8",
+        partitioning: str | None = "hive",
+        watch: bool = False,
+        poll_interval: Duration = "10s",
     ) -> None:
         self._encoding = _check_encoding(self.name, encoding)
-        super().__init__(path, storage_options)
-        self._schema = pa.schema([pa.field("line", pa.string())])
+        super().__init__(
+            path,
+            storage_options=storage_options,
+            partitioning=partitioning,
+            watch=watch,
+            poll_interval=poll_interval,
+        )
+        self._schema = self._with_partitions(pa.schema([pa.field("line", pa.string())]))
+        self._check_schema()
 
     def splits(self, parallelism: int) -> list[Split]:
-        """Return one split per non-empty file."""
+        """Return one split per non-empty file; a watching source lists its paths again first."""
+        if self._watch:
+            for file in self._relist():
+                self._path_values(file)
         return [Split(file.label, file, None) for file in self._files if file.size != 0]
 
     def open_split(self, split: Split, position: Any | None) -> SplitReader:
         """Open a file; ``position`` is the byte offset of the first line not yet returned."""
-        return _TextReader(self.name, split.payload, self._encoding, self._block_bytes, int(position or 0))
+        return _TextReader(self, split.payload, int(position or 0))
 
 
 class _TextReader(SplitReader):
     """Splits byte blocks into lines with Arrow kernels; the position is a byte offset."""
 
-    def __init__(self, name: str, file: _File, encoding: str, block_bytes: int, offset: int) -> None:
-        self._name = name
+    def __init__(self, source: TextSource, file: _File, offset: int) -> None:
+        self._rows = _Rows(source, file)
+        self._name = source.name
         self._file = file
-        self._encoding = encoding
-        self._block_bytes = block_bytes
+        self._encoding = source._encoding
+        self._block_bytes = source._block_bytes
         self._offset = offset  # Byte offset just after the last line returned.
         self._stream: pa.NativeFile | None = None
+        self._raw: pa.NativeFile | None = None  # The file as opened; ``_stream`` decompresses it, if need be.
+        self._raw_bytes = 0
+        self._lines_returned = 0
         self._read_offset = offset  # Byte offset of the start of ``_carry``.
         self._carry = b""  # The partial last line of the blocks read so far.
         self._eof = False
@@ -838,10 +1724,13 @@ class _TextReader(SplitReader):
     def next_batch(self, max_rows: int) -> pa.Table | None:
         """Return the next 1 to ``max_rows`` lines, or ``None`` at the end of the file."""
         _check_max_rows(max_rows)
-        if self._stream is None and not self._eof:
-            self._stream = self._open()
-        while self._buffered < max_rows and not self._eof:
-            self._read_block()
+        try:
+            if self._stream is None and not self._eof:
+                self._stream = self._open()
+            while self._buffered < max_rows and not self._eof:
+                self._read_block()
+        except (pa.ArrowException, OSError) as exc:
+            raise self._rows.error(exc, f"from byte {self._read_offset}", "check that the file is readable")  # noqa: B904
         if self._buffered == 0:
             return None
         lines = pa.chunked_array(self._lines, pa.string())
@@ -853,27 +1742,43 @@ class _TextReader(SplitReader):
         self._ends = [ends[count:]]
         self._buffered -= count
         self._offset = int(ends[count - 1])
-        return pa.table({"line": lines.slice(0, count)})
+        self._lines_returned += count
+        return self._rows.complete(pa.table({"line": lines.slice(0, count)}))
 
     def position(self) -> int:
         """Return the byte offset of the first line not yet returned."""
         return self._offset
 
+    def metrics(self) -> dict[str, Any]:
+        """The file, lines returned and bytes read (compressed bytes for a compressed file)."""
+        return {
+            "file": self._file.shown,
+            "rows_read": self._lines_returned,
+            "bytes_read": self._bytes_read(),
+            "bytes_total": self._file.size,
+        }
+
     def close(self) -> None:
         """Close the file, if it was opened."""
+        self._bytes_read()
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+
+    def _bytes_read(self) -> int:
+        if self._raw is not None and not self._raw.closed:
+            self._raw_bytes = self._raw.tell()
+        return self._raw_bytes
 
     def _open(self) -> pa.NativeFile:
-        arrow_fs = to_arrow_fs(self._file.fs)
-        suffix = posixpath.splitext(self._file.path)[1].lower()
-        compression = _COMPRESSION_BY_SUFFIX.get(suffix)
-        if compression is None:
-            handle = arrow_fs.open_input_file(self._file.path)
-            handle.seek(self._offset)
-            return handle
-        stream = arrow_fs.open_input_stream(self._file.path, compression=compression)
+        self._raw = _open_file(self._rows.fs, self._file.path)
+        stream = _decompressed(self._raw, self._file.path)
+        if stream is self._raw:
+            stream.seek(self._offset)
+            return stream
         remaining = self._offset
         while remaining > 0:  # A compressed stream cannot seek: decompress up to the offset.
             skipped = len(stream.read(min(remaining, self._block_bytes)))

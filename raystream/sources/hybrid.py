@@ -96,7 +96,11 @@ class HybridSource(Source):
 
 
 def _common_schema(history: Source, live: Source, time_column: str) -> pa.Schema:
-    """The history's schema, which live batches are cast to; the live source must have its columns."""
+    """The columns both sources have, in the history's order and types, which live batches are cast to.
+
+    A column only one side has (the history's Hive partition folders, say) is left out: a job that uses it
+    fails at plan time, naming it.
+    """
     schema = history.schema()
     if schema is None:
         raise PlanError("hybrid: the history source's schema is unknown; give the file source a schema=")
@@ -105,21 +109,22 @@ def _common_schema(history: Source, live: Source, time_column: str) -> pa.Schema
             f"hybrid: the history has no time column {time_column!r}; its columns: {', '.join(schema.names)}"
         )
     live_schema = live.schema()
-    if live_schema is not None:
-        missing = [name for name in schema.names if name not in live_schema.names]
-        if missing:
+    if live_schema is None:
+        return schema
+    if time_column not in live_schema.names:
+        raise PlanError(
+            f"hybrid: the live source {live.name} has no time column {time_column!r}; its columns: "
+            f"{', '.join(live_schema.names)}"
+        )
+    common = pa.schema([f for f in schema if f.name in live_schema.names])
+    for name in common.names:
+        have, want = live_schema.field(name).type, schema.field(name).type
+        if have != want and not _castable(have, want):
             raise PlanError(
-                f"hybrid: the live source {live.name} lacks the history's columns {', '.join(missing)}; give both "
-                "sources the same columns (a schema= on read_kafka, or select/with_columns in the job)"
+                f"hybrid: column {name!r} is {want} in the history but {have} in the live source "
+                f"{live.name}, and one cannot be cast to the other; give both the same type"
             )
-        for name in schema.names:
-            have, want = live_schema.field(name).type, schema.field(name).type
-            if have != want and not _castable(have, want):
-                raise PlanError(
-                    f"hybrid: column {name!r} is {want} in the history but {have} in the live source "
-                    f"{live.name}, and one cannot be cast to the other; give both the same type"
-                )
-    return schema
+    return common
 
 
 def _castable(have: pa.DataType, want: pa.DataType) -> bool:
@@ -164,6 +169,12 @@ class _TimeRange(SplitReader):
             before = pc.less(times, self.end_ms)
             keep = before if keep is None else pc.and_(keep, before)
         kept = batch.filter(keep) if keep is not None else batch
+        missing = [name for name in self.schema.names if name not in kept.schema.names]
+        if missing:
+            raise PlanError(
+                f"hybrid: a batch lacks the columns {', '.join(missing)} that the history has; give the live source "
+                "a schema= with the history's columns"
+            )
         kept = kept.select(self.schema.names)
         return kept if kept.schema.equals(self.schema) else kept.cast(self.schema)
 

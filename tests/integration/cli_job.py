@@ -1,6 +1,6 @@
 """``raystream run JOB --config CONFIG`` on a local Ray of its own, run as its own process by the recovery tests.
 
-    python cli_job.py JOB CONFIG --ray-temp-dir DIR
+python cli_job.py JOB CONFIG --ray-temp-dir DIR
 """
 
 from __future__ import annotations

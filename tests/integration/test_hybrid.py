@@ -74,8 +74,11 @@ def test_hybrid_refuses_what_it_cannot_hand_over() -> None:
         rs.hybrid(history.filter(lambda t: t["k"] > 1), live, at(SWITCH_MS))
     with pytest.raises(PlanError, match="needs a time_column"):
         rs.hybrid(rs.from_pandas(frame), live, at(SWITCH_MS))
-    with pytest.raises(PlanError, match="lacks the history's columns v"):
-        rs.hybrid(history, rs.from_pandas(frame.drop(columns="v"), time_column="t"), at(SWITCH_MS))
+    with pytest.raises(PlanError, match="the time columns differ"):
+        rs.hybrid(history, rs.from_pandas(frame.rename(columns={"t": "u"}), time_column="u"), at(SWITCH_MS))
+    # A column only one side has is left out: a job that uses it fails at plan time, naming it.
+    with pytest.raises(PlanError, match="unknown column 'v'"):
+        rs.hybrid(history, rs.from_pandas(frame.drop(columns="v"), time_column="t"), at(SWITCH_MS)).select("v")
     with pytest.raises(PlanError, match="not a time"):
         rs.hybrid(history, live, "yesterday")
 

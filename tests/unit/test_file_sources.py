@@ -153,14 +153,18 @@ def test_directories_globs_and_lists_skip_hidden_files(tmp_path: Path, table: pa
     for junk in ["_SUCCESS", ".part-0.parquet.crc", "_staging/part-9.parquet", ".hidden/part-8.parquet"]:
         (tmp_path / "data" / junk).write_bytes(b"not parquet")
 
+    # A Hive folder below the path given is a column; a file outside it gets null.
+    day = pa.array([None] * 20 + [2] * (ROWS - 20), pa.int64())
     by_dir = ParquetSource(str(tmp_path / "data") + "/")
     assert [s.split_id for s in by_dir.splits(1)] == ["day=2/part-1.parquet#rg0-0", "part-0.parquet#rg0-0"]
-    assert read_all(by_dir).sort_by("id").equals(table)
+    assert read_all(by_dir).sort_by("id").equals(table.append_column("day", day))
+    without_folders = ParquetSource(str(tmp_path / "data") + "/", partitioning=None)
+    assert read_all(without_folders).sort_by("id").equals(table)
 
     by_glob = ParquetSource(str(tmp_path / "data" / "*.parquet"))
     assert read_all(by_glob).equals(table.slice(0, 20))
     by_deep_glob = ParquetSource(str(tmp_path / "data" / "day=*"))
-    assert read_all(by_deep_glob).equals(table.slice(20))
+    assert read_all(by_deep_glob).equals(table.slice(20).append_column("day", day.slice(20)))
 
     by_list = ParquetSource([str(tmp_path / "data" / "part-0.parquet"), str(tmp_path / "data" / "day=2")])
     assert read_all(by_list).equals(table)
