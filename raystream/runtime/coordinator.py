@@ -352,7 +352,14 @@ class Coordinator:
             return
         self._last_discovery = time.monotonic()
         known = {split.split_id for split in self.splits}
-        new = [s for s in source.splits(self.config.parallelism) if s.split_id not in known]
+        try:
+            listed = source.splits(self.config.parallelism)
+        except RaystreamError as error:
+            # Discovery is best effort: the splits already assigned go on (and report a lost broker or store
+            # themselves); new ones are looked for again at the next interval.
+            _log.warning("%s: looking for new splits failed, will retry: %s", source.name, error)
+            return
+        new = [s for s in listed if s.split_id not in known]
         if new:
             first = len(self.splits)
             self.splits = [*self.splits, *new]
