@@ -105,10 +105,10 @@ def _backfill(args: argparse.Namespace) -> int:
         )
     if source.get("kind") == "hybrid":
         source = source.get("history")
-    if not isinstance(source, dict) or source.get("kind") not in SourceConfig.FILE_KINDS:
+    if not isinstance(source, dict) or source.get("kind") not in SourceConfig.BACKFILL_KINDS:
         raise ConfigError(
             f"raystream backfill: job.source in {args.config!r} is not a file source or a hybrid with a file "
-            f"history (kinds: {', '.join(SourceConfig.FILE_KINDS)}); backfill reads history from files"
+            f"history of kind {', '.join(SourceConfig.BACKFILL_KINDS)}; backfill reads timed history from files"
         )
     job_section["source"] = {**source, "start": start.isoformat(), "end": end.isoformat(), "watch": False}
     stream, run_config, sink_config = prepare_job(args.job, args.config, {**data, "job": job_section})

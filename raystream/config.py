@@ -169,8 +169,8 @@ class SourceConfig:
     live: SourceConfig | None = None
     switch_at: str | None = None
 
-    #: The kinds that read files, which ``raystream backfill`` can run over a time range.
-    FILE_KINDS: typing.ClassVar[tuple[str, ...]] = ("text", "parquet", "csv", "json")
+    #: The file kinds with an event time, which ``raystream backfill`` can run over a time range.
+    BACKFILL_KINDS: typing.ClassVar[tuple[str, ...]] = ("parquet", "csv", "json")
 
     def arrow_schema(self) -> pa.Schema | None:
         """``schema`` as a pyarrow schema; a ConfigError names a type pyarrow does not know."""
@@ -218,13 +218,14 @@ class SourceConfig:
             raise ConfigError(
                 f"config: '{where}.path' is required for source kind {self.kind!r}; give a file, folder, glob or URL"
             )
+        watching: dict[str, Any] = {"watch": True, "poll_interval": self.poll_interval} if self.watch else {}
         if self.kind == "text":
-            return rs.read_text(self.path, storage_options=options)
-        files: dict[str, Any] = {"time_column": self.time_column, "storage_options": options}
+            if self.start is not None or self.end is not None:
+                raise ConfigError(f"config: '{where}' of kind 'text' has no event time, so it takes no start or end")
+            return rs.read_text(self.path, storage_options=options, **watching)
+        files: dict[str, Any] = {"time_column": self.time_column, "storage_options": options, **watching}
         if self.start is not None or self.end is not None:
             files.update(start=self.start, end=self.end)
-        if self.watch:
-            files.update(watch=True, poll_interval=self.poll_interval)
         if self.kind == "parquet":
             return rs.read_parquet(self.path, **files)
         if self.kind == "csv":
