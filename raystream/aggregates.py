@@ -58,3 +58,29 @@ def mean(column: str) -> Aggregate:
 def count_distinct(column: str) -> Aggregate:
     """Number of distinct non-null values of ``column``. Exact, not approximate."""
     return Aggregate("count_distinct", column)
+
+
+@dataclass(frozen=True)
+class Top:
+    """Which rows ``top`` keeps of each key: those ranked within the first ``n`` by ``by``.
+
+    Built by :meth:`raystream.KeyedStream.top` and
+    :meth:`raystream.WindowedStream.top`, which check the arguments.
+
+    Attributes:
+        by: The column that ranks the rows.
+        n: How many ranks to keep.
+        ties: ``True`` ranks as SQL's ``RANK()``: a row is kept when fewer
+            than ``n`` rows of its key rank strictly before it, so ties at
+            the last rank are all kept. ``False`` keeps exactly ``n`` rows
+            (``ROW_NUMBER()``), breaking ties by the other columns, ascending.
+        descending: ``True`` ranks the largest values first.
+    """
+
+    by: str
+    n: int = 1
+    ties: bool = True
+    descending: bool = True
+
+    def __repr__(self) -> str:
+        return f"top({self.by!r}, n={self.n}, ties={self.ties}, descending={self.descending})"

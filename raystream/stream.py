@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raystream._time import Duration, duration_ms, is_event_time_type
-from raystream.aggregates import Aggregate
+from raystream.aggregates import Aggregate, Top
 from raystream.errors import PlanError
-from raystream.windows import Session, Sliding, Tumbling, Window
+from raystream.windows import WINDOW_END, WINDOW_START, WINDOW_TIME_SHIFT_MS, Session, Sliding, Tumbling, Window
 
 if TYPE_CHECKING:
     from raystream.config import RunConfig
@@ -104,31 +104,67 @@ class WatermarkNode(Node):
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class KeyedAggNode(Node):
+    """``key_by(...).agg(...)``: running aggregates, or per window when ``per_window`` (keyed by ``window_end``)."""
+
     keys: tuple[str, ...] = ()
     aggregates: tuple[tuple[str, Aggregate], ...] = ()
     emit: Literal["update", "final"] = "final"
+    per_window: bool = False
     name: str = ""
 
     @property
     def time_column(self) -> str | None:
-        return None
+        return WINDOW_END if self.per_window else None
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class WindowAggNode(Node):
+class TopNode(Node):
+    """``key_by(...).top(...)``: the rows that rank first per key, running or per window (as for agg)."""
+
+    keys: tuple[str, ...] = ()
+    top: Top
+    emit: Literal["update", "final"] = "final"
+    per_window: bool = False
+    name: str = "top"
+
+    @property
+    def time_column(self) -> str | None:
+        return WINDOW_END if self.per_window else None
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class WindowNode(Node):
+    """What every ``key_by(...).window(...)`` node has. Its rows' event time is ``window_end`` minus 1 ms."""
+
     keys: tuple[str, ...]
     window: Window
-    aggregates: tuple[tuple[str, Aggregate], ...]
     window_time_column: str
     time_type: pa.DataType
     allowed_lateness_ms: int = 0
     late: Literal["drop", "side"] = "drop"
     emit: Literal["append", "update"] = "append"
     name: str = "window"
+    #: Added to the input's time: -1 when the input is a window's output (see :func:`window_origin`).
+    time_shift_ms: int = 0
 
     @property
     def time_column(self) -> str | None:
-        return None
+        return WINDOW_END
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class WindowAggNode(WindowNode):
+    aggregates: tuple[tuple[str, Aggregate], ...]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class WindowTopNode(WindowNode):
+    top: Top
+    name: str = "top"
+
+
+#: The nodes that become a keyed stage of partition actors.
+KEYED_NODES = (KeyedAggNode, TopNode, WindowNode)
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -137,7 +173,7 @@ class LateEventsNode(Node):
 
     @property
     def time_column(self) -> str | None:
-        assert isinstance(self.parent, WindowAggNode)
+        assert isinstance(self.parent, WindowNode)
         return self.parent.window_time_column
 
 
@@ -160,6 +196,40 @@ def source_of(node: Node) -> Source:
     first = plan_nodes(node)[0]
     assert isinstance(first, SourceNode)
     return first.source
+
+
+def window_origin(node: Node) -> WindowNode | KeyedAggNode | TopNode | None:
+    """The window whose output the rows of ``node`` are, when their event time is still its ``window_end``.
+
+    That is the nearest keyed node upstream, through stateless operators
+    that kept the ``window_end`` column: a window, or a per-window stage
+    (whose rows keep their window's ``window_end``). ``None`` for anything
+    else, such as a source whose time column happens to be named
+    ``window_end``.
+    """
+    if node.time_column != WINDOW_END:
+        return None
+    current: Node | None = node
+    while current is not None:
+        if isinstance(current, WindowNode):
+            return current
+        if isinstance(current, (KeyedAggNode, TopNode)):
+            return current if current.per_window else None
+        if isinstance(current, (SourceNode, WatermarkNode, LateEventsNode, DeadLettersNode)):
+            return None
+        current = current.parent
+    return None
+
+
+def _check_fires_once(origin: Node, operator: str, otherwise: str) -> None:
+    """A stage on a window's output needs each window once: a second copy would count twice."""
+    if not isinstance(origin, WindowNode) or (origin.emit == "append" and origin.allowed_lateness_ms == 0):
+        return
+    reason = "emit='update'" if origin.emit != "append" else f"allowed_lateness={origin.allowed_lateness_ms}ms"
+    raise PlanError(
+        f"{operator}: the window {origin.name!r} may emit a window more than once ({reason}), and a stage on its "
+        f"windows would then count it twice; give that window emit='append' and allowed_lateness='0s'{otherwise}"
+    )
 
 
 # -- plan-time checks -----------------------------------------------------------
@@ -353,7 +423,7 @@ class Stream:
             raise PlanError(f"with_watermark: delay must not be negative, got {delay!r}")
         idle_ms = None if idle_timeout is None else duration_ms(idle_timeout, "with_watermark idle_timeout")
         for node in plan_nodes(self._node):
-            if isinstance(node, (KeyedAggNode, WindowAggNode)):
+            if isinstance(node, KEYED_NODES):
                 raise PlanError("with_watermark: set the watermark before key_by(...), on the input events")
         return Stream(
             WatermarkNode(
@@ -362,7 +432,14 @@ class Stream:
         )
 
     def key_by(self, *keys: str) -> KeyedStream:
-        """Partition the stream by ``keys``; rows with equal keys meet in one partition actor."""
+        """Partition the stream by ``keys``; rows with equal keys meet in one partition actor.
+
+        After a window, keys that include ``window_end`` make a per-window
+        stage, as ``GROUP BY window_start, window_end`` after a window does
+        in Flink: its ``agg`` or ``top`` emits each key once, when the
+        watermark passes its ``window_end`` (the epoch the window fired), and
+        then frees it. See :class:`KeyedStream`.
+        """
         if not keys:
             raise PlanError("key_by: name at least one key column")
         check_columns("key_by", keys, self.schema)
@@ -377,9 +454,10 @@ class Stream:
         windows themselves collects its late rows too: ``Job.late_events()``.
         """
         node = self._node
-        if not isinstance(node, WindowAggNode) or node.late != "side":
+        if not isinstance(node, WindowNode) or node.late != "side":
             raise PlanError(
-                "late_events: only the output of key_by(...).window(w, late='side').agg(...) has late events"
+                "late_events: only the output of key_by(...).window(w, late='side').agg(...) (or .top(...)) "
+                "has late events"
             )
         return Stream(LateEventsNode(parent=node, schema=node.parent.schema if node.parent else None))
 
@@ -558,11 +636,54 @@ class Stream:
 
 
 class KeyedStream:
-    """A stream partitioned by key columns, made by :meth:`Stream.key_by`."""
+    """A stream partitioned by key columns, made by :meth:`Stream.key_by`.
+
+    Its ``agg`` and ``top`` are running (a value per key over the whole
+    stream), except after a window when the keys include ``window_end``:
+    they are then per window. Each key of each window is emitted once, when
+    the watermark passes its ``window_end``, which is the epoch in which the
+    window fired, and its state is freed then. That is how to aggregate or
+    rank the rows a window emitted, such as Nexmark's hot items (the
+    auctions with the most bids of each sliding window, ties included)::
+
+        import pandas as pd
+        import raystream as rs
+
+        bids = pd.DataFrame({"auction": [1, 2, 2, 3, 3], "t": [100, 200, 300, 400, 1_500]})
+        counts = (
+            rs.from_pandas(bids, time_column="t")
+            .key_by("auction")
+            .window(rs.Tumbling("1s"))
+            .agg(num=rs.count())
+        )
+        hot = counts.key_by("window_start", "window_end").top("num")  # per window: the auctions with most bids
+        assert sorted(hot.to_pandas()[["auction", "num"]].itertuples(index=False, name=None)) == [
+            (2, 2),
+            (3, 1),
+        ]
+
+    The window must fire once (``emit="append"``, no ``allowed_lateness``);
+    it then emits each window complete in one epoch, which the next stage
+    receives in that same epoch, so nothing is late between the two.
+    """
 
     def __init__(self, stream: Stream, keys: tuple[str, ...]) -> None:
         self._stream = stream
         self.keys = keys
+
+    def _per_window(self, operator: str) -> bool:
+        """Whether ``agg``/``top`` here are per window: keyed by ``window_end`` of a window upstream."""
+        origin = window_origin(self._stream.node)
+        if origin is None or WINDOW_END not in self.keys:
+            return False
+        _check_fires_once(origin, operator, ", or key by columns other than window_end for a running value")
+        schema = self._stream.schema
+        if schema is not None and not is_event_time_type(schema.field(WINDOW_END).type):
+            raise PlanError(
+                f"{operator}: window_end has type {schema.field(WINDOW_END).type}, not a time, so its windows "
+                "cannot be told apart by the watermark; keep the window's own window_end column"
+            )
+        return True
 
     def window(
         self,
@@ -571,11 +692,16 @@ class KeyedStream:
         late: Literal["drop", "side"] = "drop",
         emit: Literal["append", "update"] = "append",
     ) -> WindowedStream:
-        """Group each key's events into event-time windows; call ``.agg(...)`` on the result.
+        """Group each key's events into event-time windows; call ``.agg(...)`` or ``.top(...)`` on the result.
 
         A window fires once, when the watermark passes its end (append
         mode). An event is late when every window it belongs to has
         ``window_end + allowed_lateness <= watermark``.
+
+        Over the output of another window, each row's event time is the
+        last instant of its window (``window_end`` minus 1 ms, Flink's
+        ``window_time``), so a window of windows holds the windows that end
+        inside it: ``Tumbling("1m")`` over 10 s windows sums six of them.
 
         Args:
             window: ``rs.Tumbling(size)``, ``rs.Sliding(size, slide)`` or ``rs.Session(gap)``.
@@ -608,7 +734,12 @@ class KeyedStream:
                 f"window: the type of time column {time_column!r} is unknown after a user function; "
                 "pass schema= to map_batches, map or flat_map"
             )
-        return WindowedStream(self._stream, self.keys, window, time_column, lateness_ms, late, emit)
+        shift_ms = 0
+        origin = window_origin(self._stream.node)
+        if origin is not None:
+            _check_fires_once(origin, "window", "")
+            shift_ms = WINDOW_TIME_SHIFT_MS
+        return WindowedStream(self._stream, self.keys, window, time_column, lateness_ms, late, emit, shift_ms)
 
     def agg(
         self,
@@ -622,6 +753,8 @@ class KeyedStream:
         """Running aggregates per key, such as ``agg(clicks=rs.count(), spent=rs.sum("price"))``.
 
         The output has the key columns, then one column per aggregate.
+        After a window, keyed by ``window_end``, they are per window: each
+        key is emitted once, when its window ends (see :class:`KeyedStream`).
 
         Args:
             aggregates: Aggregates by output name, for names that clash with
@@ -630,7 +763,8 @@ class KeyedStream:
                 that changed (an upsert stream: later rows replace earlier
                 rows of the same key); ``"final"`` emits each key once, when
                 the input ends. The default is ``"final"`` for a bounded
-                source and ``"update"`` for an unbounded one.
+                source and ``"update"`` for an unbounded one. Not for a
+                per-window stage, which emits each key once, when its window ends.
             name: A stable operator name, used by checkpoints and metrics.
             **named: ``output_name=rs.count()`` and so on.
         """
@@ -642,10 +776,8 @@ class KeyedStream:
                 )
         schema = self._stream.schema
         aggregates = _check_aggregates({**(aggregates or {}), **named}, self.keys, schema)
-        if emit is None:
-            emit = "final" if source_of(self._stream.node).bounded else "update"
-        if emit not in ("update", "final"):
-            raise PlanError(f"agg: emit must be 'update' or 'final', got {emit!r}")
+        per_window = self._per_window("agg")
+        emit = self._emit("agg", emit, per_window)
         out_schema = None if schema is None else _agg_output_schema(schema, self.keys, aggregates)
         node = KeyedAggNode(
             parent=self._stream.node,
@@ -653,9 +785,83 @@ class KeyedStream:
             keys=self.keys,
             aggregates=tuple(aggregates.items()),
             emit=emit,
+            per_window=per_window,
             name=name or "agg",
         )
         return Stream(node)
+
+    def top(
+        self,
+        by: str,
+        n: int = 1,
+        *,
+        ties: bool = True,
+        descending: bool = True,
+        emit: Literal["update", "final"] | None = None,
+        name: str | None = None,
+    ) -> Stream:
+        """Keep the rows that rank within the first ``n`` of their key by ``by``: the rows holding the maximum.
+
+        The output has the stream's own columns: whole rows, not one row per
+        key. ``top("price")`` keeps each key's rows with the highest price,
+        all of them when several tie (SQL's ``RANK() ... <= 1``, an argmax
+        with ties). Rows whose ``by`` is null or NaN are never kept. Readers
+        keep each batch's candidates before the shuffle, so only they travel.
+
+        After a window, keyed by ``window_end``, it is per window: each
+        key's rows are emitted once, when its window ends (see
+        :class:`KeyedStream`). Otherwise it runs over the whole stream, and
+        ``emit`` is as for :meth:`agg`: with ``"update"``, every epoch emits
+        all the current rows of each key whose rows changed, which replace
+        that key's earlier rows (sinks receive them appended).
+
+        Args:
+            by: The column to rank by: a number, string, boolean or time.
+            n: How many ranks to keep per key.
+            ties: Keep every row that ties at the last rank kept (``RANK``);
+                ``False`` keeps exactly ``n`` rows (``ROW_NUMBER``), breaking
+                ties by the other columns, ascending, so that the answer
+                never depends on the batches.
+            descending: Rank the largest values first; ``False`` for the smallest.
+            emit: ``"update"`` or ``"final"``, as for :meth:`agg`; not for a per-window stage.
+            name: A stable operator name, used by checkpoints and metrics.
+
+        Raises:
+            PlanError: for an unknown column, a ``by`` that is a key or has
+                no order, or a bad ``n``.
+        """
+        schema = self._stream.schema
+        spec = check_top("top", self.keys, schema, by, n, ties, descending)
+        if name is not None and not isinstance(name, str):
+            raise PlanError(f"top: name must be a string, got {name!r}")
+        per_window = self._per_window("top")
+        emit = self._emit("top", emit, per_window)
+        node = TopNode(
+            parent=self._stream.node,
+            schema=schema,
+            keys=self.keys,
+            top=spec,
+            emit=emit,
+            per_window=per_window,
+            name=name or "top",
+        )
+        return Stream(node)
+
+    def _emit(
+        self, operator: str, emit: Literal["update", "final"] | None, per_window: bool
+    ) -> Literal["update", "final"]:
+        if per_window:
+            if emit is not None:
+                raise PlanError(
+                    f"{operator}: emit= does not apply when keyed by window_end after a window: each window's keys "
+                    "are emitted once, when the watermark passes their window_end; leave emit out"
+                )
+            return "final"
+        if emit is None:
+            emit = "final" if source_of(self._stream.node).bounded else "update"
+        if emit not in ("update", "final"):
+            raise PlanError(f"{operator}: emit must be 'update' or 'final', got {emit!r}")
+        return emit
 
 
 class WindowedStream:
@@ -670,6 +876,7 @@ class WindowedStream:
         allowed_lateness_ms: int,
         late: Literal["drop", "side"],
         emit: Literal["append", "update"],
+        time_shift_ms: int = 0,
     ) -> None:
         self._stream = stream
         self.keys = keys
@@ -678,6 +885,24 @@ class WindowedStream:
         self._lateness_ms = allowed_lateness_ms
         self._late = late
         self._emit = emit
+        self._time_shift_ms = time_shift_ms
+
+    def _options(self, name: str) -> dict[str, Any]:
+        """The fields every window node has."""
+        schema = self._stream.schema
+        assert schema is not None
+        return {
+            "parent": self._stream.node,
+            "keys": self.keys,
+            "window": self.window,
+            "window_time_column": self._time_column,
+            "time_type": schema.field(self._time_column).type,
+            "allowed_lateness_ms": self._lateness_ms,
+            "late": self._late,
+            "emit": self._emit,
+            "name": name,
+            "time_shift_ms": self._time_shift_ms,
+        }
 
     def agg(
         self, aggregates: Mapping[str, Aggregate] | None = None, /, *, name: str | None = None, **named: Aggregate
@@ -695,29 +920,103 @@ class WindowedStream:
             )
         aggregates = _check_aggregates({**(aggregates or {}), **named}, self.keys, self._stream.schema)
         for out in aggregates:
-            if out in ("window_start", "window_end"):
+            if out in (WINDOW_START, WINDOW_END):
                 raise PlanError(f"agg: output name {out!r} is taken by the window bounds; choose another name")
+        options = self._options(name or "window")
         schema = self._stream.schema
         assert schema is not None
-        time_type = schema.field(self._time_column).type
+        time_type = options["time_type"]
         keyed = _agg_output_schema(schema, self.keys, aggregates)
-        bounds = [pa.field("window_start", time_type), pa.field("window_end", time_type)]
+        bounds = [pa.field(WINDOW_START, time_type), pa.field(WINDOW_END, time_type)]
         out_schema = pa.schema([keyed.field(k) for k in self.keys] + bounds + [keyed.field(n) for n in aggregates])
-        return Stream(
-            WindowAggNode(
-                parent=self._stream.node,
-                schema=out_schema,
-                keys=self.keys,
-                window=self.window,
-                aggregates=tuple(aggregates.items()),
-                window_time_column=self._time_column,
-                time_type=time_type,
-                allowed_lateness_ms=self._lateness_ms,
-                late=self._late,
-                emit=self._emit,
-                name=name or "window",
+        return Stream(WindowAggNode(schema=out_schema, aggregates=tuple(aggregates.items()), **options))
+
+    def top(
+        self, by: str, n: int = 1, *, ties: bool = True, descending: bool = True, name: str | None = None
+    ) -> Stream:
+        """The rows that rank within the first ``n`` of their key and window by ``by``, ties included.
+
+        Output: the stream's own columns, then ``window_start`` and
+        ``window_end``, for each kept row of each window (a row of a sliding
+        window may be kept in several). ``top("price")`` per 10 s window is
+        Nexmark's q7, the highest bids. Options are as for
+        :meth:`KeyedStream.top`; windows fire and take late rows as for
+        :meth:`agg`. Tumbling and sliding windows only.
+
+        Raises:
+            PlanError: for session windows, an unknown column, a ``by`` that
+                is a key or has no order, a bad ``n``, or input columns named
+                ``window_start`` or ``window_end``.
+        """
+        if isinstance(self.window, Session):
+            raise PlanError(
+                "top: session windows are not supported by top; use rs.Tumbling or rs.Sliding, or rank the "
+                "sessions' aggregates with .agg(...).key_by(..., 'window_end').top(...)"
             )
+        schema = self._stream.schema
+        spec = check_top("top", self.keys, schema, by, n, ties, descending)
+        if name is not None and not isinstance(name, str):
+            raise PlanError(f"top: name must be a string, got {name!r}")
+        assert schema is not None
+        for bound in (WINDOW_START, WINDOW_END):
+            if bound in schema.names:
+                raise PlanError(
+                    f"top: the stream already has a column {bound!r}, which the window bounds would replace; "
+                    "rename or drop it first (with_columns, select), or rank the rows of an earlier window per "
+                    "window with key_by(..., 'window_end').top(...)"
+                )
+        options = self._options(name or "top")
+        bounds = [pa.field(WINDOW_START, options["time_type"]), pa.field(WINDOW_END, options["time_type"])]
+        out_schema = pa.schema([*schema, *bounds])
+        return Stream(WindowTopNode(schema=out_schema, top=spec, **options))
+
+
+def check_top(
+    operator: str, keys: tuple[str, ...], schema: pa.Schema | None, by: Any, n: Any, ties: Any, descending: Any
+) -> Top:
+    """Check the arguments of ``top`` against the stream's schema.
+
+    Without a schema (after a user function) the column checks run again on
+    the first batch, in the actor that ranks it.
+
+    Raises:
+        PlanError: naming the argument or column, and how to fix it.
+    """
+    from raystream.runtime.keyed import orderable
+
+    if not isinstance(by, str):
+        raise PlanError(f"{operator}: by= must be the name of the column to rank by, got {by!r}")
+    check_columns(f"{operator} by", [by], schema)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise PlanError(f"{operator}: n must be a positive int, how many ranks to keep per key; got {n!r}")
+    for option, value in (("ties", ties), ("descending", descending)):
+        if not isinstance(value, bool):
+            raise PlanError(f"{operator}: {option} must be True or False, got {value!r}")
+    if by in keys:
+        raise PlanError(
+            f"{operator}: by={by!r} is a key column, so all the rows of a key would tie; rank by another column"
         )
+    if schema is not None:
+        kind = schema.field(by).type
+        if not orderable(kind):
+            raise PlanError(
+                f"{operator}: by={by!r} has type {kind}, which has no order; "
+                "rank by a number, string, boolean or time column"
+            )
+        for key in keys:
+            if not orderable(schema.field(key).type):
+                raise PlanError(
+                    f"{operator}: key column {key!r} has type {schema.field(key).type}, which top cannot sort; "
+                    "key by numbers, strings, booleans or times (convert it with with_columns)"
+                )
+        if not ties:
+            for other in schema:
+                if other.name not in (*keys, by) and not orderable(other.type):
+                    raise PlanError(
+                        f"{operator}: ties=False breaks ties by the other columns, and {other.name!r} has type "
+                        f"{other.type}, which cannot be sorted; drop it with select(...), or keep ties with ties=True"
+                    )
+    return Top(by, n, ties, descending)
 
 
 def _check_aggregates(

@@ -2,6 +2,12 @@
 
 Windows are half-open intervals ``[window_start, window_end)`` of event time,
 in milliseconds since the epoch (output columns keep the time column's type).
+
+A window's output rows have event time too: the last instant of their window,
+``window_end`` minus 1 ms (Flink's ``window_time``). So a window over windows
+puts each of them in the window that holds it, and a stage keyed by
+``window_end`` after a window can fire each window once the watermark passes
+its end.
 """
 
 from __future__ import annotations
@@ -10,6 +16,12 @@ from dataclasses import dataclass
 
 from raystream._time import Duration, duration_ms
 from raystream.errors import PlanError
+
+#: The output columns that hold a window's bounds.
+WINDOW_START = "window_start"
+WINDOW_END = "window_end"
+#: The event time of a window's output rows, relative to ``window_end``: the window's last millisecond.
+WINDOW_TIME_SHIFT_MS = -1
 
 
 def _positive(value: Duration, what: str) -> int:

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import duckdb
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 import raystream as rs
 
@@ -41,8 +39,6 @@ class Query:
         build: The raystream pipeline over the bid stream.
         sql: The DuckDB query over the view ``bid``.
         output: The output columns, in order, and how to compare each.
-        per_epoch: A function applied on the driver to each epoch's whole
-            output before it is written (the last step of q5), or ``None``.
     """
 
     name: str
@@ -51,37 +47,24 @@ class Query:
     build: Callable[[rs.Stream], rs.Stream]
     sql: str
     output: tuple[tuple[str, ColumnKind], ...]
-    per_epoch: Callable[[pa.Table], pa.Table] | None = None
-
-
-# -- q5: the rows that hold their window's maximum ------------------------------------------
-
-
-def rows_with_window_max(table: pa.Table) -> pa.Table:
-    """Keep the rows whose ``num`` equals the largest ``num`` of their ``window_start``, all ties included.
-
-    Used twice in q5. Fused after the window, in each partition actor, it
-    keeps that actor's candidates: a row that holds its window's global
-    maximum holds the maximum of any subset of the window's rows too. On the
-    driver, over an epoch's whole output, it keeps the global winners; that
-    is exact because a window (with no allowed lateness) fires once, in one
-    epoch, in every partition actor.
-    """
-    if table.num_rows == 0:
-        return table
-    maxima = table.group_by("window_start", use_threads=False).aggregate([("num", "max")])
-    joined = table.join(maxima, "window_start", use_threads=False)
-    return joined.filter(pc.field("num") == pc.field("num_max")).select(table.column_names)
 
 
 def _hot_items(bids: rs.Stream) -> rs.Stream:
+    """q5: the bids per auction per sliding window, then per window the auctions with the most, ties included.
+
+    Two keyed stages: the window counts, partitioned by auction; the
+    per-window ``top`` keeps each window's rows with the largest ``num``,
+    partitioned by window. The window's actors keep their own candidates
+    before the shuffle (a row with the window's maximum has the maximum of
+    any subset of its rows), and each window is ranked in the epoch it fires.
+    """
     counts = (
         bids.with_watermark("date_time", delay=WATERMARK_DELAY)
         .key_by("auction")
         .window(rs.Sliding("10s", "2s"))
         .agg(num=rs.count())
     )
-    return counts.map_batches(rows_with_window_max, schema=counts.schema)
+    return counts.key_by("window_start", "window_end").top("num")
 
 
 QUERIES: dict[str, Query] = {
@@ -133,7 +116,6 @@ QUERIES: dict[str, Query] = {
             QUALIFY num = max(num) OVER (PARTITION BY window_start)
             """,
             (("auction", "int"), ("window_start", "time"), ("window_end", "time"), ("num", "int")),
-            per_epoch=rows_with_window_max,
         ),
         Query(
             "w2",
@@ -166,36 +148,6 @@ QUERIES: dict[str, Query] = {
 # -- running a query ---------------------------------------------------------------------
 
 
-class _EpochFiles:
-    """A ``foreach_batch`` function: applies ``step`` to each epoch and writes it as ``part-<epoch>.parquet``.
-
-    A replayed epoch overwrites its own file, so the output stays exact. It
-    fails if a window comes back in a later epoch, which would make the
-    per-epoch step of q5 wrong.
-    """
-
-    def __init__(self, folder: str, step: Callable[[pa.Table], pa.Table]) -> None:
-        self.folder = folder
-        self.step = step
-        self.windows_seen: dict[int, set[Any]] = {}
-        os.makedirs(folder, exist_ok=True)
-
-    def __call__(self, table: pa.Table, epoch_id: int) -> None:
-        result = self.step(table)
-        if "window_start" in table.column_names:
-            windows = set(pc.unique(table.column("window_start")).to_pylist())  # a few windows per epoch
-            self.windows_seen[epoch_id] = windows
-            earlier: set[Any] = set().union(*(w for e, w in self.windows_seen.items() if e != epoch_id))
-            again = windows & earlier
-            if again:
-                raise RuntimeError(
-                    f"epoch {epoch_id} holds windows that fired in an earlier epoch too ({min(again)}...); "
-                    "the per-epoch maximum of q5 needs each window to fire once"
-                )
-        if result.num_rows:
-            pq.write_table(result, os.path.join(self.folder, f"part-{epoch_id:08d}.parquet"))
-
-
 def bid_stream(path: str, query: Query) -> rs.Stream:
     """The bids under ``path`` as a stream of the columns ``query`` reads, with event time ``date_time`` if read."""
     time_column = "date_time" if "date_time" in query.inputs else None
@@ -209,12 +161,7 @@ def run_raystream(query: Query, bids: str | rs.Stream, out: str, config: rs.RunC
         The job's metrics (``run_seconds``, ``startup_seconds``, ``rows_read``...).
     """
     stream = bid_stream(bids, query) if isinstance(bids, str) else bids
-    pipeline = query.build(stream)
-    if query.per_epoch is None:
-        job = pipeline.write_parquet(out, config)
-    else:
-        job = pipeline.foreach_batch(_EpochFiles(out, query.per_epoch), config)
-    return job.metrics()
+    return query.build(stream).write_parquet(out, config).metrics()
 
 
 def bid_view(con: duckdb.DuckDBPyConnection, path: str) -> None:

@@ -68,7 +68,7 @@ def fingerprint(plan: PhysicalPlan) -> str:
                 "keys": list(stage.operator.keys),
                 **{
                     attr: repr(getattr(stage.operator, attr))
-                    for attr in ("aggregates", "window", "allowed_lateness_ms", "emit", "time_column")
+                    for attr in ("aggregates", "top", "window", "allowed_lateness_ms", "emit", "time_column")
                     if hasattr(stage.operator, attr)
                 },
                 "chain": [type(op).__name__ for op in stage.chain],

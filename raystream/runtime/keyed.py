@@ -6,6 +6,10 @@ A :class:`Partial` is what a batch reduces to: one row per key in
 merge associatively and commutatively, so readers pre-aggregate before the
 shuffle (a combiner) and partition actors merge into their state, and the
 result does not depend on how the stream was cut into batches.
+
+:class:`KeyedTop` is the same idea for whole rows: a batch reduces to the
+rows that rank within the first ``n`` of their key, and such candidates
+merge into the same candidates, however the rows were cut.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raystream.aggregates import Aggregate
+from raystream.aggregates import Aggregate, Top
 
 _VALUE = "__value"
 TOUCHED = "__touched"
@@ -210,3 +215,120 @@ class KeyedAggregation:
         key_columns = [grouped.column(k) for k in self.keys]
         value_columns = [c for c, n in zip(grouped.columns, grouped.column_names, strict=True) if n not in self.keys]
         return pa.Table.from_arrays([*key_columns, *value_columns], names=[*self.keys, *names])
+
+
+# -- the rows that rank first per key ---------------------------------------------------------------
+
+
+def orderable(kind: pa.DataType) -> bool:
+    """Whether :class:`KeyedTop` can sort and compare values of ``kind`` (dictionaries by their values)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    checks = (
+        pa.types.is_integer,
+        pa.types.is_floating,
+        pa.types.is_decimal,
+        pa.types.is_boolean,
+        pa.types.is_temporal,
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_binary,
+        pa.types.is_large_binary,
+        pa.types.is_fixed_size_binary,
+    )
+    return any(check(kind) for check in checks)
+
+
+def same_as_previous(keys: pa.Table) -> np.ndarray:
+    """For rows 1..n-1: true where every key equals the previous row's (nulls equal nulls)."""
+    n = keys.num_rows
+    same = np.ones(max(n - 1, 0), dtype=bool)
+    for column in keys.columns:
+        current, previous = column.slice(1), column.slice(0, n - 1)
+        equal = pc.fill_null(pc.equal(current, previous), False)
+        both_null = pc.and_(pc.is_null(current), pc.is_null(previous))
+        same &= np.asarray(pc.or_(equal, both_null), dtype=bool)
+    return same
+
+
+def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A dictionary column as its values (Arrow sorts and compares those only); others as they are."""
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+
+
+class KeyedTop:
+    """The rows that rank within the first ``top.n`` of their key by ``top.by``: whole rows, mergeable.
+
+    Keeping the top ``n`` of each key is associative and commutative, as a
+    combiner must be: a row among the first ``n`` of all the rows of its
+    key is among the first ``n`` of any subset that holds it (fewer rows
+    can only rank before it), and every row that ranks before it is kept
+    too. So readers reduce each batch to its candidates before the shuffle,
+    partition actors merge candidates into their state, and the answer does
+    not depend on the batches. Rows whose ``by`` is null or NaN are never
+    kept, as ``rs.max`` ignores them.
+
+    Args:
+        keys: The columns that identify a key (for a window: the keys and ``window_start``).
+        top: What to keep.
+    """
+
+    def __init__(self, keys: Sequence[str], top: Top) -> None:
+        self.keys = tuple(keys)
+        self.top = top
+
+    def reduce(self, rows: pa.Table) -> pa.Table:
+        """The candidates of ``rows``: the rows within the first ``n`` of their key."""
+        return self._candidates(rows)[0]
+
+    def merge(self, state: pa.Table | None, payloads: Sequence[pa.Table]) -> tuple[pa.Table, np.ndarray]:
+        """Merge the state's candidates with new ones (or raw rows, which are reduced alike).
+
+        Returns:
+            The merged candidates, sorted by key, and for each of them
+            whether its key's candidates changed: whether any kept row of the
+            key came from ``payloads``.
+        """
+        tables = [] if state is None else [state.append_column(TOUCHED, pa.repeat(pa.scalar(False), state.num_rows))]
+        tables += [p.append_column(TOUCHED, pa.repeat(pa.scalar(True), p.num_rows)) for p in payloads]
+        combined = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+        kept, group_starts = self._candidates(combined)
+        group = np.cumsum(group_starts) - 1
+        from_payloads = np.asarray(kept.column(TOUCHED), dtype=bool)
+        changed = np.bincount(group, weights=from_payloads, minlength=int(group_starts.sum())) > 0
+        return kept.drop_columns([TOUCHED]), changed[group]
+
+    def _candidates(self, rows: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """The kept rows, sorted by key, and the mask of those that start a key."""
+        by = rows.column(self.top.by)
+        valid = pc.is_valid(by)
+        if pa.types.is_floating(by.type):
+            valid = pc.and_(valid, pc.invert(pc.fill_null(pc.is_nan(by), True)))
+        if by.null_count or pa.types.is_floating(by.type):
+            rows = rows.filter(valid)
+        n = rows.num_rows
+        if n == 0:
+            return rows, np.zeros(0, dtype=bool)
+        # Sorted by key, then best first (then by the other columns: a deterministic ROW_NUMBER without ties),
+        # each row's rank is its distance from the first row of its key (of its run of equal values, with ties).
+        ordering = [*self.keys, self.top.by]
+        if not self.top.ties:
+            ordering += [c for c in rows.column_names if c not in ordering and c != TOUCHED]
+        sortable = pa.table({c: _decoded(rows.column(c)) for c in ordering})
+        order = "descending" if self.top.descending else "ascending"
+        sort_keys = [(c, order if c == self.top.by else "ascending") for c in ordering]
+        indices = pc.sort_indices(sortable, sort_keys=sort_keys)
+        sortable = sortable.take(indices)
+        positions = np.arange(n)
+        key_starts = np.ones(n, dtype=bool)
+        key_starts[1:] = ~same_as_previous(sortable.select(list(self.keys)))
+        first_of_key = np.maximum.accumulate(np.where(key_starts, positions, 0))
+        if self.top.ties:
+            value = sortable.column(self.top.by)
+            run_starts = key_starts.copy()
+            run_starts[1:] |= ~np.asarray(pc.equal(value.slice(1), value.slice(0, n - 1)), dtype=bool)
+            rank = np.maximum.accumulate(np.where(run_starts, positions, 0)) - first_of_key
+        else:
+            rank = positions - first_of_key
+        keep = rank < self.top.n
+        return rows.take(pc.filter(indices, pa.array(keep))), key_starts[keep]

@@ -3,6 +3,12 @@
 Stateless operators between the source and the first ``key_by`` are fused
 into the reader actors. Each keyed operator becomes a stage of partition
 actors, and the stateless operators after it are fused into that stage.
+
+Every stage sees the job's one watermark. A stage after a window tells the
+window's rows apart by their ``window_end``, which is why the window must
+fire each window once (checked when the plan is built, in
+:mod:`raystream.stream`); see :mod:`raystream.runtime.stateful` for why no
+row is then late between stages.
 """
 
 from __future__ import annotations
@@ -23,9 +29,19 @@ from raystream.runtime.operators import (
     StatelessOp,
     WithColumnsOp,
 )
-from raystream.runtime.stateful import KeyedOperator, RunningAggregate, SessionAggregate, WindowAggregate
+from raystream.runtime.stateful import (
+    KeyedOperator,
+    PerWindowAggregate,
+    PerWindowTop,
+    RunningAggregate,
+    RunningTop,
+    SessionAggregate,
+    WindowAggregate,
+    WindowTop,
+)
 from raystream.sources.base import Source
 from raystream.stream import (
+    KEYED_NODES,
     DeadLettersNode,
     FilterNode,
     KeyedAggNode,
@@ -35,8 +51,11 @@ from raystream.stream import (
     Node,
     SelectNode,
     SourceNode,
+    TopNode,
     WatermarkNode,
     WindowAggNode,
+    WindowNode,
+    WindowTopNode,
     WithColumnsNode,
     plan_nodes,
 )
@@ -121,7 +140,7 @@ def plan(node: Node) -> PhysicalPlan:
         if isinstance(current, WatermarkNode):
             event_time = EventTime(current.column, current.delay_ms, current.idle_timeout_ms)
             chain.append(EventTimeOp(current.column))
-        elif isinstance(current, (KeyedAggNode, WindowAggNode)):
+        elif isinstance(current, KEYED_NODES):
             if pending is None:
                 reader_chain = chain
             else:
@@ -148,28 +167,40 @@ def plan(node: Node) -> PhysicalPlan:
     )
 
 
-def _keyed_operator(node: KeyedAggNode | WindowAggNode, names: set[str]) -> KeyedOperator:
+def _keyed_operator(node: Node, names: set[str]) -> KeyedOperator:
     """The physical operator of a keyed node, with a name unique in the plan ("window", "window-2"...)."""
+    assert isinstance(node, KEYED_NODES)
     name = node.name
     suffix = 2
     while name in names:
         name, suffix = f"{node.name}-{suffix}", suffix + 1
     names.add(name)
     if isinstance(node, KeyedAggNode):
+        if node.per_window:
+            return PerWindowAggregate(name, node.keys, node.aggregates)
         return RunningAggregate(name, node.keys, node.aggregates, node.emit)
-    options = {
+    if isinstance(node, TopNode):
+        if node.per_window:
+            return PerWindowTop(name, node.keys, node.top)
+        return RunningTop(name, node.keys, node.top, node.emit)
+    assert isinstance(node, WindowNode)
+    options: dict[str, Any] = {
         "name": name,
         "keys": node.keys,
-        "aggregates": node.aggregates,
         "time_column": node.window_time_column,
         "time_type": node.time_type,
         "allowed_lateness_ms": node.allowed_lateness_ms,
         "late": node.late,
         "emit": node.emit,
+        "time_shift_ms": node.time_shift_ms,
     }
+    if isinstance(node, WindowTopNode):
+        assert not isinstance(node.window, Session)  # refused when the plan was built
+        return WindowTop(node.window, node.top, **options)
+    assert isinstance(node, WindowAggNode)
     if isinstance(node.window, Session):
-        return SessionAggregate(node.window, **options)
-    return WindowAggregate(node.window, **options)
+        return SessionAggregate(node.window, aggregates=node.aggregates, **options)
+    return WindowAggregate(node.window, aggregates=node.aggregates, **options)
 
 
 def _upsert_keys(stages: list[KeyedStage]) -> tuple[str, ...] | None:

@@ -1,4 +1,4 @@
-"""Keyed operators: running aggregates and event-time windows.
+"""Keyed operators: running aggregates, event-time windows, per-window stages and top rows.
 
 A keyed operator has two halves:
 
@@ -13,6 +13,16 @@ A keyed operator has two halves:
 Both halves see the same watermark for an epoch: the one computed after the
 previous epoch. An event is late when every window it belongs to has
 ``window_end + allowed_lateness <= watermark``.
+
+Stages after a window see the same epochs: in epoch ``E``, with watermark
+``W(E)``, a window that fires only once (``emit="append"``, no allowed
+lateness) emits exactly the windows with ``W(E-1) < window_end <= W(E)``.
+Its partition actor prepares them for the next stage with ``W(E-1)``, by
+which none of them is late, and the next stage processes them in the same
+epoch with ``W(E)``, having received every window that ends by ``W(E)``
+from every actor. So a per-window stage (keyed by ``window_end``) fires a
+window in the epoch its first stage did, and a window over windows (whose
+rows have event time ``window_end - 1`` ms) fires when it ends.
 """
 
 from __future__ import annotations
@@ -28,13 +38,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raystream._time import START_OF_TIME_MS, to_epoch_ms
-from raystream.aggregates import Aggregate
-from raystream.runtime.keyed import TOUCHED, KeyedAggregation, Partial
+from raystream.aggregates import Aggregate, Top
+from raystream.runtime.keyed import TOUCHED, KeyedAggregation, KeyedTop, Partial, same_as_previous
 from raystream.runtime.shuffle import key_groups, partition_of_key_groups, split_by_partition
-from raystream.windows import Session, Sliding, Tumbling
+from raystream.stream import check_top
+from raystream.windows import WINDOW_END, WINDOW_START, Session, Sliding, Tumbling
 
-WINDOW_START = "window_start"
-WINDOW_END = "window_end"
 _ISLAND = "__island"
 
 
@@ -110,9 +119,32 @@ class KeyedOperator(ABC):
         """A fresh state for one partition actor."""
 
     @property
-    def upsert_keys(self) -> tuple[str, ...]:
-        """The output columns that identify a row, for sinks that keep the latest row."""
+    def upsert_keys(self) -> tuple[str, ...] | None:
+        """The output columns that identify a row, for sinks that keep the latest row; ``None``: append only."""
         return self.keys
+
+
+def split_table(table: pa.Table, keys: tuple[str, ...], num_key_groups: int, num_partitions: int) -> list[Any]:
+    """Cut rows by the partition that owns each key; ``None`` for partitions with no rows."""
+    groups = key_groups(table, keys, num_key_groups)
+    parts = split_by_partition(table, partition_of_key_groups(groups, num_key_groups, num_partitions), num_partitions)
+    return [part if part.num_rows else None for part in parts]
+
+
+def _late_by_window_end(table: pa.Table, watermark_ms: int) -> tuple[pa.Table, int]:
+    """Drop the rows of windows that ended by the watermark (or have no end); count them.
+
+    With windows that fire once, none is late (see the module docstring):
+    only a user function between the stages can make one.
+    """
+    ends = to_epoch_ms(table.column(WINDOW_END))
+    on_time = pc.fill_null(pc.greater(ends, watermark_ms), False)
+    late = table.num_rows - pc.sum(on_time).as_py() if table.num_rows else 0
+    return (table.filter(on_time) if late else table), late
+
+
+def _window_end_ms(table: pa.Table) -> np.ndarray:
+    return np.asarray(to_epoch_ms(table.column(WINDOW_END)).fill_null(0), dtype=np.int64)
 
 
 # -- running aggregates ----------------------------------------------------------
@@ -227,12 +259,13 @@ class _WindowedOperator(KeyedOperator):
         self,
         name: str,
         keys: tuple[str, ...],
-        aggregates: Sequence[tuple[str, Aggregate]],
         time_column: str,
         time_type: pa.DataType,
         allowed_lateness_ms: int,
         late: Literal["drop", "side"],
         emit: Literal["append", "update"],
+        aggregates: Sequence[tuple[str, Aggregate]] = (),
+        time_shift_ms: int = 0,
     ) -> None:
         self.name = name
         self.keys = keys
@@ -242,16 +275,18 @@ class _WindowedOperator(KeyedOperator):
         self.allowed_lateness_ms = allowed_lateness_ms
         self.late_side_output = late == "side"
         self.emit = emit
+        #: Added to the time column: -1 over a window's output, whose rows' time is their window's last ms.
+        self.time_shift_ms = time_shift_ms
 
     @property
-    def upsert_keys(self) -> tuple[str, ...]:
+    def upsert_keys(self) -> tuple[str, ...] | None:
         return (*self.keys, WINDOW_START, WINDOW_END)
 
     def event_times(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """Event times in ms (nulls as 0) and the mask of rows that have one."""
         times = to_epoch_ms(table.column(self.time_column))
         valid = np.asarray(pc.is_valid(times))
-        return np.asarray(times.fill_null(0), dtype=np.int64), valid
+        return np.asarray(times.fill_null(0), dtype=np.int64) + self.time_shift_ms, valid
 
     def late_rows(self, table: pa.Table, late_mask: np.ndarray) -> tuple[pa.Table | None, int]:
         count = int(late_mask.sum())
@@ -262,13 +297,14 @@ class _WindowedOperator(KeyedOperator):
     def output(self, finalized: pa.Table, starts: np.ndarray, ends: np.ndarray) -> pa.Table:
         """Shape output rows: the keys, window_start, window_end (in the time column's type), the aggregates."""
         columns: dict[str, Any] = {key: finalized.column(key) for key in self.keys}
-        columns[WINDOW_START] = self._as_time(starts)
-        columns[WINDOW_END] = self._as_time(ends)
+        columns[WINDOW_START] = self.as_time(starts)
+        columns[WINDOW_END] = self.as_time(ends)
         for name, _ in self.aggregates:
             columns[name] = finalized.column(name)
         return pa.table(columns)
 
-    def _as_time(self, values: np.ndarray) -> pa.Array:
+    def as_time(self, values: np.ndarray) -> pa.Array:
+        """Epoch milliseconds as the time column's type."""
         millis = pa.array(values, pa.int64())
         if pa.types.is_timestamp(self.time_type):
             return pc.cast(millis.cast(pa.timestamp("ms", tz=self.time_type.tz)), self.time_type)
@@ -282,17 +318,21 @@ class _WindowedOperator(KeyedOperator):
         return due
 
 
-class WindowAggregate(_WindowedOperator, _ShufflesPartials):
-    """Tumbling and sliding windows: windows are known from each event alone, so readers pre-aggregate."""
+class _FixedWindows(_WindowedOperator):
+    """Tumbling and sliding windows: each event's windows are known from its time alone."""
 
     def __init__(self, window: Tumbling | Sliding, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.window = window
         self.size_ms = window.size_ms
         self.slide_ms = window.slide_ms if isinstance(window, Sliding) else window.size_ms
-        self.aggregation = KeyedAggregation((*self.keys, WINDOW_START), self.aggregates)
 
-    def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:
+    def assign(self, table: pa.Table, columns: Sequence[str], watermark_ms: int) -> tuple[pa.Table, Prepared]:
+        """One row per event and open window it belongs to: ``columns`` and ``window_start`` (int64 ms).
+
+        Returns:
+            Those rows, and a :class:`Prepared` with the late rows (its payload is left unset).
+        """
         times, valid = self.event_times(table)
         per_event = -(-self.size_ms // self.slide_ms)
         last_start = np.floor_divide(times, self.slide_ms) * self.slide_ms
@@ -303,9 +343,22 @@ class WindowAggregate(_WindowedOperator, _ShufflesPartials):
         window_starts = starts[keep]
         late_mask = np.bincount(rows, minlength=table.num_rows) == 0
         late, late_count = self.late_rows(table, late_mask)
+        expanded = table.select(list(columns)).take(pa.array(rows)).append_column(WINDOW_START, pa.array(window_starts))
+        return expanded, Prepared(None, late, late_count)
+
+
+class WindowAggregate(_FixedWindows, _ShufflesPartials):
+    """Tumbling and sliding windows of aggregates: readers pre-aggregate per key and window."""
+
+    def __init__(self, window: Tumbling | Sliding, **kwargs: Any) -> None:
+        super().__init__(window, **kwargs)
+        self.aggregation = KeyedAggregation((*self.keys, WINDOW_START), self.aggregates)
+
+    def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:
         columns = list(dict.fromkeys([*self.keys, *(a.column for _, a in self.aggregates if a.column is not None)]))
-        expanded = table.select(columns).take(pa.array(rows)).append_column(WINDOW_START, pa.array(window_starts))
-        return Prepared(self.aggregation.partial(expanded), late, late_count)
+        expanded, prepared = self.assign(table, columns, watermark_ms)
+        prepared.payload = self.aggregation.partial(expanded)
+        return prepared
 
     def new_state(self) -> OperatorState:
         return _WindowState(self)
@@ -370,11 +423,7 @@ class SessionAggregate(_WindowedOperator):
         return Prepared(table)
 
     def split(self, payload: Any, num_key_groups: int, num_partitions: int) -> list[Any | None]:
-        groups = key_groups(payload, self.keys, num_key_groups)
-        parts = split_by_partition(
-            payload, partition_of_key_groups(groups, num_key_groups, num_partitions), num_partitions
-        )
-        return [part if part.num_rows else None for part in parts]
+        return split_table(payload, self.keys, num_key_groups, num_partitions)
 
     def new_state(self) -> OperatorState:
         return _SessionState(self)
@@ -524,18 +573,6 @@ def _island_bounds(island: np.ndarray, intervals: pa.Table) -> tuple[np.ndarray,
     return island_start, island_end
 
 
-def _same_as_previous(keys: pa.Table) -> np.ndarray:
-    """For sorted rows 1..n-1: true where every key equals the previous row's (nulls equal nulls)."""
-    n = keys.num_rows
-    same = np.ones(n - 1, dtype=bool)
-    for column in keys.columns:
-        current, previous = column.slice(1), column.slice(0, n - 1)
-        equal = pc.fill_null(pc.equal(current, previous), False)
-        both_null = pc.and_(pc.is_null(current), pc.is_null(previous))
-        same &= np.asarray(pc.or_(equal, both_null), dtype=bool)
-    return same
-
-
 def _islands(keys: pa.Table, intervals: pa.Table) -> np.ndarray:
     """Label each interval with its island: per key, intervals that overlap or touch, transitively.
 
@@ -551,7 +588,7 @@ def _islands(keys: pa.Table, intervals: pa.Table) -> np.ndarray:
     ends = np.asarray(intervals.column(WINDOW_END), dtype=np.int64)[order]
     key_change = np.ones(n, dtype=bool)
     if n > 1:
-        key_change[1:] = ~_same_as_previous(keys.take(pa.array(order)))
+        key_change[1:] = ~same_as_previous(keys.take(pa.array(order)))
     group = np.cumsum(key_change) - 1
     reach = pd.Series(ends).groupby(group).cummax().to_numpy()
     previous_reach = np.concatenate(([np.iinfo(np.int64).min], reach[:-1]))
@@ -559,3 +596,226 @@ def _islands(keys: pa.Table, intervals: pa.Table) -> np.ndarray:
     labels = np.empty(n, dtype=np.int64)
     labels[order] = np.cumsum(new_island) - 1
     return labels
+
+
+# -- per-window stages: keyed by the window_end of an earlier window ----------------------------------------------
+
+
+class PerWindowAggregate(RunningAggregate):
+    """``key_by(..., "window_end", ...).agg(...)`` after a window: aggregates per key of each window.
+
+    Each key is emitted once, when the watermark passes its ``window_end``
+    (the epoch its window fired upstream), and then freed.
+    """
+
+    def __init__(self, name: str, keys: tuple[str, ...], aggregates: Sequence[tuple[str, Aggregate]]) -> None:
+        super().__init__(name, keys, aggregates, emit="append")
+        self.time_column = WINDOW_END
+
+    def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:
+        on_time, late_count = _late_by_window_end(table, watermark_ms)
+        return Prepared(self.aggregation.partial(on_time), late_count=late_count)
+
+    def new_state(self) -> OperatorState:
+        return _PerWindowAggState(self)
+
+
+class _PerWindowAggState(_PartialState["PerWindowAggregate"]):
+    def __init__(self, operator: PerWindowAggregate) -> None:
+        self.operator = operator
+        self.state: Partial | None = None
+
+    def process(self, payloads: Sequence[Any], watermark_ms: int, end_of_input: bool) -> Emitted:
+        aggregation = self.operator.aggregation
+        parts = ([] if self.state is None else [self.state]) + list(payloads)
+        if not parts:
+            return Emitted(None)
+        merged = aggregation.merge(parts) if len(parts) > 1 else parts[0]
+        cuts = [_cut_by_window_end(t, watermark_ms) for t in (merged.table, *merged.distinct)]
+        due, still_open = Partial(cuts[0][0], tuple(c[0] for c in cuts[1:])), cuts[0][1]
+        emitted = aggregation.finalize(due) if due.num_rows else None
+        self.state = Partial(still_open, tuple(c[1] for c in cuts[1:])) if still_open.num_rows else None
+        return Emitted(emitted)
+
+    def values(self) -> pa.Table:
+        return pa.table({}) if self.state is None else self.operator.aggregation.finalize(self.state)
+
+
+def _cut_by_window_end(table: pa.Table, watermark_ms: int) -> tuple[pa.Table, pa.Table]:
+    """The rows whose window ended by the watermark, and the others."""
+    due = _window_end_ms(table) <= watermark_ms
+    return table.filter(pa.array(due)), table.filter(pa.array(~due))
+
+
+# -- top rows ----------------------------------------------------------------------------------------------------
+
+
+class _TopOperator(KeyedOperator):
+    """Operators that keep whole rows: the candidates of :class:`KeyedTop`, shuffled by key as tables.
+
+    Their output may hold several rows per key (ties, ``n > 1``), so it is
+    an append stream: no upsert keys.
+    """
+
+    ranking: KeyedTop
+    top: Top
+
+    @property
+    def upsert_keys(self) -> tuple[str, ...] | None:
+        return None
+
+    def check(self, table: pa.Table) -> None:
+        """The checks of plan time, for the output of a user function (its schema is known only now)."""
+        top = self.top
+        check_top(f"top {self.name!r}", self.keys, table.schema, top.by, top.n, top.ties, top.descending)
+
+    def split(self, payload: Any, num_key_groups: int, num_partitions: int) -> list[Any | None]:
+        return split_table(payload, self.keys, num_key_groups, num_partitions)
+
+    def new_state(self) -> OperatorState:
+        return _TopState(self)
+
+    @abstractmethod
+    def fire(
+        self, rows: pa.Table, changed: np.ndarray, previous_ms: int, watermark_ms: int, end_of_input: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Which candidate rows to emit and which to keep, after an epoch's merge.
+
+        Args:
+            rows: Every candidate, sorted by key.
+            changed: Per row, whether its key's candidates changed this epoch.
+            previous_ms: The watermark of the previous epoch.
+            watermark_ms: This epoch's watermark.
+            end_of_input: Whether the input has ended.
+        """
+
+    def output_rows(self, rows: pa.Table) -> pa.Table:
+        """Candidate rows as output rows."""
+        return rows
+
+
+class RunningTop(_TopOperator):
+    """``key_by(...).top(...)``: the rows that rank first per key, over the whole stream."""
+
+    def __init__(self, name: str, keys: tuple[str, ...], top: Top, emit: str) -> None:
+        self.name = name
+        self.keys = keys
+        self.top = top
+        self.emit = emit
+        self.ranking = KeyedTop(keys, top)
+
+    def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:
+        self.check(table)
+        return Prepared(self.ranking.reduce(table))
+
+    def fire(
+        self, rows: pa.Table, changed: np.ndarray, previous_ms: int, watermark_ms: int, end_of_input: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        emit = changed if self.emit == "update" else np.full(rows.num_rows, end_of_input and self.emit == "final")
+        return emit, np.ones(rows.num_rows, dtype=bool)
+
+
+class PerWindowTop(_TopOperator):
+    """``key_by(..., "window_end", ...).top(...)`` after a window: the rows that rank first per key of each window.
+
+    Each key's rows are emitted once, when the watermark passes its
+    ``window_end``, and then freed.
+    """
+
+    def __init__(self, name: str, keys: tuple[str, ...], top: Top) -> None:
+        self.name = name
+        self.keys = keys
+        self.top = top
+        self.emit = "append"
+        self.time_column = WINDOW_END
+        self.ranking = KeyedTop(keys, top)
+
+    def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:
+        self.check(table)
+        on_time, late_count = _late_by_window_end(table, watermark_ms)
+        return Prepared(self.ranking.reduce(on_time), late_count=late_count)
+
+    def fire(
+        self, rows: pa.Table, changed: np.ndarray, previous_ms: int, watermark_ms: int, end_of_input: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        due = _window_end_ms(rows) <= watermark_ms
+        return due, ~due
+
+
+class WindowTop(_FixedWindows, _TopOperator):
+    """``key_by(...).window(w).top(...)``: the rows that rank first per key and tumbling or sliding window.
+
+    Readers copy each row into each of its windows and keep the candidates
+    per key and window; the output is the rows, then ``window_start`` and
+    ``window_end``.
+    """
+
+    def __init__(self, window: Tumbling | Sliding, top: Top, **kwargs: Any) -> None:
+        super().__init__(window, **kwargs)
+        self.top = top
+        self.ranking = KeyedTop((*self.keys, WINDOW_START), top)
+
+    @property
+    def upsert_keys(self) -> tuple[str, ...] | None:
+        return None
+
+    def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:
+        self.check(table)
+        expanded, prepared = self.assign(table, table.column_names, watermark_ms)
+        prepared.payload = self.ranking.reduce(expanded) if expanded.num_rows else None
+        return prepared
+
+    def fire(
+        self, rows: pa.Table, changed: np.ndarray, previous_ms: int, watermark_ms: int, end_of_input: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        ends = np.asarray(rows.column(WINDOW_START), dtype=np.int64) + self.size_ms
+        return self.due_mask(ends, changed, previous_ms, watermark_ms), ends + self.allowed_lateness_ms > watermark_ms
+
+    def output_rows(self, rows: pa.Table) -> pa.Table:
+        starts = np.asarray(rows.column(WINDOW_START), dtype=np.int64)
+        index = rows.schema.get_field_index(WINDOW_START)
+        bounded = rows.set_column(index, WINDOW_START, self.as_time(starts))
+        return bounded.append_column(WINDOW_END, self.as_time(starts + self.size_ms))
+
+
+class _TopState(OperatorState):
+    """The candidate rows of a top operator, one table keyed by the operator's keys (and window)."""
+
+    def __init__(self, operator: _TopOperator) -> None:
+        self.operator = operator
+        self.rows: pa.Table | None = None
+        self.watermark_ms = START_OF_TIME_MS
+
+    def process(self, payloads: Sequence[Any], watermark_ms: int, end_of_input: bool) -> Emitted:
+        op = self.operator
+        previous_ms, self.watermark_ms = self.watermark_ms, watermark_ms
+        payloads = [p for p in payloads if p.num_rows]
+        if self.rows is None and not payloads:
+            return Emitted(None)
+        if payloads:
+            rows, changed = op.ranking.merge(self.rows, payloads)
+        else:
+            assert self.rows is not None
+            rows, changed = self.rows, np.zeros(self.rows.num_rows, dtype=bool)
+        emit, keep = op.fire(rows, changed, previous_ms, watermark_ms, end_of_input)
+        emitted = op.output_rows(rows.filter(pa.array(emit))) if emit.any() else None
+        kept = rows if keep.all() else rows.filter(pa.array(keep))
+        self.rows = kept if kept.num_rows else None
+        return Emitted(emitted)
+
+    @property
+    def num_rows(self) -> int:
+        return 0 if self.rows is None else self.rows.num_rows
+
+    def keys_table(self) -> pa.Table:
+        return pa.table({}) if self.rows is None else self.rows.select(list(self.operator.keys))
+
+    def values(self) -> pa.Table:
+        return pa.table({}) if self.rows is None else self.operator.output_rows(self.rows)
+
+    def snapshot(self) -> dict[str, pa.Table]:
+        return {} if self.rows is None else {"rows": self.rows}
+
+    def restore(self, tables: dict[str, pa.Table], watermark_ms: int) -> None:
+        self.rows = tables.get("rows")
+        self.watermark_ms = watermark_ms
