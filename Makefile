@@ -29,7 +29,7 @@ lint: $(VENV)/.installed-dev
 
 # Lint, then every test; the tests start the servers they need (Kafka, S3) themselves.
 test: lint
-	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	RAY_AUTH_MODE=disabled $(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
