@@ -61,23 +61,28 @@ class HybridSource(Source):
         self.discovery_interval_s = live.discovery_interval_s
         self.has_dead_letters = history.has_dead_letters or live.has_dead_letters
         self._schema = _common_schema(history, live, time_column)
+        self._history_splits: list[Split] | None = None
 
     def schema(self) -> pa.Schema:
         return self._schema
 
     def splits(self, parallelism: int) -> list[Split]:
-        history = [
-            Split(f"{_HISTORY}/{s.split_id}", (_HISTORY, s), s.min_event_time_ms, phase=0)
-            for s in self.history.splits(parallelism)
-        ]
+        if self._history_splits is None:  # listed once: discovery asks again for new live splits only
+            self._history_splits = [
+                Split(f"{_HISTORY}/{s.split_id}", (_HISTORY, s), s.min_event_time_ms, phase=0)
+                for s in self.history.splits(parallelism)
+            ]
         live = [
             # Every live event kept is at or after switch_at: the split holds the watermark there until it starts.
             Split(
-                f"{_LIVE}/{s.split_id}", (_LIVE, s), max(s.min_event_time_ms or self.switch_at_ms, self.switch_at_ms), 1
+                f"{_LIVE}/{s.split_id}",
+                (_LIVE, s),
+                max(s.min_event_time_ms or self.switch_at_ms, self.switch_at_ms),
+                phase=1,
             )
             for s in self.live.splits(parallelism)
         ]
-        return history + live
+        return self._history_splits + live
 
     def open_split(self, split: Split, position: Any | None) -> SplitReader:
         side, inner = split.payload
