@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -66,19 +68,23 @@ def datetime_to_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-def parse_datetime(value: datetime | str, what: str) -> datetime:
-    """A datetime, or an ISO 8601 string such as ``"2026-01-03"`` or ``"2026-01-03T12:00:00+01:00"``.
+def time_ns(value: datetime | date | str | pd.Timestamp | np.datetime64, what: str) -> int:
+    """Epoch nanoseconds of a datetime, date, pandas Timestamp or ISO string; naive means UTC.
 
     Raises:
-        PlanError: naming ``what`` when the value is neither.
+        PlanError: naming ``what`` (such as ``"read_parquet: start"``) when the value is not a time.
     """
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.strip())
-        except ValueError:
-            pass
-    raise PlanError(
-        f"{what}: {value!r} is not a time; give a datetime or an ISO 8601 string such as '2026-01-03T00:00'"
-    )
+    if isinstance(value, bool) or not isinstance(value, datetime | date | str | pd.Timestamp | np.datetime64):
+        raise PlanError(
+            f"{what}={value!r} is not a time; use a datetime or an ISO string such as '2026-01-01T00:00:00Z'"
+        )
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise PlanError(
+            f"{what}={value!r} is not a time ({exc}); use a datetime or an ISO string such as '2026-01-01T00:00:00Z'"
+        ) from exc
+    if pd.isna(stamp):
+        raise PlanError(f"{what} is NaT; pass a datetime or an ISO string")
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return int(stamp.value)

@@ -86,14 +86,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    from raystream._time import datetime_to_ms, parse_datetime
+    from raystream._time import time_ns
     from raystream.progress import BackfillProgress
 
-    start, end = (
-        parse_datetime(value, f"raystream backfill: --{flag}")
+    start_ms, end_ms = (
+        time_ns(value, f"raystream backfill: --{flag}") // 1_000_000
         for value, flag in ((args.start, "from"), (args.end, "to"))
     )
-    if start >= end:
+    if start_ms >= end_ms:
         raise ConfigError(f"raystream backfill: --from {args.start} is not before --to {args.end}")
     data = load_yaml(args.config)
     job_section = dict(data.get("job") or {})
@@ -110,10 +110,10 @@ def _backfill(args: argparse.Namespace) -> int:
             f"raystream backfill: job.source in {args.config!r} is not a file source or a hybrid with a file "
             f"history of kind {', '.join(SourceConfig.BACKFILL_KINDS)}; backfill reads timed history from files"
         )
-    job_section["source"] = {**source, "start": start.isoformat(), "end": end.isoformat(), "watch": False}
+    job_section["source"] = {**source, "start": args.start, "end": args.end, "watch": False}
     stream, run_config, sink_config = prepare_job(args.job, args.config, {**data, "job": job_section})
     job = sink_config.run(stream, run_config, wait=False)
-    progress = BackfillProgress(datetime_to_ms(start), datetime_to_ms(end))
+    progress = BackfillProgress(start_ms, end_ms)
     try:
         while job.status() == "running":
             progress.update(job.metrics())

@@ -261,12 +261,16 @@ class CheckpointStore:
         _check_name("table", table, self.url)
         _check_int("writer", writer, _MAX_KEY_GROUP, self.url)
         if not groups:
-            raise CheckpointError(f"checkpoint {self.url}: no key groups to write for {stage}/{table}")
+            raise CheckpointError(
+                f"checkpoint {self.url}: no key groups to write for {stage}/{table}; skip a table without rows"
+            )
         for key_group, _ in groups:
             _check_int("key_group", key_group, _MAX_KEY_GROUP, self.url)
         key_groups = tuple(int(key_group) for key_group, _ in groups)
         if len(set(key_groups)) != len(key_groups):
-            raise CheckpointError(f"checkpoint {self.url}: a key group is given twice for {stage}/{table}")
+            raise CheckpointError(
+                f"checkpoint {self.url}: a key group is given twice for {stage}/{table}; pass each key group once"
+            )
         sink = io.BytesIO()
         schema = groups[0][1].schema
         with pyarrow.ipc.new_file(sink, schema) as out:

@@ -105,7 +105,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from raystream._fs import redact, shown_url, to_arrow_fs, url_to_fs
-from raystream._time import Duration, duration_ms, is_event_time_type
+from raystream._time import Duration, duration_ms, is_event_time_type, time_ns
 from raystream.errors import PlanError, RaystreamError
 from raystream.sources.base import Source, Split, SplitReader
 
@@ -367,25 +367,6 @@ def _infer_partition_fields(files: Sequence[_File]) -> list[pa.Field]:
         pa.field(key, pa.int64() if seen and all(_INTEGER.match(v) for v in seen) else pa.string())
         for key, seen in values.items()
     ]
-
-
-def _time_ns(name: str, what: str, value: Any) -> int:
-    """Epoch nanoseconds of a datetime, date, pandas Timestamp or ISO string; naive means UTC."""
-    if isinstance(value, bool) or not isinstance(value, datetime | date | str | pd.Timestamp | np.datetime64):
-        raise PlanError(
-            f"{name}: {what}={value!r} is not a time; use a datetime or an ISO string such as '2026-01-01T00:00:00Z'"
-        )
-    try:
-        stamp = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise PlanError(
-            f"{name}: {what}={value!r} is not a time ({exc}); use a datetime or an ISO string such as "
-            f"'2026-01-01T00:00:00Z'"
-        ) from exc
-    if pd.isna(stamp):
-        raise PlanError(f"{name}: {what} is NaT; pass a datetime or an ISO string")
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return int(stamp.value)
 
 
 def _partition_range_ns(day: str | None, hour: str | None) -> tuple[int, int] | None:
@@ -789,8 +770,8 @@ class _FileSource(Source):
         self._hive = partitioning == "hive"
         self._explicit = explicit
         self._time_column = time_column
-        self._start_ns = None if start is None else _time_ns(name, "start", start)
-        self._end_ns = None if end is None else _time_ns(name, "end", end)
+        self._start_ns = None if start is None else time_ns(start, f"{name}: start")
+        self._end_ns = None if end is None else time_ns(end, f"{name}: end")
         if self._start_ns is not None and self._end_ns is not None and self._start_ns >= self._end_ns:
             raise PlanError(f"{name}: start={start!r} is not before end={end!r}; the range [start, end) is empty")
         self._partition_time_arg = _check_partition_time(name, partition_time, time_column)

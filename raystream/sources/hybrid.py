@@ -20,13 +20,13 @@ every checkpoint: a job killed in either phase resumes where it was.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raystream._time import datetime_to_ms, parse_datetime, to_epoch_ms
+from raystream._time import time_ns, to_epoch_ms
 from raystream.errors import PlanError
 from raystream.sources.base import Source, Split, SplitReader
 
@@ -199,7 +199,7 @@ class _TimeRange(SplitReader):
         self.inner.close()
 
 
-def hybrid(history: Stream, live: Stream, switch_at: datetime | str) -> Stream:
+def hybrid(history: Stream, live: Stream, switch_at: datetime | date | str) -> Stream:
     """Backfill from history, then hand over to a live source at ``switch_at``, with no gap and no duplicate.
 
     History events before ``switch_at`` are read first; once every history
@@ -212,7 +212,7 @@ def hybrid(history: Stream, live: Stream, switch_at: datetime | str) -> Stream:
     Args:
         history: A bounded source stream, such as ``rs.read_parquet(..., time_column="ts")``.
         live: A source stream with the same columns and time column, such as ``rs.read_kafka(...)``.
-        switch_at: The hand-over time: a datetime (naive means UTC) or an ISO string.
+        switch_at: The hand-over time: a datetime or date (naive means UTC) or an ISO string.
 
     Raises:
         PlanError: when a stream is not a plain source, the time columns differ or are missing,
@@ -239,6 +239,6 @@ def hybrid(history: Stream, live: Stream, switch_at: datetime | str) -> Stream:
             f"{nodes['live'].source_time_column!r}; give both sources the same time_column"
         )
     assert time_column is not None
-    switch_at_ms = datetime_to_ms(parse_datetime(switch_at, "hybrid: switch_at"))
+    switch_at_ms = time_ns(switch_at, "hybrid: switch_at") // 1_000_000
     source = HybridSource(nodes["history"].source, nodes["live"].source, switch_at_ms, time_column)
     return from_source(source, time_column)
