@@ -256,6 +256,7 @@ class SinkConfig:
         num_rows: For ``print``: rows shown per epoch.
         sort_by: For ``print``: columns to sort by; ``-col`` sorts descending.
         storage_options: fsspec options for ``path``.
+        compression: For ``parquet``: the codec (``snappy``, ``zstd``, ``lz4``, ``gzip``, ``brotli``, ``none``).
     """
 
     kind: Literal["print", "parquet"] = "print"
@@ -264,6 +265,7 @@ class SinkConfig:
     num_rows: int = 20
     sort_by: list[str] = field(default_factory=list)
     storage_options: dict[str, Any] = field(default_factory=dict)
+    compression: str = "snappy"
 
     def run(self, stream: Stream, config: RunConfig, wait: bool = True) -> Job:
         """Run ``stream`` into this sink; with ``wait``, until it ends."""
@@ -277,6 +279,7 @@ class SinkConfig:
             partition_by=self.partition_by or None,
             storage_options=self.storage_options or None,
             wait=wait,
+            compression=self.compression,
         )
 
 

@@ -522,6 +522,9 @@ class Stream:
         partition_by: list[str] | None = None,
         storage_options: dict[str, Any] | None = None,
         wait: bool = True,
+        *,
+        compression: str = "snappy",
+        use_dictionary: bool | list[str] | None = None,
     ) -> Job:
         """Write the output as Parquet files under ``path`` (any fsspec URL).
 
@@ -537,12 +540,21 @@ class Stream:
                 (``country=DE/part-....parquet``).
             storage_options: fsspec options (credentials) for ``path``.
             wait: When false, return the running :class:`~raystream.Job` at once.
+            compression: The codec: ``snappy`` (the default), ``zstd``, ``lz4``, ``gzip``, ``brotli`` or ``none``.
+            use_dictionary: The columns to dictionary-encode: by default the
+                string and binary ones; ``True`` for all (pyarrow's default),
+                ``False`` for none, or a list of names. Dictionary-encoding
+                numbers and times seldom makes files smaller and halves the
+                writer's speed.
         """
         from raystream.sinks.parquet import ParquetSink
 
         if partition_by:
             check_columns("write_parquet partition_by", partition_by, self.schema)
-        return self._run(ParquetSink(path, partition_by=partition_by, storage_options=storage_options), config, wait)
+        if isinstance(use_dictionary, list):
+            check_columns("write_parquet use_dictionary", use_dictionary, self.schema)
+        sink = ParquetSink(path, partition_by, storage_options, compression=compression, use_dictionary=use_dictionary)
+        return self._run(sink, config, wait)
 
     def write_kafka(
         self,

@@ -27,6 +27,7 @@ rows have event time ``window_end - 1`` ms) fires when it ends.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -282,14 +283,17 @@ class _WindowedOperator(KeyedOperator):
     def upsert_keys(self) -> tuple[str, ...] | None:
         return (*self.keys, WINDOW_START, WINDOW_END)
 
-    def event_times(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Event times in ms (nulls as 0) and the mask of rows that have one."""
+    def event_times(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
+        """Event times in ms (nulls as 0) and the mask of rows that have one (``None``: every row)."""
         times = to_epoch_ms(table.column(self.time_column))
-        valid = np.asarray(pc.is_valid(times))
-        return np.asarray(times.fill_null(0), dtype=np.int64) + self.time_shift_ms, valid
+        valid = np.asarray(pc.is_valid(times)) if times.null_count else None
+        if times.null_count:
+            times = times.fill_null(0)
+        millis = np.asarray(times, dtype=np.int64)
+        return (millis + self.time_shift_ms if self.time_shift_ms else millis), valid
 
-    def late_rows(self, table: pa.Table, late_mask: np.ndarray) -> tuple[pa.Table | None, int]:
-        count = int(late_mask.sum())
+    def late_rows(self, table: pa.Table, late_mask: np.ndarray | None) -> tuple[pa.Table | None, int]:
+        count = 0 if late_mask is None else int(late_mask.sum())
         if count == 0:
             return None, 0
         return (table.filter(pa.array(late_mask)) if self.late_side_output else None), count
@@ -319,13 +323,56 @@ class _WindowedOperator(KeyedOperator):
 
 
 class _FixedWindows(_WindowedOperator):
-    """Tumbling and sliding windows: each event's windows are known from its time alone."""
+    """Tumbling and sliding windows: each event's windows are known from its time alone.
+
+    Time is cut into panes of ``gcd(size, slide)`` ms: the events of a pane
+    belong to exactly the same windows, so a sliding window's aggregates are
+    computed per pane first and then copied into the pane's windows, instead
+    of copying every event into each of its ``size / slide`` windows.
+    """
 
     def __init__(self, window: Tumbling | Sliding, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.window = window
         self.size_ms = window.size_ms
         self.slide_ms = window.slide_ms if isinstance(window, Sliding) else window.size_ms
+        self.windows_per_event = -(-self.size_ms // self.slide_ms)
+        self.pane_ms = math.gcd(self.size_ms, self.slide_ms)
+
+    def open_windows(
+        self, times: np.ndarray, valid: np.ndarray | None, watermark_ms: int, latest_only: bool = False
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """The windows, still open by the watermark, that each time (ms) belongs to.
+
+        Args:
+            times: Event times, or pane starts.
+            valid: Which times are set (``None``: all).
+            watermark_ms: Windows that ended by it, plus the allowed lateness, are closed.
+            latest_only: Give each time its last window only (the one that starts last).
+
+        Returns:
+            For each (time, open window) pair, the index of the time (``None``
+            when that is every time once, in order) and the window's start; then
+            the mask of times with no open window (``None``: none), the late ones.
+        """
+        last_start = np.floor_divide(times, self.slide_ms) * self.slide_ms
+        if latest_only or self.windows_per_event == 1:
+            # The last window of a time closes last: the time is late when that one is closed.
+            on_time = last_start + self.size_ms + self.allowed_lateness_ms > watermark_ms
+            if valid is not None:
+                on_time &= valid
+            if on_time.all():
+                return None, last_start, None
+            rows = np.flatnonzero(on_time)
+            return rows, last_start[rows], ~on_time
+        starts = last_start[:, None] - self.slide_ms * np.arange(self.windows_per_event)[None, :]
+        ends = starts + self.size_ms
+        keep = (ends > times[:, None]) & (ends + self.allowed_lateness_ms > watermark_ms)
+        if valid is not None:
+            keep &= valid[:, None]
+        rows = np.nonzero(keep)[0]
+        late = np.bincount(rows, minlength=len(times)) == 0
+        return rows, starts[keep], late if late.any() else None
 
     def assign(self, table: pa.Table, columns: Sequence[str], watermark_ms: int) -> tuple[pa.Table, Prepared]:
         """One row per event and open window it belongs to: ``columns`` and ``window_start`` (int64 ms).
@@ -334,21 +381,42 @@ class _FixedWindows(_WindowedOperator):
             Those rows, and a :class:`Prepared` with the late rows (its payload is left unset).
         """
         times, valid = self.event_times(table)
-        per_event = -(-self.size_ms // self.slide_ms)
-        last_start = np.floor_divide(times, self.slide_ms) * self.slide_ms
-        starts = last_start[:, None] - self.slide_ms * np.arange(per_event)[None, :]
-        keep = (starts + self.size_ms > times[:, None]) & valid[:, None]
-        keep &= starts + self.size_ms + self.allowed_lateness_ms > watermark_ms
-        rows = np.nonzero(keep)[0]
-        window_starts = starts[keep]
-        late_mask = np.bincount(rows, minlength=table.num_rows) == 0
+        rows, starts, late_mask = self.open_windows(times, valid, watermark_ms)
         late, late_count = self.late_rows(table, late_mask)
-        expanded = table.select(list(columns)).take(pa.array(rows)).append_column(WINDOW_START, pa.array(window_starts))
-        return expanded, Prepared(None, late, late_count)
+        return _with_window_start(table.select(list(columns)), rows, starts), Prepared(None, late, late_count)
+
+    def assign_panes(self, table: pa.Table, columns: Sequence[str], watermark_ms: int) -> tuple[pa.Table, Prepared]:
+        """One row per event with an open window: ``columns`` and, as ``window_start``, the start of its pane.
+
+        Returns:
+            Those rows, and a :class:`Prepared` with the late rows (its payload is left unset).
+        """
+        times, valid = self.event_times(table)
+        rows, _, late_mask = self.open_windows(times, valid, watermark_ms, latest_only=True)
+        panes = np.floor_divide(times, self.pane_ms) * self.pane_ms
+        late, late_count = self.late_rows(table, late_mask)
+        tagged = _with_window_start(table.select(list(columns)), rows, panes if rows is None else panes[rows])
+        return tagged, Prepared(None, late, late_count)
+
+    def panes_to_windows(self, table: pa.Table, watermark_ms: int) -> pa.Table:
+        """Copy each row of a table keyed by pane (in ``window_start``) into each open window of its pane."""
+        panes = np.asarray(table.column(WINDOW_START), dtype=np.int64)
+        rows, starts, _ = self.open_windows(panes, None, watermark_ms)
+        return _with_window_start(table.drop_columns([WINDOW_START]), rows, starts)
+
+
+def _with_window_start(table: pa.Table, rows: np.ndarray | None, starts: np.ndarray) -> pa.Table:
+    """``table``'s rows ``rows`` (``None``: all, in order) with the column ``window_start`` set to ``starts``."""
+    picked = table if rows is None else table.take(pa.array(rows))
+    return picked.append_column(WINDOW_START, pa.array(starts, pa.int64()))
 
 
 class WindowAggregate(_FixedWindows, _ShufflesPartials):
-    """Tumbling and sliding windows of aggregates: readers pre-aggregate per key and window."""
+    """Tumbling and sliding windows of aggregates: readers pre-aggregate per key and window.
+
+    A sliding window's rows are aggregated per pane, and the pane partials
+    copied into their windows and merged.
+    """
 
     def __init__(self, window: Tumbling | Sliding, **kwargs: Any) -> None:
         super().__init__(window, **kwargs)
@@ -356,8 +424,17 @@ class WindowAggregate(_FixedWindows, _ShufflesPartials):
 
     def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:
         columns = list(dict.fromkeys([*self.keys, *(a.column for _, a in self.aggregates if a.column is not None)]))
-        expanded, prepared = self.assign(table, columns, watermark_ms)
-        prepared.payload = self.aggregation.partial(expanded)
+        if self.windows_per_event == 1:
+            windowed, prepared = self.assign(table, columns, watermark_ms)
+            prepared.payload = self.aggregation.partial(windowed)
+            return prepared
+        panes, prepared = self.assign_panes(table, columns, watermark_ms)
+        by_pane = self.aggregation.partial(panes)
+        by_window = Partial(
+            self.panes_to_windows(by_pane.table, watermark_ms),
+            tuple(self.panes_to_windows(t, watermark_ms) for t in by_pane.distinct),
+        )
+        prepared.payload = self.aggregation.merge([by_window])
         return prepared
 
     def new_state(self) -> OperatorState:
@@ -470,9 +547,9 @@ class _SessionState(OperatorState):
             parts.append(self._state_partial(island, offsets))
         late, late_count = None, 0
         if rows is not None:
-            assert times is not None and valid is not None
+            assert times is not None
             row_island = island[offsets[-2] : offsets[-1]]
-            late_mask = late_island[row_island] | ~valid
+            late_mask = late_island[row_island] if valid is None else late_island[row_island] | ~valid
             late, late_count = op.late_rows(rows, late_mask)
             on_time = rows.filter(pa.array(~late_mask)).append_column(_ISLAND, pa.array(row_island[~late_mask]))
             parts.append(op.aggregation.partial(on_time))

@@ -53,6 +53,23 @@ def test_a_late_row_goes_to_late_events_and_not_into_its_window() -> None:
     assert late_sink.rows() == [{"user": "a", "ts": at(3), "value": 100}]
 
 
+def test_a_row_late_for_some_of_its_sliding_windows_counts_in_the_others() -> None:
+    """Windows of 10 s sliding by 4 s: panes of 2 s, each in two or three windows, some closed by the watermark."""
+    source = (
+        TestSource()
+        .add_batch([click("a", 1), click("a", 9)])
+        .advance_watermark(at(11))  # [0, 10) fires; [4, 14) and [8, 18) stay open
+        .add_batch([click("a", 7)])  # in [0, 10), closed, and [4, 14), open: not late
+        .add_batch([click("a", 2, value=100)])  # in [-8, 2), [-4, 6) and [0, 10), all closed: late
+        .end()
+    )
+    windowed = source.stream(time_column="ts").key_by("user").window(rs.Sliding("10s", "4s"), late="side")
+    sink = ListSink()
+    job = windowed.agg(n=rs.count()).write(sink, ONE)
+    assert sorted(windows_of(sink)) == [("a", -8.0, 1), ("a", -4.0, 1), ("a", 0.0, 2), ("a", 4.0, 2), ("a", 8.0, 1)]
+    assert job.late_events()["value"].tolist() == [100]
+
+
 def test_dropped_late_rows_are_counted() -> None:
     source = TestSource().add_batch([click("a", 15)]).advance_watermark(at(20)).add_batch([click("a", 2)]).end()
     counts = source.stream(time_column="ts").key_by("user").window(rs.Tumbling("10s")).agg(n=rs.count())

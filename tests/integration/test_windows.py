@@ -6,6 +6,7 @@ answer must not depend on the parallelism or on how the stream is batched.
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -23,11 +24,13 @@ EVENTS = out_of_order_events(120_000, keys=25, max_disorder_ms=2_000, seed=42)
 WINDOWS = {
     "tumbling": rs.Tumbling("10s"),
     "sliding": rs.Sliding("10s", "2500ms"),
+    "sliding, slide not dividing size": rs.Sliding("10s", "3s"),
     "session": rs.Session("45ms"),
 }
 TIME_TYPES = {
     "tumbling": pa.timestamp("ms", tz="UTC"),
     "sliding": pa.int64(),
+    "sliding, slide not dividing size": pa.timestamp("ns"),
     "session": pa.timestamp("us"),
 }
 
@@ -92,3 +95,29 @@ def test_random_events_batches_and_parallelism_give_the_same_windows(
     # Random batch cuts: the batch size varies, and so does the order of rows within the disorder bound.
     result = windowed(events, name, rs.RunConfig(parallelism=parallelism, max_batch_rows=max_batch_rows))
     pd.testing.assert_frame_equal(normalized(result), normalized(windows_sql(events, WINDOWS[name])))
+
+
+@pytest.mark.parametrize("parallelism, max_batch_rows", [(1, 700), (3, 4_000)])
+def test_every_aggregate_over_sliding_windows_equals_duckdb(parallelism: int, max_batch_rows: int) -> None:
+    """Sliding windows aggregate per pane, then merge panes into windows: every aggregate, nulls included."""
+    events = out_of_order_events(20_000, keys=7, max_disorder_ms=2_000, seed=7)
+    events["v"] = events["v"].where(events["v"] % 5 != 0).astype("Int64") % 40  # nulls, and repeated values
+    size, slide = 10_000, 3_000
+    stream = rs.from_pandas(events).with_watermark("t", delay="5s").key_by("k").window(rs.Sliding(size, slide))
+    aggregates = dict(n=rs.count(), c=rs.count("v"), s=rs.sum("v"), lo=rs.min("v"), hi=rs.max("v"), avg=rs.mean("v"))
+    result = stream.agg(**aggregates, d=rs.count_distinct("v")).to_pandas(
+        rs.RunConfig(parallelism=parallelism, max_batch_rows=max_batch_rows)
+    )
+    expected = duckdb.sql(
+        f"""
+        with assigned as (
+            select k, v, (t // {slide}) * {slide} - j * {slide} as window_start, t
+            from events, range(0, {-(-size // slide)}) as r(j))
+        select k, window_start, count(*) as n, count(v) as c, sum(v) as s, min(v) as lo, max(v) as hi,
+               avg(v) as avg, count(distinct v) as d
+        from assigned where window_start + {size} > t group by k, window_start
+        """
+    ).df()
+    columns = ["k", "window_start", "n", "c", "s", "lo", "hi", "avg", "d"]
+    ours, theirs = (f[columns].sort_values(["k", "window_start"]).reset_index(drop=True) for f in (result, expected))
+    pd.testing.assert_frame_equal(ours, theirs, check_dtype=False)

@@ -26,6 +26,7 @@ def stream() -> rs.Stream:
         (lambda s: s.key_by("user").agg(total=rs.sum("prize")), "agg total="),
         (lambda s: s.with_watermark("tss"), "with_watermark"),
         (lambda s: s.write_parquet("/tmp/never", partition_by=["cuntry"]), "write_parquet partition_by"),
+        (lambda s: s.write_parquet("/tmp/never", use_dictionary=["usr"]), "write_parquet use_dictionary"),
     ],
 )
 def test_unknown_column_names_it_and_lists_the_columns(build, operator: str) -> None:
@@ -34,6 +35,11 @@ def test_unknown_column_names_it_and_lists_the_columns(build, operator: str) -> 
     message = str(error.value)
     assert message.startswith(operator)
     assert "unknown column" in message and "user, price, ts" in message
+
+
+def test_an_unknown_parquet_codec_lists_the_ones_there_are() -> None:
+    with pytest.raises(rs.PlanError, match=r"compression 'zip' is not available; use one of none, snappy, .*zstd"):
+        stream().write_parquet("/tmp/never", compression="zip")
 
 
 def test_unknown_time_column_at_the_source() -> None:
