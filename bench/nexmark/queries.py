@@ -118,6 +118,14 @@ QUERIES: dict[str, Query] = {
             (("auction", "int"), ("window_start", "time"), ("window_end", "time"), ("num", "int")),
         ),
         Query(
+            "w1",
+            "price * 0.908 over the four bid columns of the reference figures",
+            ("auction", "bidder", "price", "date_time"),
+            lambda bids: bids.with_columns(price=pc.field("price") * 0.908),
+            "SELECT auction, bidder, 0.908 * price AS price, date_time FROM bid",
+            (("auction", "int"), ("bidder", "int"), ("price", "float"), ("date_time", "time")),
+        ),
+        Query(
             "w2",
             "count and max(price) per auction, 10 s tumbling windows",
             ("auction", "price", "date_time"),

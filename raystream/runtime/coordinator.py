@@ -21,7 +21,9 @@ One epoch:
 4. Up to ``max_in_flight_epochs`` epochs are in flight; the oldest is then
    completed: its metadata is read, the state snapshot (if one is due) is
    durable, the sink makes the output visible, and the checkpoint commits.
-   Side outputs (late rows, dead letters) are delivered then too.
+   Side outputs (late rows, dead letters) are delivered then too. An epoch
+   is completed while the readers read the next one (step 1), so that the
+   readers do not wait for the driver's commit.
 
 Readers and the first keyed stage tell late rows by the same watermark: the
 one computed after the previous epoch.
@@ -397,6 +399,9 @@ class Coordinator:
                 )
                 for i in active
             }
+            # While the readers read, complete the epochs before: their stages ran during the previous read.
+            while in_flight and len(in_flight) >= config.max_in_flight_epochs - 1:
+                self._complete(in_flight.popleft(), runner, side_router)
             reader_metas = self._get_metadata([calls[i][0] for i in active])
             now = time.monotonic()
             rows = 0
