@@ -40,7 +40,8 @@ class RunConfig:
 
     Attributes:
         parallelism: Reader actors, and partition actors per keyed stage.
-        max_batch_rows: The most rows a reader takes per epoch.
+        max_batch_rows: The most rows a reader takes per epoch. By default
+            the source's choice: 400,000 for files, 100,000 for the others.
         address: A Ray cluster to join (as ``ray.init(address=...)``); when
             ``None``, ``RAY_ADDRESS`` is used if set, and otherwise a local
             Ray starts when none is running.
@@ -64,7 +65,7 @@ class RunConfig:
     """
 
     parallelism: int = 2
-    max_batch_rows: int = 100_000
+    max_batch_rows: int | None = None
     address: str | None = None
     max_in_flight_epochs: int = 2
     num_key_groups: int = 128
@@ -79,6 +80,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in ("parallelism", "max_batch_rows", "max_in_flight_epochs", "num_key_groups"):
             value = getattr(self, name)
+            if value is None and name == "max_batch_rows":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"RunConfig.{name} must be a positive int, got {value!r}")
         if self.parallelism > self.num_key_groups:

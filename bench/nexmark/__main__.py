@@ -82,7 +82,7 @@ def main() -> None:
     size.add_argument("--bids", type=int, help="instead of --events: as many events as make this many bids")
     parser.add_argument("--queries", default="q0,q1,q2,q5,w1,w2", help=f"comma-separated, of {', '.join(QUERIES)}")
     parser.add_argument("--parallelism", type=int, default=2)
-    parser.add_argument("--max-batch-rows", type=int, default=200_000)
+    parser.add_argument("--max-batch-rows", type=int, help="rows per reader per epoch (default: the source's, 400k)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", help="the dataset folder (default: a cache folder in the temp dir)")
     parser.add_argument("--work", help="where outputs go while they are checked (default: a new temp dir)")

@@ -518,6 +518,8 @@ class NexmarkSource(Source):
         self.generator = generator
         self.unbounded = unbounded
         self.bounded = not unbounded
+        if not unbounded:  # a backfill of generated history reads best in file-sized batches
+            self.batch_rows = 400_000
         self.num_splits = num_splits
         self.block_events = block_events
 

@@ -8,9 +8,10 @@ distributed sinks) through the Ray object store without passing here.
 
 One epoch:
 
-1. Every reader with splits left reads up to ``max_batch_rows`` rows, runs
-   the fused stateless chain and, before a keyed stage, pre-aggregates and
-   hash-partitions its output; it returns metadata plus one ref per partition.
+1. Every reader with splits left reads up to ``max_batch_rows`` rows (by
+   default the source's ``batch_rows``), runs the fused stateless chain and,
+   before a keyed stage, pre-aggregates and hash-partitions its output; it
+   returns metadata plus one ref per partition.
 2. The coordinator reads the readers' metadata (positions, largest event
    time per split) and computes the watermark; once every split is done (a
    bounded source read to its end, a closed socket) it is +infinity. With
@@ -382,6 +383,7 @@ class Coordinator:
         in_flight: deque[_EpochInFlight] = deque()
         to_replay = deque(replay)
         idle_sleep = _IDLE_SLEEP_S
+        batch_rows = config.max_batch_rows or self.plan.source.batch_rows
         while active and not self._stop.is_set():
             self._discover_splits()
             loop_started = time.perf_counter()
@@ -393,9 +395,7 @@ class Coordinator:
                 i: _refs(
                     self.readers[i]
                     .run_epoch.options(num_returns=self._num_returns(-1))
-                    .remote(
-                        epoch, config.max_batch_rows, previous_watermark, phase, logged["splits"] if logged else None
-                    )
+                    .remote(epoch, batch_rows, previous_watermark, phase, logged["splits"] if logged else None)
                 )
                 for i in active
             }

@@ -146,6 +146,9 @@ class Source(ABC):
     discovery_interval_s: float = 5.0
     #: True when readers may return malformed records through ``take_dead_letters``.
     has_dead_letters: bool = False
+    #: The most rows a reader takes per epoch unless ``RunConfig.max_batch_rows`` says otherwise: big batches
+    #: for files, where each epoch's fixed costs are paid over more rows, and smaller ones where latency counts.
+    batch_rows: int = 100_000
 
     def on_epoch_complete(self, positions: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Called on the driver after an epoch's output is committed, with every split's position.

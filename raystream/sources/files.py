@@ -736,6 +736,8 @@ class _FileSource(Source):
 
     bounded = True
     replayable = True
+    # Measured on Nexmark (bench/README.md): 400k-row epochs read Parquet ~30% faster than 200k-row ones.
+    batch_rows = 400_000
     #: False when the schema is known without any file (text: one ``line`` column).
     _needs_schema = True
 
