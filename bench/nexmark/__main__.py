@@ -155,6 +155,8 @@ def main() -> None:
             "late_rows": metrics["late_rows"],
             "peak_rss_bytes": memory.peak_total,
             "peak_driver_rss_bytes": memory.peak_driver,
+            "busy_seconds": metrics["busy_seconds"],
+            "cpu_seconds": metrics["cpu_seconds"],
             "duckdb_seconds": duckdb_seconds,
             "duckdb_events_per_second": bids / duckdb_seconds,
             "check": check,
@@ -168,6 +170,14 @@ def main() -> None:
             f"{run['duckdb_events_per_second']:>13,.0f} {duckdb_seconds:>9.2f} {check['rows']:>11,}  "
             + ("ok" if check["equal"] else f"DIFFERS (DuckDB: {check['duckdb_rows']:,} rows)")
         )
+    print("\nwhere the time went: per layer, seconds in epoch calls summed over its actors (CPU of their processes)")
+    for name, run in results["queries"].items():
+        layers = ", ".join(
+            f"{layer} {busy:.2f} s ({run['cpu_seconds'][layer]:.2f} s CPU)"
+            for layer, busy in run["busy_seconds"].items()
+        )
+        coordinator = run["coordinator_ms_per_epoch"] * run["epochs"] / 1000
+        print(f"{name:<6} run {run['seconds']:.2f} s on {os.cpu_count()} cores: {layers}; driver {coordinator:.2f} s")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

@@ -108,6 +108,8 @@ class Metrics:
     state_rows: dict[str, int] = field(default_factory=dict)
     peak_state_rows: dict[str, int] = field(default_factory=dict)
     actor_nodes: dict[str, str] = field(default_factory=dict)
+    busy_seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, Any]:
         elapsed = max(time.time() - self.started_at, 1e-9)
@@ -128,6 +130,8 @@ class Metrics:
             "splits_done": self.splits_done,
             "state_rows": dict(self.state_rows),
             "peak_state_rows": dict(self.peak_state_rows),
+            "busy_seconds": dict(self.busy_seconds),
+            "cpu_seconds": dict(self.cpu_seconds),
             "actor_nodes": dict(self.actor_nodes),
         }
 
@@ -510,6 +514,10 @@ class Coordinator:
                 rows = sum(m["state_rows"] for m in metas if m.get("stage") == stage.name)
                 metrics.state_rows[stage.name] = rows
                 metrics.peak_state_rows[stage.name] = max(rows, metrics.peak_state_rows.get(stage.name, 0))
+            for meta in [*epoch.reader_metas, *metas]:
+                layer = meta.get("stage", "readers")
+                metrics.busy_seconds[layer] = metrics.busy_seconds.get(layer, 0.0) + meta["seconds"]
+                metrics.cpu_seconds[layer] = metrics.cpu_seconds.get(layer, 0.0) + meta["cpu_seconds"]
             metrics.splits_total, metrics.splits_done = len(self.splits), len(self.done_splits)
             positions = {split_id: entry["position"] for split_id, entry in metrics.splits.items()}
         # This epoch's output is committed: the source may now publish positions, for information.

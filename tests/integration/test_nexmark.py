@@ -61,6 +61,23 @@ def test_query_equals_duckdb(name: str, bids_dir: str, con: duckdb.DuckDBPyConne
     assert check["equal"], check
     assert metrics["rows_read"] == count_events("bid", 0, EVENTS)
     assert metrics["late_rows"] == 0
+    # Where the time went, per layer: the readers, then each keyed stage by name.
+    layers = {"w2": {"window"}, "q5": {"window", "top"}}.get(name, set())
+    assert set(metrics["busy_seconds"]) == set(metrics["cpu_seconds"]) == {"readers", *layers}
+    assert all(seconds > 0 for seconds in metrics["busy_seconds"].values())
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_profiler_shows_where_a_readers_time_goes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.nexmark import profile
+
+    monkeypatch.setattr("sys.argv", ["profile", "--query", "w2", "--events", str(EVENTS), "--seed", str(SEED)])
+    profile.main()
+    out = capsys.readouterr().out
+    assert "w2: one of 2 readers, " in out and "bids per CPU second" in out
+    assert "_group_by" in out  # the reader's pre-aggregation, among the functions listed
 
 
 @pytest.mark.usefixtures("ray_local")
