@@ -2,13 +2,14 @@
 
     python -m bench.nexmark.profile --query w2 --events 20000000
 
-Builds the query's plan, opens every other split of the bids (what one of
-two readers reads) in a :class:`~raystream.runtime.actors.ReaderActor`
-object, and runs its epochs under cProfile, with the watermark following
-the events as the coordinator would. The reader writes its output as a job
-would: a stateless query through the Parquet sink, a keyed one into the
-partials it would shuffle. Prints the CPU seconds and the functions that
-took them, which is what bounds a query whose readers are busy all the time.
+Builds the query's plan, opens every ``--readers``-th split of the bids
+(about what one of that many readers reads) in a
+:class:`~raystream.runtime.actors.ReaderActor` object, and runs its epochs
+under cProfile, with the watermark following the events as the coordinator
+would. The reader routes its output as in a job: a stateless query writes
+through the Parquet sink, a keyed one makes the partials it would shuffle.
+Prints the CPU seconds and the functions that took them: what bounds a
+query whose readers are busy all the time.
 """
 
 from __future__ import annotations
