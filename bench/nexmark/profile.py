@@ -25,14 +25,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from bench.nexmark.generate import write_parquet
-from bench.nexmark.queries import QUERIES, bid_stream
+from bench.nexmark.queries import QUERIES, WATERMARK_DELAY, bid_stream
+from raystream._time import duration_ms
 from raystream.runtime.actors import Downstream, ReaderActor, use_system_allocator
 from raystream.runtime.planner import plan
 from raystream.sinks.base import SinkContext
 from raystream.sinks.parquet import ParquetSink
-
-#: The watermark delay of the queries, in ms (``queries.WATERMARK_DELAY``).
-_DELAY_MS = 4_000
 
 
 def main() -> None:
@@ -62,6 +60,7 @@ def main() -> None:
     reader.assign([(split, None) for split in physical.source.splits(args.readers)[:: args.readers]])
     batch_rows = args.max_batch_rows or physical.source.batch_rows
 
+    delay_ms = duration_ms(WATERMARK_DELAY, "watermark delay")
     profile = cProfile.Profile()
     watermark, epoch, rows = -(2**62), 0, 0
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -72,7 +71,7 @@ def main() -> None:
         rows += meta["rows_in"]
         latest = [p["max_event_time_ms"] for p in meta["splits"].values() if p["max_event_time_ms"] is not None]
         if latest:
-            watermark = max(watermark, min(latest) - _DELAY_MS)
+            watermark = max(watermark, min(latest) - delay_ms)
         epoch += 1
         if meta["done"]:
             break

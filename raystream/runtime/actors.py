@@ -36,8 +36,8 @@ def use_system_allocator() -> None:
 
     Arrow's default, mimalloc, hands the memory of each epoch's batches and
     group_by hash tables back to the system and faults it in again the next
-    epoch. On Nexmark W2 (``bench/README.md``) the actors spent about a
-    quarter less CPU with the system allocator. ``ARROW_DEFAULT_MEMORY_POOL``
+    epoch. On Nexmark W2 (``bench/README.md``) the actors spent about a fifth
+    less CPU with the system allocator. ``ARROW_DEFAULT_MEMORY_POOL``
     (``mimalloc``, ``jemalloc`` or ``system``), when set, is left to decide.
     """
     if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:

@@ -286,8 +286,9 @@ class _WindowedOperator(KeyedOperator):
     def event_times(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
         """Event times in ms (nulls as 0) and the mask of rows that have one (``None``: every row)."""
         times = to_epoch_ms(table.column(self.time_column))
-        valid = np.asarray(pc.is_valid(times)) if times.null_count else None
+        valid = None
         if times.null_count:
+            valid = np.asarray(pc.is_valid(times))
             times = times.fill_null(0)
         millis = np.asarray(times, dtype=np.int64)
         return (millis + self.time_shift_ms if self.time_shift_ms else millis), valid
