@@ -470,7 +470,7 @@ class Stream:
         dead letters instead of its output; a job started on the pipeline
         itself keeps them too: ``Job.dead_letters()``.
         """
-        from raystream.sources.kafka import DEAD_LETTER_SCHEMA
+        from raystream.sources.base import DEAD_LETTER_SCHEMA
 
         source = source_of(self._node)
         if not source.has_dead_letters:

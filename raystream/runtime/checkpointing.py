@@ -91,6 +91,7 @@ class Recovery:
     clocks: dict[str, Any]
     state_files: list[StateFile]
     replay: list[dict[str, Any]] = field(default_factory=list)
+    job_id: str | None = None
 
 
 class Checkpointing:
@@ -143,6 +144,7 @@ class Checkpointing:
             clocks=record["clocks"],
             state_files=list(checkpoint.state_files),
             replay=replay,
+            job_id=record.get("job_id"),
         )
 
     # -- the protocol ----------------------------------------------------------
@@ -172,10 +174,12 @@ class Checkpointing:
         watermark_ms: int,
         clocks: dict[str, Any],
         state_files: list[StateFile],
+        job_id: str,
     ) -> None:
         """Step 6: write ``commits/<epoch>``; the store then prunes old checkpoints."""
         record = {
             "fingerprint": self.fingerprint,
+            "job_id": job_id,
             "watermark_ms": watermark_ms,
             "positions": positions,
             "done": sorted(done),

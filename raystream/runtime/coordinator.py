@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -164,6 +165,9 @@ class Coordinator:
         self.positions: dict[str, Any] = {}
         self.done_splits: set[str] = set()
         self.recoveries = 0
+        #: Names this run; a job resumed from a checkpoint keeps the id of the run that wrote it.
+        self.job_id = uuid.uuid4().hex
+        self.resumed = False
 
     # -- the public face, used by Job ----------------------------------------
 
@@ -191,7 +195,9 @@ class Coordinator:
             self.metrics.startup_seconds = time.perf_counter() - started
             for runner in runners:
                 upsert = self.plan.upsert_keys if runner.sink is self.sink else None
-                runner.start(SinkContext(self.plan.output_schema, upsert, self.plan.source.bounded))
+                runner.start(
+                    SinkContext(self.plan.output_schema, upsert, self.plan.source.bounded, self.job_id, self.resumed)
+                )
             started = time.perf_counter()
             main = runners[0] if self.plan.output_side is None else None
             while True:
@@ -268,6 +274,7 @@ class Coordinator:
             )
             self.watermarks = WatermarkTracker(self.plan.event_time)
             self.watermarks.restore(recovery.clocks, recovery.watermark_ms, now)
+            self.job_id, self.resumed = recovery.job_id or self.job_id, True
             _log.info("resuming from checkpoint %d; replaying %d logged epochs", recovery.epoch, len(recovery.replay))
         else:
             self.splits, self.positions, self.done_splits = source.splits(config.parallelism), {}, set()
@@ -321,7 +328,9 @@ class Coordinator:
             )
             return recovery.epoch + 1, recovery.replay
         # Checkpoint 0: the splits as they are now, so a replay reads the same input.
-        self.checkpointing.commit(0, splits, {}, set(), self.watermarks.current, self.watermarks.clocks(), [])
+        self.checkpointing.commit(
+            0, splits, {}, set(), self.watermarks.current, self.watermarks.clocks(), [], self.job_id
+        )
         return 1, []
 
     def _assign(self, splits: list[Split], first: int) -> list[ray.ObjectRef]:
@@ -492,7 +501,14 @@ class Coordinator:
             assert self.checkpointing is not None
             point = epoch.checkpoint
             self.checkpointing.commit(
-                epoch.epoch, self.splits, point.positions, point.done, point.watermark_ms, point.clocks, state_files
+                epoch.epoch,
+                self.splits,
+                point.positions,
+                point.done,
+                point.watermark_ms,
+                point.clocks,
+                state_files,
+                self.job_id,
             )
         with self._lock:
             metrics = self.metrics

@@ -34,11 +34,17 @@ class SinkContext:
         upsert_keys: When set, the output is an upsert stream: a later row
             with the same values in these columns replaces an earlier one.
         bounded: True when the job's source ends.
+        job_id: Names the job's run, and stays the same when a job with a
+            ``checkpoint_dir`` resumes: a sink can tell its own earlier output
+            (to replace or keep) from another job's (an error, unless told).
+        resumed: True when the job resumes from a checkpoint.
     """
 
     schema: pa.Schema | None
     upsert_keys: tuple[str, ...] | None
     bounded: bool
+    job_id: str = ""
+    resumed: bool = False
 
 
 class Sink(ABC):

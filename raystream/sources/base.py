@@ -14,7 +14,40 @@ from typing import Any
 
 import pyarrow as pa
 
+from raystream._jsonable import from_json, to_json
 from raystream.errors import RaystreamError
+
+#: The columns of ``stream.dead_letters()``, whatever the source. A dead letter is a record that could not
+#: become a row (it does not parse, does not fit the schema, has no event time) kept with where it came from
+#: and why, instead of being dropped. Columns a source does not have are null: ``topic``, ``partition``,
+#: ``key`` and ``timestamp`` are Kafka's.
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        ("key", pa.binary()),  # the record's Kafka key
+        ("value", pa.binary()),  # the record as read (a Kafka value, a line of a file), or the row as JSON
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),  # the Kafka offset, or the line number in a file, from 1
+        ("timestamp", pa.timestamp("ms", tz="UTC")),  # the Kafka record's timestamp
+        ("split", pa.string()),  # the split it came from: "clicks/2", a file's path
+        ("error", pa.string()),  # what is wrong with it
+    ]
+)
+
+
+def dead_letter_table(columns: dict[str, Any]) -> pa.Table:
+    """Dead letters from the columns a source has (at least ``value`` and ``error``); the others are null."""
+    rows = len(columns["error"])
+
+    def column(field: pa.Field) -> Any:
+        value = columns.get(field.name)
+        if value is None:
+            return pa.nulls(rows, field.type)
+        if isinstance(value, (pa.Array, pa.ChunkedArray)):
+            return value.cast(field.type)
+        return pa.array(value, field.type)
+
+    return pa.table({f.name: column(f) for f in DEAD_LETTER_SCHEMA}, schema=DEAD_LETTER_SCHEMA)
 
 
 class ReplayError(RaystreamError):
@@ -31,7 +64,9 @@ class Split:
             metrics refer to a split by this id.
         payload: Whatever the source needs to open the split (a path, a row
             group range, a partition number). It must be picklable, since it
-            travels to a reader actor.
+            travels to a reader actor, and storable in a checkpoint through
+            :meth:`Source.encode_payload`: JSON values, tuples, dicts and the
+            dataclasses of the source's ``payload_types``.
         min_event_time_ms: The split's smallest event time, when the source
             knows it before reading (Parquet statistics, partition values).
             Splits are dealt to readers in this order, and an unstarted
@@ -149,6 +184,48 @@ class Source(ABC):
     #: The most rows a reader takes per epoch unless ``RunConfig.max_batch_rows`` says otherwise: big batches
     #: for files, where each epoch's fixed costs are paid over more rows, and smaller ones where latency counts.
     batch_rows: int = 100_000
+    #: The dataclasses a split payload may hold, which ``decode_payload`` may rebuild from a checkpoint.
+    payload_types: tuple[type, ...] = ()
+    #: A split that has yielded no row since it was assigned stops holding the watermark back after this many
+    #: milliseconds (a Kafka partition that never receives data), until its first row. ``None``: it holds it.
+    new_split_idle_timeout_ms: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What this source reads, JSON-able: the paths, topics... with no credentials.
+
+        Stored in checkpoints; a job resumes only from a checkpoint of the
+        same identity, so that changing a source's paths or topics is an
+        error that names the difference instead of wrong positions.
+        """
+        return {"source": self.name}
+
+    def encode_payload(self, payload: Any) -> Any:
+        """A split's payload as JSON-able data, for checkpoints; :meth:`decode_payload` reverses it.
+
+        The default stores JSON values, tuples, dicts with string keys and
+        the dataclasses listed in ``payload_types``. Override both methods
+        for anything else. Checkpoints never hold pickled objects, so that
+        reading one cannot run code.
+
+        Raises:
+            RaystreamError: when the payload cannot be stored.
+        """
+        return to_json(payload, self.payload_types, f"{self.name}: a split payload")
+
+    def decode_payload(self, data: Any) -> Any:
+        """The payload that :meth:`encode_payload` stored, rebuilt on the driver when a job resumes."""
+        return from_json(data, self.payload_types, f"{self.name}: a split payload")
+
+    def check_resume(self, positions: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Check, on the driver, that a job can resume at these checkpointed positions (split id -> position).
+
+        Called once when a job resumes from a checkpoint, before any split is
+        opened. A Kafka partition whose checkpointed offset lies past its end
+        (the broker lost its data) raises here instead of waiting forever.
+
+        Raises:
+            RaystreamError: naming the split, its position and what is wrong.
+        """
 
     def on_epoch_complete(self, positions: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Called on the driver after an epoch's output is committed, with every split's position.

@@ -29,7 +29,9 @@ import pyarrow.json as pajson
 
 from raystream._time import datetime_to_ms
 from raystream.errors import PlanError, RaystreamError
-from raystream.sources.base import Source, Split, SplitReader
+from raystream.sources.base import DEAD_LETTER_SCHEMA, Source, Split, SplitReader, dead_letter_table
+
+__all__ = ["DEAD_LETTER_SCHEMA", "RAW_SCHEMA", "KafkaError", "KafkaSource"]
 
 Format = Literal["json", "raw"]
 Errors = Literal["dead_letter", "fail"]
@@ -49,7 +51,6 @@ RAW_SCHEMA = pa.schema(
         ("timestamp", _TIMESTAMP),
     ]
 )
-DEAD_LETTER_SCHEMA = pa.schema([*RAW_SCHEMA, ("error", pa.string())])
 
 
 class KafkaError(RaystreamError):
@@ -439,8 +440,11 @@ class _PartitionReader(SplitReader):
                 "fix the producer, or pass errors='dead_letter' to route such records to stream.dead_letters()"
             )
         indices = pa.array([i for i, _ in bad], pa.int64())
-        letters = raw.take(indices).append_column("error", pa.array([e for _, e in bad], pa.string()))
-        self.dead.append(letters)
+        rejected = raw.take(indices)
+        columns: dict[str, Any] = {name: rejected.column(name) for name in RAW_SCHEMA.names}
+        columns["split"] = pa.repeat(pa.scalar(f"{part.topic}/{part.partition}"), len(bad))
+        columns["error"] = [e for _, e in bad]
+        self.dead.append(dead_letter_table(columns))
 
     def take_dead_letters(self) -> pa.Table | None:
         if not self.dead:
