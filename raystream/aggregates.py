@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from raystream.errors import PlanError
+
 AggregateKind = Literal["count", "sum", "min", "max", "mean", "count_distinct"]
+_KINDS = ("count", "sum", "min", "max", "mean", "count_distinct")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,16 @@ class Aggregate:
 
     kind: AggregateKind
     column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise PlanError(
+                f"unknown aggregate {self.kind!r}; the aggregates are: " + ", ".join(f"rs.{k}()" for k in _KINDS)
+            )
+        if self.column is not None and not isinstance(self.column, str):
+            raise PlanError(f"rs.{self.kind}: the column must be a column name, got {self.column!r}")
+        if self.column is None and self.kind != "count":
+            raise PlanError(f"rs.{self.kind} needs a column, as rs.{self.kind}('price')")
 
     def __repr__(self) -> str:
         return f"rs.{self.kind}({self.column!r})" if self.column is not None else f"rs.{self.kind}()"

@@ -141,7 +141,7 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"watermark: {_format_ms(watermark)}")
     print("source positions:")
     done = set(record.get("done", []))
-    for split_id in record.get("split_ids", []):
+    for split_id in summary["split_ids"]:
         position = record.get("positions", {}).get(split_id)
         print(f"  {split_id}: {'start' if position is None else position}{'  (done)' if split_id in done else ''}")
     print("state per operator:")

@@ -62,6 +62,9 @@ class RunConfig:
         checkpoint_storage_options: fsspec options (credentials) for ``checkpoint_dir``.
         max_recoveries: How many times a job recovers by itself from a dead
             actor, restoring its last checkpoint, before it fails.
+        watermark_stall_warning: Log a warning naming the split that alone
+            has held the watermark back this long (a Kafka partition that
+            receives nothing, a stuck file), such as ``"1m"``; ``None``: never.
     """
 
     parallelism: int = 2
@@ -76,6 +79,7 @@ class RunConfig:
     checkpoints_to_keep: int = 3
     checkpoint_storage_options: dict[str, Any] | None = None
     max_recoveries: int = 3
+    watermark_stall_warning: str | None = "1m"
 
     def __post_init__(self) -> None:
         for name in ("parallelism", "max_batch_rows", "max_in_flight_epochs", "num_key_groups"):
@@ -114,6 +118,11 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"RunConfig.{name} must be a positive int, got {value!r}")
+        if self.watermark_stall_warning is not None:
+            try:
+                duration_ms(self.watermark_stall_warning, "RunConfig.watermark_stall_warning")
+            except PlanError as exc:
+                raise ConfigError(str(exc)) from exc
         if not isinstance(self.max_recoveries, int) or self.max_recoveries < 0:
             raise ConfigError(f"RunConfig.max_recoveries must be an int >= 0, got {self.max_recoveries!r}")
 

@@ -462,21 +462,29 @@ class Stream:
         return Stream(LateEventsNode(parent=node, schema=node.parent.schema if node.parent else None))
 
     def dead_letters(self) -> Stream:
-        """The records the source could not decode, as a stream that can go to any sink.
+        """The records that could not become rows, as a stream that can go to any sink.
 
-        Each row holds the raw ``key`` and ``value`` bytes, the ``topic``,
-        ``partition``, ``offset`` and ``timestamp`` it came from, and the
-        ``error``. Running this stream runs the whole pipeline and writes the
-        dead letters instead of its output; a job started on the pipeline
-        itself keeps them too: ``Job.dead_letters()``.
+        They are the records the source could not decode, and the rows
+        without an event time. Each row holds the raw ``value`` bytes (a
+        row as JSON when it was decoded), where it came from (``split`` and
+        ``offset``; for Kafka also ``key``, ``topic``, ``partition`` and
+        ``timestamp``) and the ``error``; see ``raystream.sources.base.DEAD_LETTER_SCHEMA``.
+        Running this stream runs the whole pipeline and writes the dead
+        letters instead of its output; a job started on the pipeline itself
+        keeps them too: ``Job.dead_letters()``.
         """
         from raystream.sources.base import DEAD_LETTER_SCHEMA
 
         source = source_of(self._node)
-        if not source.has_dead_letters:
+        has_event_time = any(
+            isinstance(n, WatermarkNode) or (isinstance(n, SourceNode) and n.source_time_column is not None)
+            for n in plan_nodes(self._node)
+        )
+        if not source.has_dead_letters and not has_event_time:
             raise PlanError(
-                f"dead_letters: {source.name} has no dead letters; read_kafka(..., format='json', "
-                "errors='dead_letter') routes malformed records there"
+                f"dead_letters: {source.name} has no dead letters (it decodes nothing, and the stream has no event "
+                "time whose nulls would be refused); read_kafka(..., format='json', errors='dead_letter') routes "
+                "malformed records there"
             )
         return Stream(DeadLettersNode(parent=self._node, schema=DEAD_LETTER_SCHEMA))
 
@@ -787,7 +795,7 @@ class KeyedStream:
                     f"pass a dict: agg({{{option!r}: {value!r}}})"
                 )
         schema = self._stream.schema
-        aggregates = _check_aggregates({**(aggregates or {}), **named}, self.keys, schema)
+        aggregates = _check_aggregates(_named_aggregates(aggregates, named), self.keys, schema)
         per_window = self._per_window("agg")
         emit = self._emit("agg", emit, per_window)
         out_schema = None if schema is None else _agg_output_schema(schema, self.keys, aggregates)
@@ -930,7 +938,7 @@ class WindowedStream:
             raise PlanError(
                 f"agg: name= is agg's own option; to name an output 'name', pass a dict: agg({{'name': {name!r}}})"
             )
-        aggregates = _check_aggregates({**(aggregates or {}), **named}, self.keys, self._stream.schema)
+        aggregates = _check_aggregates(_named_aggregates(aggregates, named), self.keys, self._stream.schema)
         for out in aggregates:
             if out in (WINDOW_START, WINDOW_END):
                 raise PlanError(f"agg: output name {out!r} is taken by the window bounds; choose another name")
@@ -1029,6 +1037,20 @@ def check_top(
                         f"{other.type}, which cannot be sorted; drop it with select(...), or keep ties with ties=True"
                     )
     return Top(by, n, ties, descending)
+
+
+def _named_aggregates(aggregates: Any, named: dict[str, Aggregate]) -> dict[str, Aggregate]:
+    """``agg``'s positional mapping and keyword aggregates, as one dict; an unnamed aggregate is an error."""
+    if aggregates is None:
+        return dict(named)
+    if isinstance(aggregates, Aggregate):
+        raise PlanError(f"agg: name each aggregate, as agg(n={aggregates!r}): the output column needs a name")
+    if not isinstance(aggregates, Mapping):
+        raise PlanError(
+            f"agg: expected aggregates by name, as agg(n=rs.count()) or agg({{'n': rs.count()}}), "
+            f"got {type(aggregates).__name__}"
+        )
+    return {**aggregates, **named}
 
 
 def _check_aggregates(

@@ -526,6 +526,9 @@ class NexmarkSource(Source):
     def schema(self) -> pa.Schema:
         return SCHEMAS[self.kind]
 
+    def identity(self) -> dict[str, Any]:
+        return {"source": self.name, "kind": self.kind, "events": self.events, "unbounded": self.unbounded}
+
     def splits(self, parallelism: int) -> list[Split]:
         count = self.num_splits or parallelism
         if self.events is not None:

@@ -172,6 +172,7 @@ class ReaderActor:
         outputs: list[pa.Table] = []
         progress: dict[str, dict[str, Any]] = {}
         dead_letters: list[pa.Table] = []
+        null_time_rows = 0
         rows_in = 0
         for state in self.splits:
             logged = None if replay is None else replay.get(state.split.split_id)
@@ -183,7 +184,7 @@ class ReaderActor:
                 batch = state.reader.next_batch(given)
             else:
                 batch = state.reader.read_until(logged["position"], given)
-            ctx = OpContext(epoch, f"split {state.split.split_id!r}")
+            ctx = OpContext(epoch, f"split {state.split.split_id!r}", split_id=state.split.split_id)
             letters = state.reader.take_dead_letters()
             if letters is not None and letters.num_rows:
                 dead_letters.append(letters)
@@ -196,6 +197,8 @@ class ReaderActor:
                 out = run_chain(self.chain, batch, ctx)
                 if out.num_rows:
                     outputs.append(out)
+                dead_letters += ctx.dead_letters
+                null_time_rows += ctx.null_time_rows
             progress[state.split.split_id] = {
                 "budget": given,
                 "position": state.reader.position(),
@@ -220,6 +223,7 @@ class ReaderActor:
             "done": all(s.done for s in self.splits) and (self.source.bounded or not self.source.discovers_splits),
             "late_count": routed.late_count,
             "dead_letters": sum(t.num_rows for t in dead_letters),
+            "null_time_rows": null_time_rows,
             "sink_result": routed.sink_result,
             "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu_started,
@@ -301,12 +305,25 @@ class PartitionActor:
             files.append(store.write_state(epoch, self.stage.name, name, self.index, pairs))
         return files
 
-    def restore(self, store: CheckpointStore, files: list[StateFile], watermark_ms: int) -> int:
-        """Load the saved state of the key groups this actor owns (of any earlier parallelism)."""
-        owned = set(key_groups_of_partition(self.index, self.num_key_groups, self.num_partitions))
+    def restore(self, store: CheckpointStore, files: list[StateFile], watermark_ms: int, saved_key_groups: int) -> int:
+        """Load the saved state of the key groups this actor owns (of any earlier parallelism).
+
+        State saved under another ``num_key_groups`` is read whole and cut
+        again by the keys' new key groups, so that no key is lost.
+        """
+        owned_range = key_groups_of_partition(self.index, self.num_key_groups, self.num_partitions)
+        owned = set(owned_range)
+        rekey = saved_key_groups != self.num_key_groups
         tables: dict[str, list[pa.Table]] = {}
         for entry in files:
-            if entry.stage == self.stage.name and owned.intersection(entry.key_groups):
+            if entry.stage != self.stage.name:
+                continue
+            if rekey:
+                table = store.read_state(entry)
+                groups = key_groups(table, self.stage.operator.keys, self.num_key_groups)
+                mine = (groups >= owned_range.start) & (groups < owned_range.stop)
+                tables.setdefault(entry.table, []).append(table.filter(pa.array(mine)))
+            elif owned.intersection(entry.key_groups):
                 tables.setdefault(entry.table, []).append(store.read_state(entry, owned))
         self.state.restore({name: pa.concat_tables(parts) for name, parts in tables.items()}, watermark_ms)
         self.previous_watermark_ms = watermark_ms

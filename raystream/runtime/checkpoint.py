@@ -4,6 +4,7 @@ A checkpoint lives under one fsspec URL (a local folder, ``memory://``,
 ``s3://``...)::
 
     offsets/<epoch:010d>.json                                   the write-ahead log, one record per epoch
+    splits/<epoch:010d>.json                                    the splits found by then, once (JSON, never pickle)
     state/<epoch:010d>/<stage>/<table>/part-<writer:05d>.arrow  Arrow IPC files, a record batch per key group
     state/<epoch:010d>/manifest.json                            the state files of the epoch
     commits/<epoch:010d>.json                                   the commit marker, written last
@@ -69,6 +70,7 @@ __all__ = [
 _logger = logging.getLogger("raystream")
 
 _OFFSETS = "offsets"
+_SPLITS = "splits"
 _STATE = "state"
 _COMMITS = "commits"
 _MANIFEST = "manifest.json"
@@ -230,6 +232,52 @@ class CheckpointStore:
     def offset_epochs(self) -> list[int]:
         """Return the epochs that have an offsets record, sorted."""
         return self._list_epoch_files(_OFFSETS)
+
+    # ------------------------------------------------------------------ splits
+
+    def write_splits(self, epoch: int, splits: list[Any]) -> str:
+        """Store the splits a job found by ``epoch`` (epoch 0: those it started with); return the file's SHA-256.
+
+        Called by the driver when a job starts and when a source finds new
+        splits, not with every commit: a commit record names the splits
+        files it needs, with their checksums. The list is JSON (the sources
+        encode their payloads), so reading it back can never run code.
+
+        Raises:
+            CheckpointError: ``splits`` is not JSON-able, or the file cannot be written.
+        """
+        _check_epoch(epoch, self.url)
+        data = self._dumps(splits, f"the splits found by epoch {epoch}").encode()
+        self._write_bytes(_splits_rel(epoch), data)
+        return hashlib.sha256(data).hexdigest()
+
+    def read_splits(self, epoch: int, sha256: str) -> list[Any]:
+        """The splits :meth:`write_splits` stored for ``epoch``, checked against their SHA-256.
+
+        Raises:
+            CorruptCheckpointError: the file is missing, altered or not a JSON list.
+        """
+        _check_epoch(epoch, self.url)
+        rel = _splits_rel(epoch)
+        data = self._read_bytes(rel)
+        problem = None
+        if data is None:
+            problem = "missing"
+        elif hashlib.sha256(data).hexdigest() != sha256:
+            problem = "checksum mismatch"
+        else:
+            try:
+                splits = json.loads(data)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                problem = f"not valid JSON ({exc})"
+            else:
+                if isinstance(splits, list):
+                    return splits
+                problem = "not a JSON list"
+        raise CorruptCheckpointError(
+            f"checkpoint {self._name(rel)}, the splits the job reads, is corrupt: {problem}; every checkpoint of "
+            "the job needs it: restore the file, or use a new checkpoint_dir"
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -422,7 +470,7 @@ class CheckpointStore:
 
     # ------------------------------------------------------------------ restore
 
-    def latest(self, fingerprint: str | None = None) -> Checkpoint | None:
+    def latest(self, fingerprint: str | None = None, skip: Collection[int] = ()) -> Checkpoint | None:
         """Return the newest valid committed checkpoint, or None if there is none.
 
         Called by the driver when a job starts. A commit is valid when its
@@ -439,6 +487,8 @@ class CheckpointStore:
             fingerprint: The fingerprint of the pipeline about to run. When
                 given, it must equal the ``"fingerprint"`` of the checkpoint's
                 record.
+            skip: Epochs not to consider: their checkpoint turned out corrupt
+                when its state files were read.
 
         Returns:
             The newest valid checkpoint, or None.
@@ -447,6 +497,8 @@ class CheckpointStore:
             CheckpointMismatchError: ``fingerprint`` differs from the checkpoint's.
         """
         for epoch in reversed(self.committed_epochs()):
+            if epoch in skip:
+                continue
             checkpoint, problem = self._load_commit(epoch)
             if checkpoint is None:
                 message = (
@@ -518,21 +570,35 @@ class CheckpointStore:
         warnings, as in ``latest``.
 
         Returns:
-            ``{"url", "latest_epoch", "record", "state"}``, where ``state``
-            maps each stage to ``{"files", "rows", "bytes"}``. Without a
-            checkpoint, ``latest_epoch`` is None and ``record`` and ``state``
-            are empty.
+            ``{"url", "latest_epoch", "record", "state", "split_ids"}``, where
+            ``state`` maps each stage to ``{"files", "rows", "bytes"}`` and
+            ``split_ids`` lists the splits of the stored split lists. Without
+            a checkpoint, ``latest_epoch`` is None and the rest is empty.
+
+        Raises:
+            CorruptCheckpointError: a stored split list is damaged.
         """
         checkpoint = self.latest()
         if checkpoint is None:
-            return {"url": self.url, "latest_epoch": None, "record": {}, "state": {}}
+            return {"url": self.url, "latest_epoch": None, "record": {}, "state": {}, "split_ids": []}
+        split_ids = []
+        stored = checkpoint.record.get("splits")
+        for epoch, sha256 in sorted(stored.items() if isinstance(stored, dict) else []):
+            for split in self.read_splits(int(epoch), str(sha256)):
+                split_ids.append(str(split.get("split_id")) if isinstance(split, dict) else "?")
         state: dict[str, dict[str, int]] = {}
         for entry in checkpoint.state_files:
             totals = state.setdefault(entry.stage, {"files": 0, "rows": 0, "bytes": 0})
             totals["files"] += 1
             totals["rows"] += entry.rows
             totals["bytes"] += entry.bytes
-        return {"url": self.url, "latest_epoch": checkpoint.epoch, "record": checkpoint.record, "state": state}
+        return {
+            "url": self.url,
+            "latest_epoch": checkpoint.epoch,
+            "record": checkpoint.record,
+            "state": state,
+            "split_ids": split_ids,
+        }
 
     # ------------------------------------------------------------------ filesystem
 
@@ -688,6 +754,10 @@ def _is_safe_rel(rel: str) -> bool:
 
 def _epoch_dir_rel(epoch: int) -> str:
     return f"{_STATE}/{epoch:0{_EPOCH_DIGITS}d}"
+
+
+def _splits_rel(epoch: int) -> str:
+    return f"{_SPLITS}/{epoch:0{_EPOCH_DIGITS}d}.json"
 
 
 def _offsets_rel(epoch: int) -> str:

@@ -2,10 +2,16 @@
 
 The protocol, for each epoch ``E`` of a job with a ``checkpoint_dir``:
 
+0. When the job starts, and whenever its source finds new splits, store the
+   splits once (``splits/E``, JSON): commits name these files instead of
+   carrying the split list each time.
 1. Write the epoch's planned source positions first. Once the readers have
    read ``E`` and before any of its output is made, the coordinator writes
    ``offsets/E``: each split's position at the end of ``E`` and the rows it
-   was allowed, and the watermark (the write-ahead offset log).
+   was allowed, and the watermark (the write-ahead offset log). An epoch
+   that read nothing, moved no position and no watermark is not an epoch:
+   it is not logged, runs no stage and commits nothing, so an idle job
+   writes no file.
 2. Run the epoch: the partition actors process it.
 3. Stage the sink output under the epoch id: files under
    ``_staging/epoch-E``, nothing visible yet.
@@ -14,17 +20,21 @@ The protocol, for each epoch ``E`` of a job with a ``checkpoint_dir``:
    per key group, indexed in the epoch's manifest (``state/E/...``).
 5. Commit the sinks: the staged output becomes visible. Committing ``E``
    again replaces ``E``'s output, so a replayed epoch never doubles it.
-6. Write ``commits/E`` last.
+6. Write ``commits/E`` last. The commit of the epoch that ends a bounded
+   input records that the job is complete.
 
 Recovery, when a job starts with a ``checkpoint_dir`` that has commits, or
 inside a running job when an actor dies:
 
-1. Take the newest valid commit ``C``; a partial or corrupt one is skipped
-   with a warning that names it, and one from a different pipeline is
-   refused.
+1. Take the newest valid commit ``C``; a partial or corrupt one (its marker,
+   manifest or one of its state files) is skipped with a warning that names
+   it, and the previous one is used. One from a different pipeline or of
+   other sources is refused, naming the difference. A complete job is not
+   run again: it logs that it is complete and emits nothing.
 2. Restore each partition actor's state from ``C``, for the key groups it
-   owns now (the parallelism may differ).
-3. Seek every split to its position at ``C``.
+   owns now (the parallelism, and even the number of key groups, may differ).
+3. Seek every split to its position at ``C``, after the source checked that
+   it can resume there (a Kafka partition that lost its data).
 4. Replay each logged epoch after ``C`` exactly as logged: the same rows,
    the same watermark, the same epoch id; its output is committed again,
    idempotently.
@@ -33,32 +43,64 @@ Epochs are numbered from 1; checkpoint 0 is the job's start, which records
 the splits (with what they captured, such as Kafka end offsets for
 ``stop="latest"``), so that even a job that dies before its first checkpoint
 replays the same input.
+
+Nothing in a checkpoint is pickled: records are JSON, state is Arrow IPC,
+and split payloads and operators are rebuilt from JSON by the sources and
+by :mod:`raystream.runtime.operator_specs`, so that reading a checkpoint
+folder someone else can write never runs their code.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import pickle
+import logging
 import time
+import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from raystream._jsonable import JsonableError
 from raystream._time import duration_ms
 from raystream.config import RunConfig
-from raystream.errors import PlanError
-from raystream.runtime.checkpoint import CheckpointStore, StateFile
+from raystream.errors import PlanError, RaystreamError
+from raystream.runtime.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointStore,
+    CorruptCheckpointError,
+    StateFile,
+)
+from raystream.runtime.operator_specs import operator_from_spec, operator_spec
 from raystream.runtime.planner import PhysicalPlan
-from raystream.sources.base import Split
+from raystream.sources.base import Source, Split
+
+_log = logging.getLogger("raystream")
+#: The layout of the commit record; a checkpoint of another layout is refused, never guessed at.
+FORMAT = 2
+#: The commit record's fields that recovery reads, and their JSON types.
+_RECORD_FIELDS: dict[str, type] = {
+    "job_id": str,
+    "complete": bool,
+    "num_key_groups": int,
+    "watermark_ms": int,
+    "positions": dict,
+    "done": list,
+    "clocks": dict,
+    "splits": dict,
+}
 
 
-def fingerprint(plan: PhysicalPlan) -> str:
-    """A digest of what the state means: the source, the operators and their keys and windows.
+def plan_shape(plan: PhysicalPlan) -> dict[str, Any]:
+    """What the state means: the source, the operators and their keys and windows, as JSON.
 
-    The parallelism is not part of it, so a job can be restored with another one.
+    User functions count by their kind only, so that a fixed function body
+    (how users ship fixes, as in Flink) resumes; the parallelism does not
+    count either, so that a job can be restored with another one.
     """
-    shape = {
+    return {
         "source": [plan.source.name, plan.event_time.column if plan.event_time else None],
         "reader_chain": [type(op).__name__ for op in plan.reader_chain],
         "stages": [
@@ -76,7 +118,30 @@ def fingerprint(plan: PhysicalPlan) -> str:
             for stage in plan.stages
         ],
     }
-    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(plan: PhysicalPlan) -> str:
+    """A digest of :func:`plan_shape`."""
+    return hashlib.sha256(json.dumps(plan_shape(plan), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _difference(checkpointed: Any, running: Any, path: str = "") -> str | None:
+    """The first place where two JSON values differ, as ``where: was -> now``, or None."""
+    if isinstance(checkpointed, dict) and isinstance(running, dict):
+        for key in sorted(set(checkpointed) | set(running)):
+            found = _difference(checkpointed.get(key), running.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(checkpointed, list) and isinstance(running, list) and len(checkpointed) == len(running):
+        for i, (a, b) in enumerate(zip(checkpointed, running, strict=True)):
+            found = _difference(a, b, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if checkpointed != running:
+        return f"{path or 'the pipeline'}: {json.dumps(checkpointed)} in the checkpoint, {json.dumps(running)} now"
+    return None
 
 
 @dataclass
@@ -90,8 +155,12 @@ class Recovery:
     watermark_ms: int
     clocks: dict[str, Any]
     state_files: list[StateFile]
+    job_id: str
+    #: The job ended: its bounded input was read to the end and its last output committed.
+    complete: bool
+    #: The key groups the state was saved under (the running job's may differ).
+    num_key_groups: int
     replay: list[dict[str, Any]] = field(default_factory=list)
-    job_id: str | None = None
 
 
 class Checkpointing:
@@ -107,8 +176,11 @@ class Checkpointing:
         self.store = CheckpointStore(
             config.checkpoint_dir, config.checkpoint_storage_options, keep=config.checkpoints_to_keep
         )
+        self.source: Source = plan.source
+        self.shape = plan_shape(plan)
         self.fingerprint = fingerprint(plan)
-        self.stages = plan.stages
+        self.num_key_groups = config.num_key_groups
+        self.operators = {stage.name: operator_spec(stage.operator) for stage in plan.stages}
         self.every = config.checkpoint_every if config.checkpoint_interval is None else None
         if self.every is None and config.checkpoint_interval is None:
             self.every = 1
@@ -116,15 +188,26 @@ class Checkpointing:
             None if config.checkpoint_interval is None else duration_ms(config.checkpoint_interval, "interval") / 1000
         )
         self.last_checkpoint_at = time.monotonic()
+        #: The splits files written so far (epoch -> SHA-256), which every later commit names.
+        self.splits_files: dict[str, str] = {}
 
     # -- recovery ------------------------------------------------------------
 
-    def recover(self) -> Recovery | None:
-        """The newest valid checkpoint and the logged epochs after it, or ``None`` for a fresh start."""
-        checkpoint = self.store.latest(self.fingerprint)
+    def recover(self, skip: Collection[int] = ()) -> Recovery | None:
+        """Recovery step 1: the newest valid checkpoint and the logged epochs after it, or ``None``.
+
+        Args:
+            skip: Epochs whose checkpoint turned out corrupt while restoring: use an older one.
+
+        Raises:
+            CheckpointMismatchError: the checkpoint is of another pipeline or other sources.
+            CheckpointError: the checkpoint is of another layout, or its splits cannot be read.
+        """
+        checkpoint = self.store.latest(skip=skip)
         if checkpoint is None:
             return None
         record = checkpoint.record
+        self._check_same_job(checkpoint)
         replay: list[dict[str, Any]] = []
         for epoch in self.store.offset_epochs():
             if epoch <= checkpoint.epoch:
@@ -135,19 +218,75 @@ class Checkpointing:
             if logged is None:
                 break
             replay.append(logged)
+        self.splits_files = dict(record["splits"])
         return Recovery(
             epoch=checkpoint.epoch,
-            splits=pickle.loads(base64.b64decode(record["splits"])),
+            splits=self._read_splits(),
             positions=record["positions"],
             done=set(record["done"]),
             watermark_ms=record["watermark_ms"],
             clocks=record["clocks"],
             state_files=list(checkpoint.state_files),
+            job_id=record["job_id"],
+            complete=bool(record["complete"]),
+            num_key_groups=record["num_key_groups"],
             replay=replay,
-            job_id=record.get("job_id"),
         )
 
+    def _check_same_job(self, checkpoint: Checkpoint) -> None:
+        record, where = checkpoint.record, f"checkpoint {self.store.url} (epoch {checkpoint.epoch})"
+        if record.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{where} has layout {record.get('format', 1)!r}, and this raystream reads layout {FORMAT} only "
+                "(earlier layouts pickled their splits, which is unsafe to read); use a new checkpoint_dir, or "
+                "finish the job with the raystream that wrote it"
+            )
+        for key, kind in _RECORD_FIELDS.items():
+            if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool) != (kind is bool):
+                raise CorruptCheckpointError(
+                    f"{where}: the commit record's {key!r} is {str(record.get(key))[:60]!r}, not a "
+                    f"{kind.__name__}; the checkpoint is damaged or was not written by raystream: use a new "
+                    "checkpoint_dir"
+                )
+        if record.get("fingerprint") != self.fingerprint:
+            found = _difference(record.get("plan"), self.shape) or "its fingerprint"
+            raise CheckpointMismatchError(
+                f"{where} was written by a different pipeline ({found}): restoring its state and positions into "
+                "this pipeline would give wrong results; use a new checkpoint_dir, or run the pipeline that wrote it"
+            )
+        other_input = _difference(record.get("source"), self.source.identity())
+        if other_input is not None:
+            raise CheckpointMismatchError(
+                f"{where} was written by a job reading other input ({other_input}): its positions do not fit this "
+                "source; use a new checkpoint_dir, or read what the checkpointed job read"
+            )
+
+    def _read_splits(self) -> list[Split]:
+        splits: list[Split] = []
+        for epoch, sha256 in sorted(self.splits_files.items()):
+            for data in self.store.read_splits(int(epoch), sha256):
+                try:
+                    splits.append(self.source.decode_split(data))
+                except JsonableError as exc:
+                    raise CorruptCheckpointError(
+                        f"checkpoint {self.store.url}: the stored splits of epoch {int(epoch)} do not fit "
+                        f"{self.source.name} ({exc}); the checkpoint is damaged or was written by another source: "
+                        "use a new checkpoint_dir"
+                    ) from exc
+        return splits
+
     # -- the protocol ----------------------------------------------------------
+
+    def record_splits(self, epoch: int, splits: list[Split]) -> None:
+        """Step 0: store splits found by ``epoch`` (all of them at the job's start), once."""
+        try:
+            encoded = [self.source.encode_split(split) for split in splits]
+        except JsonableError as exc:
+            raise CheckpointError(
+                f"checkpoint_dir: {exc}; a checkpoint stores every split as JSON, so override "
+                f"{type(self.source).__name__}.encode_payload and decode_payload (see raystream.Source)"
+            ) from exc
+        self.splits_files[f"{epoch:010d}"] = self.store.write_splits(epoch, encoded)
 
     def log_epoch(self, epoch: int, record: dict[str, Any]) -> None:
         """Step 1: the write-ahead log of what epoch ``epoch`` read."""
@@ -168,26 +307,31 @@ class Checkpointing:
     def commit(
         self,
         epoch: int,
-        splits: list[Split],
         positions: dict[str, Any],
         done: set[str],
         watermark_ms: int,
         clocks: dict[str, Any],
         state_files: list[StateFile],
         job_id: str,
+        complete: bool = False,
     ) -> None:
         """Step 6: write ``commits/<epoch>``; the store then prunes old checkpoints."""
         record = {
+            "format": FORMAT,
             "fingerprint": self.fingerprint,
+            "plan": self.shape,
+            "source": self.source.identity(),
+            "num_key_groups": self.num_key_groups,
             "job_id": job_id,
+            "complete": complete,
             "watermark_ms": watermark_ms,
-            "positions": positions,
+            # A finished split needs no position: it is never read again.
+            "positions": {split_id: p for split_id, p in positions.items() if split_id not in done},
             "done": sorted(done),
             "clocks": clocks,
-            "split_ids": [s.split_id for s in splits],
-            "splits": base64.b64encode(pickle.dumps(splits)).decode(),
-            # The keyed operators (no user code), so that read_state can make sense of the state files.
-            "operators": base64.b64encode(pickle.dumps({stage.name: stage.operator for stage in self.stages})).decode(),
+            "splits": dict(self.splits_files),
+            # What the keyed state means, so that read_state can make sense of the state files (JSON, no code).
+            "operators": self.operators,
         }
         self.store.commit(epoch, record, state_files)
 
@@ -196,7 +340,10 @@ def read_state(checkpoint_dir: str, operator: str | None = None, storage_options
     """The keyed state of a job as of its last committed checkpoint, as a pandas DataFrame.
 
     Running aggregates show one row per key; windows show their open
-    windows with ``window_start``, ``window_end`` and the values so far.
+    windows with ``window_start``, ``window_end`` and the values so far. A
+    checkpoint whose state files are corrupt is skipped with a warning, and
+    the previous one is read, as a resuming job does. Nothing in the folder
+    is unpickled.
 
     Args:
         checkpoint_dir: The job's ``RunConfig.checkpoint_dir``.
@@ -207,30 +354,48 @@ def read_state(checkpoint_dir: str, operator: str | None = None, storage_options
     Raises:
         CheckpointError: when there is no valid checkpoint, or no such operator.
     """
-    from raystream.runtime.checkpoint import CheckpointError
-
-    store = CheckpointStore(checkpoint_dir, storage_options)
-    checkpoint = store.latest()
-    if checkpoint is None:
-        raise CheckpointError(
-            f"read_state: no committed checkpoint in {checkpoint_dir}; check the path, or run the job with "
-            "RunConfig(checkpoint_dir=...) first"
-        )
-    operators = pickle.loads(base64.b64decode(checkpoint.record["operators"]))
-    if not operators:
-        raise CheckpointError(f"read_state: the job checkpointed in {checkpoint_dir} has no keyed state")
-    if operator is None:
-        if len(operators) > 1:
-            raise CheckpointError(f"read_state: name one of the job's operators: {', '.join(operators)}")
-        operator = next(iter(operators))
-    if operator not in operators:
-        raise CheckpointError(f"read_state: no operator {operator!r}; the job's operators are: {', '.join(operators)}")
-    tables: dict[str, list[Any]] = {}
-    for entry in checkpoint.state_files:
-        if entry.stage == operator:
-            tables.setdefault(entry.table, []).append(store.read_state(entry))
-    state = operators[operator].new_state()
     import pyarrow as pa
 
-    state.restore({name: pa.concat_tables(parts) for name, parts in tables.items()}, checkpoint.record["watermark_ms"])
-    return state.values().to_pandas()
+    store = CheckpointStore(checkpoint_dir, storage_options)
+    skip: set[int] = set()
+    while True:
+        checkpoint = store.latest(skip=skip)
+        if checkpoint is None:
+            raise CheckpointError(
+                f"read_state: no committed checkpoint in {store.url}; check the path, or run the job with "
+                "RunConfig(checkpoint_dir=...) first"
+            )
+        operators = checkpoint.record.get("operators")
+        if checkpoint.record.get("format") != FORMAT or not isinstance(operators, dict):
+            raise CheckpointError(
+                f"read_state: the checkpoint in {store.url} (epoch {checkpoint.epoch}) has another layout than "
+                f"this raystream's ({FORMAT}); read it with the raystream that wrote it"
+            )
+        if not operators:
+            raise CheckpointError(f"read_state: the job checkpointed in {store.url} has no keyed state")
+        if operator is None and len(operators) > 1:
+            raise CheckpointError(f"read_state: name one of the job's operators: {', '.join(operators)}")
+        name = operator if operator is not None else next(iter(operators))
+        if name not in operators:
+            raise CheckpointError(
+                f"read_state: no operator {operator!r}; the job's operators are: {', '.join(operators)}"
+            )
+        try:
+            tables: dict[str, list[Any]] = {}
+            for entry in checkpoint.state_files:
+                if entry.stage == name:
+                    tables.setdefault(entry.table, []).append(store.read_state(entry))
+        except CorruptCheckpointError as error:
+            message = f"read_state: skipping the checkpoint of epoch {checkpoint.epoch}: {error}"
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            _log.warning("%s", message)
+            skip.add(checkpoint.epoch)
+            continue
+        try:
+            state = operator_from_spec(operators[name]).new_state()
+        except RaystreamError as exc:
+            raise CheckpointError(f"read_state: {store.url}: {exc}") from exc
+        state.restore(
+            {name: pa.concat_tables(parts) for name, parts in tables.items()}, checkpoint.record["watermark_ms"]
+        )
+        return state.values().to_pandas()

@@ -26,6 +26,11 @@ One epoch:
    is completed while the readers read the next one (step 1), so that the
    readers do not wait for the driver's commit.
 
+An epoch in which no reader read a row or moved a position, and the
+watermark stayed where it was, is dropped: no stage runs, nothing is logged
+or committed, and its number is used by the next epoch. An idle job writes
+nothing.
+
 Readers and the first keyed stage tell late rows by the same watermark: the
 one computed after the previous epoch.
 """
@@ -36,6 +41,7 @@ import logging
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,10 +49,12 @@ from typing import Any
 
 import ray
 
+from raystream._time import START_OF_TIME_MS, duration_ms
 from raystream.config import RunConfig
 from raystream.errors import ConfigError, JobFailedError, RaystreamError
 from raystream.runtime.actors import Downstream, PartitionActor, ReaderActor
-from raystream.runtime.checkpointing import Checkpointing
+from raystream.runtime.checkpoint import CorruptCheckpointError
+from raystream.runtime.checkpointing import Checkpointing, Recovery
 from raystream.runtime.planner import PhysicalPlan
 from raystream.runtime.sink_runner import SideOutputRouter, SinkRunner
 from raystream.runtime.watermarks import WatermarkTracker
@@ -60,6 +68,9 @@ _ACTOR_START_TIMEOUT_S = 120.0
 #: stays idle, up to the maximum, so that an idle job does not log (and checkpoint) a hundred empty epochs a second.
 _IDLE_SLEEP_S = 0.01
 _MAX_IDLE_SLEEP_S = 0.16
+#: How long a recovery keeps trying to start the job's actors again: a node that died takes Ray some seconds
+#: to declare dead, and actors placed on it meanwhile die at once.
+_RECOVERY_START_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -82,6 +93,8 @@ class _EpochInFlight:
     reader_metas: list[dict[str, Any]]
     started: float
     checkpoint: _Checkpoint | None = None
+    #: The epoch that ends a bounded input: its checkpoint records the job as complete.
+    end_of_input: bool = False
 
 
 class ActorDiedError(JobFailedError):
@@ -96,8 +109,10 @@ class Metrics:
     rows_read: int = 0
     rows_written: int = 0
     late_rows: int = 0
+    null_time_rows: int = 0
     dead_letters: int = 0
     watermark_ms: int | None = None
+    watermark_held_by: str | None = None
     last_epoch_seconds: float = 0.0
     coordinator_seconds: float = 0.0
     startup_seconds: float = 0.0
@@ -120,8 +135,10 @@ class Metrics:
             "rows_written": self.rows_written,
             "rows_read_per_second": self.rows_read / elapsed,
             "late_rows": self.late_rows,
+            "null_time_rows": self.null_time_rows,
             "dead_letters": self.dead_letters,
             "watermark_ms": self.watermark_ms,
+            "watermark_held_by": self.watermark_held_by,
             "last_epoch_seconds": self.last_epoch_seconds,
             "coordinator_ms_per_epoch": 1000 * self.coordinator_seconds / max(self.epochs_completed, 1),
             "startup_seconds": self.startup_seconds,
@@ -151,7 +168,7 @@ class Coordinator:
         self.metrics = Metrics()
         self.readers: list[Any] = []
         self.stage_actors: list[list[Any]] = []
-        self.watermarks = WatermarkTracker(plan.event_time)
+        self.watermarks = self._new_tracker()
         # Each side output (late rows, dead letters) is the job's output, or kept for the Job to show.
         self.side_sinks: dict[str, Sink] = {
             tag: sink if tag == plan.output_side else MemorySink() for tag in plan.side_outputs
@@ -162,12 +179,21 @@ class Coordinator:
         self._last_discovery = time.monotonic()
         self.checkpointing = Checkpointing(plan, config) if config.checkpoint_dir is not None else None
         self.splits: list[Split] = []
+        self._corrupt_epochs: set[int] = set()
+        self._restoring: int | None = None
         self.positions: dict[str, Any] = {}
         self.done_splits: set[str] = set()
         self.recoveries = 0
         #: Names this run; a job resumed from a checkpoint keeps the id of the run that wrote it.
         self.job_id = uuid.uuid4().hex
         self.resumed = False
+        #: The job's checkpoint says it already ran to its end: this run does nothing.
+        self.already_complete = False
+        self.stall_warning_s = (
+            None
+            if config.watermark_stall_warning is None
+            else duration_ms(config.watermark_stall_warning, "RunConfig.watermark_stall_warning") / 1000
+        )
 
     # -- the public face, used by Job ----------------------------------------
 
@@ -200,13 +226,19 @@ class Coordinator:
                 )
             started = time.perf_counter()
             main = runners[0] if self.plan.output_side is None else None
-            while True:
+            while not self.already_complete:
                 try:
                     self._loop(main, SideOutputRouter(side_runners), first_epoch, replay)
                     break
                 except ActorDiedError as error:
-                    if self.checkpointing is None or self.recoveries >= self.config.max_recoveries:
+                    if self.checkpointing is None:
                         raise
+                    if self.recoveries >= self.config.max_recoveries:
+                        raise ActorDiedError(
+                            f"the job recovered from its last checkpoint {self.recoveries} times "
+                            f"(RunConfig.max_recoveries={self.config.max_recoveries}) and an actor died again: "
+                            f"{error}; check the nodes' memory and health (ray status), or raise max_recoveries"
+                        ) from error
                     self.recoveries += 1
                     _log.warning(
                         "recovering from the last checkpoint (%d of %d): %s",
@@ -214,8 +246,7 @@ class Coordinator:
                         self.config.max_recoveries,
                         error,
                     )
-                    self._kill_actors()
-                    first_epoch, replay = self._start_actors()
+                    first_epoch, replay = self._restart_actors()
             for runner in runners:
                 runner.finish()
             self.metrics.run_seconds = time.perf_counter() - started
@@ -250,11 +281,39 @@ class Coordinator:
         stages = self.plan.stages
         own = stage_index >= 0 and stages[stage_index].operator.late_side_output
         feeding = stage_index + 1 < len(stages) and stages[stage_index + 1].operator.late_side_output
-        dead_letters = stage_index == -1 and self.plan.source.has_dead_letters
+        dead_letters = stage_index == -1 and self.plan.has_dead_letters
         return own or feeding or dead_letters
 
     def _num_returns(self, stage_index: int) -> int:
         return 1 + self._downstream(stage_index).num_outputs + int(self._side_slot(stage_index))
+
+    def _new_tracker(self) -> WatermarkTracker:
+        return WatermarkTracker(self.plan.event_time, self.plan.source.new_split_idle_timeout_ms)
+
+    def _restart_actors(self) -> tuple[int, list[dict[str, Any]]]:
+        """Kill the job's actors and start them again from the last checkpoint.
+
+        Actors placed on a node that is dying die at once, until Ray has
+        declared the node dead; starting is retried, with backoff, for a
+        while, so that the job moves to the nodes that are alive.
+        """
+        deadline = time.monotonic() + _RECOVERY_START_TIMEOUT_S
+        pause = 0.5
+        while True:
+            self._kill_actors()
+            try:
+                return self._start_actors()
+            except ActorDiedError as error:
+                if time.monotonic() + pause > deadline:
+                    raise
+                _log.warning("the job's actors died while starting again, retrying in %.1fs: %s", pause, error)
+                time.sleep(pause)
+                pause = min(2 * pause, 8.0)
+
+    def _recover(self) -> Recovery | None:
+        """The checkpoint to resume from, skipping those whose state turns out corrupt (see ``_start_actors``)."""
+        assert self.checkpointing is not None
+        return self.checkpointing.recover(self._corrupt_epochs)
 
     def _start_actors(self) -> tuple[int, list[dict[str, Any]]]:
         """Start the actors, restored from the last checkpoint if there is one.
@@ -262,23 +321,47 @@ class Coordinator:
         Returns:
             The first epoch to run, and the logged epochs to replay first.
         """
+        while True:
+            try:
+                return self._start_actors_once()
+            except CorruptCheckpointError as error:  # recovery step 1: fall back to the previous checkpoint
+                assert self._restoring is not None
+                message = f"skipping checkpoint {self._restoring}, whose state cannot be read: {error}"
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                _log.warning("%s", message)
+                self._corrupt_epochs.add(self._restoring)
+                self._kill_actors()
+
+    def _start_actors_once(self) -> tuple[int, list[dict[str, Any]]]:
         config = self.config
         source = self.plan.source
-        recovery = self.checkpointing.recover() if self.checkpointing is not None else None
+        recovery = self._recover() if self.checkpointing is not None else None
+        self._restoring = None if recovery is None else recovery.epoch
         now = time.monotonic()
+        if recovery is not None and recovery.complete:
+            _log.warning(
+                "the job checkpointed in %s is already complete (its input was read to the end and its last output "
+                "committed at epoch %d): it emits nothing more; use a new checkpoint_dir to run it again",
+                self.config.checkpoint_dir,
+                recovery.epoch,
+            )
+            self.already_complete, self.job_id, self.resumed = True, recovery.job_id, True
+            return recovery.epoch + 1, []
         if recovery is not None:
+            # Recovery step 3, checked first: the source can resume at the positions (a topic that lost data).
+            source.check_resume({s: p for s, p in recovery.positions.items() if s not in recovery.done})
             self.splits, self.positions, self.done_splits = (
                 recovery.splits,
                 dict(recovery.positions),
                 set(recovery.done),
             )
-            self.watermarks = WatermarkTracker(self.plan.event_time)
+            self.watermarks = self._new_tracker()
             self.watermarks.restore(recovery.clocks, recovery.watermark_ms, now)
-            self.job_id, self.resumed = recovery.job_id or self.job_id, True
+            self.job_id, self.resumed = recovery.job_id, True
             _log.info("resuming from checkpoint %d; replaying %d logged epochs", recovery.epoch, len(recovery.replay))
         else:
             self.splits, self.positions, self.done_splits = source.splits(config.parallelism), {}, set()
-            self.watermarks = WatermarkTracker(self.plan.event_time)
+            self.watermarks = self._new_tracker()
         splits = self.splits
         num_readers = max(1, min(config.parallelism, len(splits))) if source.bounded else config.parallelism
         num_actors = num_readers + config.parallelism * len(self.plan.stages)
@@ -318,19 +401,19 @@ class Coordinator:
         if self.checkpointing is None:
             return 1, []
         store = self.checkpointing.store
-        if recovery is not None:
+        if recovery is not None:  # recovery step 2
+            saved = recovery.num_key_groups
             self._get_metadata(
                 [
-                    actor.restore.remote(store, recovery.state_files, recovery.watermark_ms)
+                    actor.restore.remote(store, recovery.state_files, recovery.watermark_ms, saved)
                     for layer in self.stage_actors
                     for actor in layer
                 ]
             )
             return recovery.epoch + 1, recovery.replay
-        # Checkpoint 0: the splits as they are now, so a replay reads the same input.
-        self.checkpointing.commit(
-            0, splits, {}, set(), self.watermarks.current, self.watermarks.clocks(), [], self.job_id
-        )
+        # Checkpoint 0: the splits as they are now (protocol step 0), so a replay reads the same input.
+        self.checkpointing.record_splits(0, splits)
+        self.checkpointing.commit(0, {}, set(), self.watermarks.current, self.watermarks.clocks(), [], self.job_id)
         return 1, []
 
     def _assign(self, splits: list[Split], first: int) -> list[ray.ObjectRef]:
@@ -359,8 +442,8 @@ class Coordinator:
         """The phase being read: the earliest one with a split not done (see ``Split.phase``)."""
         return min((s.phase for s in self.splits if s.split_id not in self.done_splits), default=0)
 
-    def _discover_splits(self) -> None:
-        """Pick up splits that appeared since the job started (new partitions of a topic)."""
+    def _discover_splits(self, epoch: int) -> None:
+        """Pick up splits that appeared since the job started (new partitions of a topic), before ``epoch``."""
         source = self.plan.source
         if source.bounded or not source.discovers_splits:
             return
@@ -377,6 +460,8 @@ class Coordinator:
             return
         new = [s for s in listed if s.split_id not in known]
         if new:
+            if self.checkpointing is not None:  # protocol step 0, for the splits found now
+                self.checkpointing.record_splits(epoch, new)
             first = len(self.splits)
             self.splits = [*self.splits, *new]
             self._get_metadata(self._assign(new, first))
@@ -398,7 +483,7 @@ class Coordinator:
         idle_sleep = _IDLE_SLEEP_S
         batch_rows = config.max_batch_rows or self.plan.source.batch_rows
         while active and not self._stop.is_set():
-            self._discover_splits()
+            self._discover_splits(epoch)
             loop_started = time.perf_counter()
             blocked_before = self._blocked_seconds
             logged = to_replay.popleft() if to_replay else None
@@ -418,12 +503,18 @@ class Coordinator:
             reader_metas = self._get_metadata([calls[i][0] for i in active])
             now = time.monotonic()
             rows = 0
+            # Whether anything happened that an idle epoch would not show: a position moved, a split ended,
+            # a dead letter needs delivering.
+            moved = False
             read: dict[str, dict[str, Any]] = {}
             for meta in reader_metas:
                 rows += meta["rows_in"]
+                moved = moved or meta["dead_letters"] > 0 or meta["null_time_rows"] > 0
                 for split_id, progress in meta["splits"].items():
                     self.watermarks.observe(split_id, progress, now)
                     read[split_id] = {"position": progress["position"], "budget": progress["budget"]}
+                    ended = progress["done"] and split_id not in self.done_splits
+                    moved = moved or ended or self.positions.get(split_id) != progress["position"]
                     self.positions[split_id] = progress["position"]
                     if progress["done"]:
                         self.done_splits.add(split_id)
@@ -436,6 +527,19 @@ class Coordinator:
                 watermark = self.watermarks.current = logged["watermark"]
             else:
                 watermark = self.watermarks.advance(now, end_of_input)
+                self._warn_if_stalled(now)
+            if logged is None and rows == 0 and not moved and not end_of_input and watermark == previous_watermark:
+                # An idle epoch (protocol step 1): nothing to run, log or commit; its number goes to the next one.
+                while in_flight:
+                    self._complete(in_flight.popleft(), runner, side_router)
+                with self._lock:
+                    self._record_splits(reader_metas)
+                self.metrics.coordinator_seconds += (time.perf_counter() - loop_started) - (
+                    self._blocked_seconds - blocked_before
+                )
+                time.sleep(idle_sleep)
+                idle_sleep = min(2 * idle_sleep, _MAX_IDLE_SLEEP_S)
+                continue
             checkpoint = None
             if self.checkpointing is not None:
                 if logged is None:  # step 1 of the protocol: log what this epoch read before it makes output
@@ -468,11 +572,14 @@ class Coordinator:
                     checkpoint.snapshot_refs += [actor.snapshot.remote(epoch, store) for actor in actors]
             output_refs = [outputs[0] for outputs in layer if outputs]
             in_flight.append(
-                _EpochInFlight(epoch, meta_refs, output_refs, side_refs, reader_metas, loop_started, checkpoint)
+                _EpochInFlight(
+                    epoch, meta_refs, output_refs, side_refs, reader_metas, loop_started, checkpoint, end_of_input
+                )
             )
             with self._lock:
                 self.metrics.rows_read += rows
-                self.metrics.watermark_ms = watermark
+                self.metrics.watermark_ms = None if watermark <= START_OF_TIME_MS else watermark
+                self.metrics.watermark_held_by = self.watermarks.held_by
             while in_flight and (len(in_flight) >= config.max_in_flight_epochs or end_of_input):
                 self._complete(in_flight.popleft(), runner, side_router)
             epoch += 1
@@ -486,6 +593,33 @@ class Coordinator:
                 idle_sleep = _IDLE_SLEEP_S
         while in_flight:
             self._complete(in_flight.popleft(), runner, side_router)
+
+    def _warn_if_stalled(self, now: float) -> None:
+        """Say which split holds the watermark back, once it has done so for ``watermark_stall_warning``."""
+        if self.stall_warning_s is None:
+            return
+        for split_id, held_s, value in self.watermarks.stalled(now, self.stall_warning_s):
+            seen = "has produced no event yet" if value is None else f"is at {value} ms"
+            _log.warning(
+                "split %r has held the watermark back for %.0fs: it %s while the other splits are ahead, so no "
+                "window can fire; if it is idle (a partition that receives nothing), give with_watermark(..., "
+                "idle_timeout=...), or check its producer",
+                split_id,
+                held_s,
+                seen,
+            )
+
+    def _record_splits(self, reader_metas: list[dict[str, Any]]) -> None:
+        """Per-split metrics from the readers' progress (called under the lock)."""
+        metrics = self.metrics
+        for meta in reader_metas:
+            for split_id, progress in meta["splits"].items():
+                entry = metrics.splits.setdefault(split_id, {"rows": 0})
+                entry["rows"] += progress["rows"]
+                entry.update({k: v for k, v in progress.items() if k not in ("rows", "max_event_time_ms")})
+                entry["watermark_ms"] = self.watermarks.split_watermark(split_id)
+                seconds = max(time.time() - metrics.started_at, 1e-9)
+                entry["rows_per_second"] = entry["rows"] / seconds
 
     def _complete(self, epoch: _EpochInFlight, runner: SinkRunner | None, side_router: SideOutputRouter) -> None:
         metas = self._get_metadata(epoch.meta_refs) if epoch.meta_refs else []
@@ -502,13 +636,13 @@ class Coordinator:
             point = epoch.checkpoint
             self.checkpointing.commit(
                 epoch.epoch,
-                self.splits,
                 point.positions,
                 point.done,
                 point.watermark_ms,
                 point.clocks,
                 state_files,
                 self.job_id,
+                epoch.end_of_input,
             )
         with self._lock:
             metrics = self.metrics
@@ -516,13 +650,8 @@ class Coordinator:
             metrics.rows_written += written or sum(m["rows_out"] for m in final_layer)
             metrics.late_rows += sum(m["late_count"] for m in [*epoch.reader_metas, *metas])
             metrics.last_epoch_seconds = time.perf_counter() - epoch.started
-            for meta in epoch.reader_metas:
-                for split_id, progress in meta["splits"].items():
-                    entry = metrics.splits.setdefault(split_id, {"rows": 0})
-                    entry["rows"] += progress["rows"]
-                    entry.update({k: v for k, v in progress.items() if k not in ("rows", "max_event_time_ms")})
-                    seconds = max(time.time() - metrics.started_at, 1e-9)
-                    entry["rows_per_second"] = entry["rows"] / seconds
+            metrics.null_time_rows += sum(m["null_time_rows"] for m in epoch.reader_metas)
+            self._record_splits(epoch.reader_metas)
             for meta in [*epoch.reader_metas, *metas]:
                 metrics.actor_nodes[meta["actor"]] = meta["node_id"]
             metrics.dead_letters += sum(m["dead_letters"] for m in epoch.reader_metas)

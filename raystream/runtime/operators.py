@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from raystream._time import to_epoch_ms
 from raystream.errors import UserFunctionError
+from raystream.sources.base import dead_letter_table
 from raystream.stream import check_columns, check_time_column, evaluate_exprs
 
 
@@ -33,11 +34,17 @@ class OpContext:
         location: ``"split 'a.parquet#rg0-3'"`` or ``"partition 2 of 'agg'"``.
         max_event_time_ms: The largest event time the chain's event-time
             operator saw, or ``None``.
+        split_id: The split being read, in a reader.
+        dead_letters: Rows the chain refused (no event time), as dead letters.
+        null_time_rows: How many rows had no event time.
     """
 
     epoch: int
     location: str
     max_event_time_ms: int | None = field(default=None)
+    split_id: str | None = None
+    dead_letters: list[pa.Table] = field(default_factory=list)
+    null_time_rows: int = 0
 
 
 def _call_user_function(label: str, ctx: OpContext, fn: Callable[..., Any], *args: Any) -> Any:
@@ -170,10 +177,35 @@ class EventTimeOp(StatelessOp):
 
     def apply(self, table: pa.Table, ctx: OpContext) -> pa.Table:
         check_time_column("with_watermark", self.column, table.schema)
+        times = table.column(self.column)
+        if times.null_count:
+            # A row without an event time belongs to no window and moves no watermark: it is a dead letter,
+            # counted apart from late rows.
+            missing = pc.is_null(times)
+            refused = table.filter(missing)
+            ctx.null_time_rows += refused.num_rows
+            ctx.dead_letters.append(
+                dead_letter_table(
+                    {
+                        "value": rows_as_json(refused),
+                        "split": [ctx.split_id] * refused.num_rows,
+                        "error": [f"no event time: column {self.column!r} is null"] * refused.num_rows,
+                    }
+                )
+            )
+            table = table.filter(pc.invert(missing))
+            if table.num_rows == 0:
+                return table
         largest = pc.max(to_epoch_ms(table.column(self.column))).as_py()
         if largest is not None:
             ctx.max_event_time_ms = largest if ctx.max_event_time_ms is None else max(ctx.max_event_time_ms, largest)
         return table
+
+
+def rows_as_json(table: pa.Table) -> list[bytes]:
+    """Each row as a JSON object (times as ISO text), for dead letters of rows that were already decoded."""
+    text = table.to_pandas().to_json(orient="records", lines=True, date_format="iso", date_unit="ms")
+    return [line.encode() for line in text.splitlines()]
 
 
 def run_chain(ops: Sequence[StatelessOp], table: pa.Table, ctx: OpContext) -> pa.Table:

@@ -105,7 +105,12 @@ class PhysicalPlan:
     def side_outputs(self) -> list[str]:
         """Every side output the job produces: windows' late rows, then the source's dead letters."""
         tags = [stage.name for stage in self.stages if stage.operator.late_side_output]
-        return tags + ([DEAD_LETTERS] if self.source.has_dead_letters else [])
+        return tags + ([DEAD_LETTERS] if self.has_dead_letters else [])
+
+    @property
+    def has_dead_letters(self) -> bool:
+        """Whether readers may refuse records: malformed ones (the source's), or rows without an event time."""
+        return self.source.has_dead_letters or self.event_time is not None
 
 
 #: The side output of a source's malformed records.

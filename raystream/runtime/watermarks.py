@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from raystream._time import END_OF_TIME_MS, START_OF_TIME_MS
 from raystream.runtime.planner import EventTime
+
+_log = logging.getLogger("raystream")
+#: A split whose event time leaps this far past the rest (the other splits, or its own before) is reported:
+#: one wrong timestamp far in the future (year 9999) makes every later row late.
+EVENT_TIME_LEAP_MS = 24 * 3600 * 1000
 
 
 @dataclass
@@ -19,6 +25,9 @@ class _SplitClock:
     min_event_time_ms: int | None = None
     #: Not read yet because an earlier phase is still being read; it is never idle meanwhile.
     pending: bool = False
+    #: When this split last held the watermark back alone, and whether that was reported.
+    holding_since: float | None = None
+    reported_holding: bool = False
 
 
 class WatermarkTracker:
@@ -35,10 +44,14 @@ class WatermarkTracker:
     never goes back.
     """
 
-    def __init__(self, event_time: EventTime | None) -> None:
+    def __init__(self, event_time: EventTime | None, new_split_idle_timeout_ms: int | None = None) -> None:
         self.event_time = event_time
+        #: A split that has shown no event time yet stops counting after this long (see ``Source``).
+        self.new_split_idle_timeout_ms = new_split_idle_timeout_ms
         self.splits: dict[str, _SplitClock] = {}
         self.current = START_OF_TIME_MS
+        #: The split whose event time the watermark waits for, if one alone holds it back.
+        self.held_by: str | None = None
 
     def clocks(self) -> dict[str, Any]:
         """Per-split event-time state, JSON-able, for checkpoints."""
@@ -76,6 +89,7 @@ class WatermarkTracker:
         if declared is not None:
             clock.declared_ms = declared if clock.declared_ms is None else max(clock.declared_ms, declared)
         if max_event_time_ms is not None:
+            self._check_leap(split_id, clock, max_event_time_ms)
             clock.max_event_time_ms = (
                 max_event_time_ms
                 if clock.max_event_time_ms is None
@@ -85,25 +99,100 @@ class WatermarkTracker:
             clock.last_active = now
         clock.done = clock.done or done
 
+    def split_watermark(self, split_id: str) -> int | None:
+        """One split's own watermark: its largest event time minus the delay (or what it declared), or None."""
+        clock = self.splits.get(split_id)
+        if clock is None or self.event_time is None:
+            return None
+        derived = None if clock.max_event_time_ms is None else clock.max_event_time_ms - self.event_time.delay_ms
+        values = [v for v in (derived, clock.declared_ms) if v is not None]
+        return max(values) if values else None
+
     def advance(self, now: float, end_of_input: bool = False) -> int:
         """Compute, remember and return the watermark after the observations so far."""
         if end_of_input:
             self.current = END_OF_TIME_MS
+            self.held_by = None
             return self.current
         if self.event_time is None:
             return self.current
-        idle_ms = self.event_time.idle_timeout_ms
-        candidates = []
-        for clock in self.splits.values():
-            if clock.done:
-                continue
-            if not clock.pending and idle_ms is not None and (now - clock.last_active) * 1000 >= idle_ms:
+        candidates: dict[str, int | None] = {}
+        for split_id, clock in self.splits.items():
+            if clock.done or self._idle(clock, now):
                 continue
             seen = clock.max_event_time_ms if clock.max_event_time_ms is not None else clock.min_event_time_ms
             derived = None if seen is None else seen - self.event_time.delay_ms
-            if derived is None and clock.declared_ms is None:
-                return self.current
-            candidates.append(max(v for v in (derived, clock.declared_ms) if v is not None))
-        if candidates:
-            self.current = max(self.current, min(candidates))
+            known = [v for v in (derived, clock.declared_ms) if v is not None]
+            candidates[split_id] = max(known) if known else None
+        self._note_holder(candidates, now)
+        if candidates and None not in candidates.values():
+            self.current = max(self.current, min(v for v in candidates.values() if v is not None))
         return self.current
+
+    def _idle(self, clock: _SplitClock, now: float) -> bool:
+        """Whether a split stops holding the watermark: silent past the idle timeout, or never started."""
+        if clock.pending:
+            return False
+        silent_ms = (now - clock.last_active) * 1000
+        assert self.event_time is not None
+        idle_ms = self.event_time.idle_timeout_ms
+        if idle_ms is not None and silent_ms >= idle_ms:
+            return True
+        never_seen = clock.max_event_time_ms is None and clock.declared_ms is None
+        return never_seen and self.new_split_idle_timeout_ms is not None and silent_ms >= self.new_split_idle_timeout_ms
+
+    def _note_holder(self, candidates: dict[str, int | None], now: float) -> None:
+        """Remember which split alone holds the watermark back, and since when."""
+        if len(candidates) < 2:
+            self.held_by = None
+            return
+        lowest = min(candidates, key=lambda s: (candidates[s] is not None, candidates[s] or 0))
+        low = candidates[lowest]
+        alone = all(v is not None and (low is None or v > low) for s, v in candidates.items() if s != lowest)
+        holder = lowest if alone else None
+        if holder != self.held_by:
+            for split_id, clock in self.splits.items():
+                if split_id != holder:
+                    clock.holding_since, clock.reported_holding = None, False
+            if holder is not None:
+                self.splits[holder].holding_since = now
+            self.held_by = holder
+
+    def stalled(self, now: float, after_s: float) -> list[tuple[str, float, int | None]]:
+        """The split that has held the watermark back alone for ``after_s`` seconds, once per stall.
+
+        Returns:
+            ``(split id, seconds held, its watermark or None before its first event)``, or nothing.
+        """
+        if self.held_by is None:
+            return []
+        clock = self.splits[self.held_by]
+        if clock.holding_since is None or clock.reported_holding or now - clock.holding_since < after_s:
+            return []
+        clock.reported_holding = True
+        return [(self.held_by, now - clock.holding_since, self.split_watermark(self.held_by))]
+
+    def _check_leap(self, split_id: str, clock: _SplitClock, max_event_time_ms: int) -> None:
+        """Warn when a split's event time leaps far past its own and every other split's."""
+        others = [c.max_event_time_ms for s, c in self.splits.items() if s != split_id and c.max_event_time_ms]
+        before = [v for v in (clock.max_event_time_ms, *others) if v is not None]
+        if not before or max_event_time_ms - max(before) < EVENT_TIME_LEAP_MS:
+            return
+        _log.warning(
+            "split %r: event time leapt to %s, %.1f days past every event seen before (%s): if that time is "
+            "wrong, every later row will be late; drop impossible times with a filter before with_watermark() "
+            "(see the README's Event time section)",
+            split_id,
+            _iso(max_event_time_ms),
+            (max_event_time_ms - max(before)) / 86_400_000,
+            _iso(max(before)),
+        )
+
+
+def _iso(ms: int) -> str:
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return f"{ms} ms"

@@ -216,6 +216,31 @@ class Source(ABC):
         """The payload that :meth:`encode_payload` stored, rebuilt on the driver when a job resumes."""
         return from_json(data, self.payload_types, f"{self.name}: a split payload")
 
+    def encode_split(self, split: Split) -> dict[str, Any]:
+        """A split as JSON-able data for checkpoints (its payload through :meth:`encode_payload`)."""
+        return {
+            "split_id": split.split_id,
+            "payload": self.encode_payload(split.payload),
+            "min_event_time_ms": split.min_event_time_ms,
+            "phase": split.phase,
+        }
+
+    def decode_split(self, data: Any) -> Split:
+        """The split that :meth:`encode_split` stored.
+
+        Raises:
+            RaystreamError: when ``data`` is not a stored split.
+        """
+        from raystream._jsonable import JsonableError
+
+        fields = ("split_id", "payload", "min_event_time_ms", "phase")
+        if not isinstance(data, dict) or set(data) != set(fields):
+            raise JsonableError(f"{self.name}: {str(data)[:80]!r} is not a stored split")
+        split_id, low, phase = data["split_id"], data["min_event_time_ms"], data["phase"]
+        if not isinstance(split_id, str) or not (low is None or type(low) is int) or type(phase) is not int:
+            raise JsonableError(f"{self.name}: {str(data)[:80]!r} is not a stored split")
+        return Split(split_id, self.decode_payload(data["payload"]), low, phase)
+
     def check_resume(self, positions: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Check, on the driver, that a job can resume at these checkpointed positions (split id -> position).
 

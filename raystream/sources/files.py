@@ -185,8 +185,8 @@ def _decompressed(raw: pa.NativeFile, path: str) -> pa.NativeFile:
 class _File:
     """One data file, reopenable in another process.
 
-    It holds no filesystem, so no credentials: a split's payload is pickled
-    into checkpoints. The source keeps the filesystem of each root.
+    It holds no filesystem, so no credentials: a split's payload is stored
+    in checkpoints (as JSON). The source keeps the filesystem of each root.
 
     Attributes:
         root: The index of the path it was found under, in the source's paths.
@@ -740,6 +740,7 @@ class _FileSource(Source):
     batch_rows = 400_000
     #: False when the schema is known without any file (text: one ``line`` column).
     _needs_schema = True
+    payload_types: tuple[type, ...] = (_File,)
 
     def __init__(
         self,
@@ -812,6 +813,15 @@ class _FileSource(Source):
     def schema(self) -> pa.Schema:
         """Return the schema of every batch, partition columns included; known at plan time."""
         return self._schema
+
+    def identity(self) -> dict[str, Any]:
+        """The paths (without credentials) and the time range read."""
+        return {
+            "source": self.name,
+            "paths": [redact(url) for url in self._urls],
+            "start_ns": self._start_ns,
+            "end_ns": self._end_ns,
+        }
 
     def files(self) -> list[str]:
         """The URLs (without credentials) of the files this source reads, after pruning by ``start``/``end``.
@@ -1102,6 +1112,7 @@ class ParquetSource(_FileSource):
     """
 
     name = "read_parquet"
+    payload_types: tuple[type, ...] = (_File, _RowGroups)
 
     def __init__(
         self,

@@ -84,6 +84,26 @@ class HybridSource(Source):
         ]
         return self._history_splits + live
 
+    def identity(self) -> dict[str, Any]:
+        return {
+            "source": self.name,
+            "history": self.history.identity(),
+            "live": self.live.identity(),
+            "switch_at_ms": self.switch_at_ms,
+        }
+
+    def encode_payload(self, payload: Any) -> Any:
+        side, inner = payload
+        return {"side": side, "split": (self.history if side == _HISTORY else self.live).encode_split(inner)}
+
+    def decode_payload(self, data: Any) -> Any:
+        from raystream._jsonable import JsonableError
+
+        side = data.get("side") if isinstance(data, dict) else None
+        if side not in (_HISTORY, _LIVE) or set(data) != {"side", "split"}:
+            raise JsonableError(f"{self.name}: {str(data)[:80]!r} is not a stored split")
+        return side, (self.history if side == _HISTORY else self.live).decode_split(data["split"])
+
     def open_split(self, split: Split, position: Any | None) -> SplitReader:
         side, inner = split.payload
         if side == _HISTORY:

@@ -149,6 +149,7 @@ class KafkaSource(Source):
     name = "read_kafka"
     replayable = True
     discovers_splits = True
+    payload_types: tuple[type, ...] = (_Partition,)
 
     def __init__(
         self,
@@ -234,6 +235,10 @@ class KafkaSource(Source):
         if self.format == "json" and self.time_column is None:
             return self._record_schema.append(pa.field("timestamp", _TIMESTAMP))
         return self._record_schema
+
+    def identity(self) -> dict[str, Any]:
+        """The topics read (not the brokers: a cluster may move)."""
+        return {"source": self.name, "topics": sorted(self.topics)}
 
     def splits(self, parallelism: int) -> list[Split]:
         consumer = _consumer(self.bootstrap_servers, self.consumer_config)

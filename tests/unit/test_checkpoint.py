@@ -154,7 +154,7 @@ def test_partial_checkpoint_alone_is_none(store: CheckpointStore, url: str) -> N
     store.commit(1, record(1), files)
     (Path(url) / "commits" / "0000000001.json").unlink()
     assert store.latest() is None
-    assert store.describe() == {"url": url, "latest_epoch": None, "record": {}, "state": {}}
+    assert store.describe() == {"url": url, "latest_epoch": None, "record": {}, "state": {}, "split_ids": []}
 
 
 # ---------------------------------------------------------------- damage
@@ -363,7 +363,7 @@ def test_a_file_is_not_a_checkpoint_dir(tmp_path: Path) -> None:
 
 
 def test_describe(store: CheckpointStore, url: str) -> None:
-    assert store.describe() == {"url": url, "latest_epoch": None, "record": {}, "state": {}}
+    assert store.describe() == {"url": url, "latest_epoch": None, "record": {}, "state": {}, "split_ids": []}
     files = write_epoch(store, 1)
     files.append(store.write_state(2, "window", "open", 0, [(0, state_table(2, 0).slice(0, 2))]))
     files = [f for f in files if f.path.startswith("state/0000000002")] + [
@@ -374,6 +374,7 @@ def test_describe(store: CheckpointStore, url: str) -> None:
     agg_bytes = sum(f.bytes for f in files if f.stage == "agg")
     assert described == {
         "url": url,
+        "split_ids": [],
         "latest_epoch": 2,
         "record": record(2),
         "state": {

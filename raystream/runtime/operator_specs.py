@@ -1,0 +1,163 @@
+"""Keyed operators as JSON, so that ``rs.read_state`` rebuilds them from a checkpoint without pickle.
+
+A checkpoint records, for each keyed stage, what its state means: the
+operator's kind, keys, aggregates, window and options. ``read_state``
+rebuilds the operator from that record alone, then reads the state files
+through it. Only the kinds listed here can be rebuilt, and every field is
+checked, so a tampered record is an error, never code that runs.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from raystream.aggregates import Aggregate, Top
+from raystream.errors import RaystreamError
+from raystream.runtime.stateful import (
+    KeyedOperator,
+    PerWindowAggregate,
+    PerWindowTop,
+    RunningAggregate,
+    RunningTop,
+    SessionAggregate,
+    WindowAggregate,
+    WindowTop,
+)
+from raystream.windows import Session, Sliding, Tumbling, Window
+
+__all__ = ["OperatorSpecError", "operator_from_spec", "operator_spec"]
+
+
+class OperatorSpecError(RaystreamError):
+    """A checkpoint's description of an operator is not one raystream wrote."""
+
+
+def operator_spec(operator: KeyedOperator) -> dict[str, Any]:
+    """What :func:`operator_from_spec` needs to rebuild ``operator``, as JSON-able data."""
+    spec: dict[str, Any] = {"kind": type(operator).__name__, "name": operator.name, "keys": list(operator.keys)}
+    if isinstance(operator, (RunningAggregate, SessionAggregate, WindowAggregate)):
+        spec["aggregates"] = [[out, agg.kind, agg.column] for out, agg in operator.aggregates]
+    if isinstance(operator, (RunningTop, PerWindowTop, WindowTop)):
+        top = operator.top
+        spec["top"] = [top.by, top.n, top.ties, top.descending]
+    if isinstance(operator, (RunningAggregate, RunningTop)) and not isinstance(operator, PerWindowAggregate):
+        spec["emit"] = operator.emit
+    if isinstance(operator, (SessionAggregate, WindowAggregate, WindowTop)):
+        spec["window"] = _window_spec(operator.window)
+        spec["time_column"] = operator.time_column
+        spec["time_type"] = base64.b64encode(pa.schema([("t", operator.time_type)]).serialize().to_pybytes()).decode()
+        spec["allowed_lateness_ms"] = operator.allowed_lateness_ms
+        spec["late"] = "side" if operator.late_side_output else "drop"
+        spec["emit"] = operator.emit
+        spec["time_shift_ms"] = operator.time_shift_ms
+    return spec
+
+
+def operator_from_spec(spec: Any) -> KeyedOperator:
+    """Rebuild the operator that :func:`operator_spec` described.
+
+    Raises:
+        OperatorSpecError: when ``spec`` is not a description raystream wrote.
+    """
+    try:
+        kind = spec["kind"]
+        build = _BUILDERS[kind]
+        name, keys = _text(spec["name"]), tuple(_text(k) for k in spec["keys"])
+        return build(spec, name, keys)
+    except (KeyError, TypeError, ValueError, IndexError, pa.ArrowInvalid) as exc:
+        raise OperatorSpecError(
+            f"a checkpoint describes a keyed operator raystream cannot rebuild ({type(exc).__name__}: {exc}); "
+            "the checkpoint is damaged or was not written by raystream"
+        ) from exc
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _window_spec(window: Window) -> dict[str, Any]:
+    if isinstance(window, Tumbling):
+        return {"kind": "tumbling", "size_ms": window.size_ms}
+    if isinstance(window, Sliding):
+        return {"kind": "sliding", "size_ms": window.size_ms, "slide_ms": window.slide_ms}
+    return {"kind": "session", "gap_ms": window.gap_ms}
+
+
+def _window(spec: dict[str, Any]) -> Window:
+    kind = spec["kind"]
+    if kind == "tumbling":
+        return Tumbling(int(spec["size_ms"]))
+    if kind == "sliding":
+        return Sliding(int(spec["size_ms"]), int(spec["slide_ms"]))
+    if kind == "session":
+        return Session(int(spec["gap_ms"]))
+    raise ValueError(f"unknown window kind {kind!r}")
+
+
+def _aggregates(spec: dict[str, Any]) -> tuple[tuple[str, Aggregate], ...]:
+    return tuple((_text(out), Aggregate(kind, column)) for out, kind, column in spec["aggregates"])
+
+
+def _top(spec: dict[str, Any]) -> Top:
+    by, n, ties, descending = spec["top"]
+    return Top(_text(by), int(n), bool(ties), bool(descending))
+
+
+def _window_options(spec: dict[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(_text(spec["time_type"]))))
+    late, emit = spec["late"], spec["emit"]
+    if late not in ("drop", "side") or emit not in ("append", "update"):
+        raise ValueError(f"late={late!r}, emit={emit!r}")
+    return {
+        "name": name,
+        "keys": keys,
+        "time_column": _text(spec["time_column"]),
+        "time_type": schema.field("t").type,
+        "allowed_lateness_ms": int(spec["allowed_lateness_ms"]),
+        "late": late,
+        "emit": emit,
+        "time_shift_ms": int(spec["time_shift_ms"]),
+    }
+
+
+def _running_emit(spec: dict[str, Any]) -> str:
+    emit = spec["emit"]
+    if emit not in ("update", "final"):
+        raise ValueError(f"emit={emit!r}")
+    return str(emit)
+
+
+def _fixed_window(spec: dict[str, Any]) -> Tumbling | Sliding:
+    window = _window(spec["window"])
+    if isinstance(window, Session):
+        raise ValueError("a session window where a tumbling or sliding one belongs")
+    return window
+
+
+def _session_window(spec: dict[str, Any]) -> Session:
+    window = _window(spec["window"])
+    if not isinstance(window, Session):
+        raise ValueError("a fixed window where a session window belongs")
+    return window
+
+
+_Builder = Callable[[dict[str, Any], str, tuple[str, ...]], KeyedOperator]
+_BUILDERS: dict[str, _Builder] = {
+    "RunningAggregate": lambda s, n, k: RunningAggregate(n, k, _aggregates(s), _running_emit(s)),
+    "PerWindowAggregate": lambda s, n, k: PerWindowAggregate(n, k, _aggregates(s)),
+    "RunningTop": lambda s, n, k: RunningTop(n, k, _top(s), _running_emit(s)),
+    "PerWindowTop": lambda s, n, k: PerWindowTop(n, k, _top(s)),
+    "WindowAggregate": lambda s, n, k: WindowAggregate(
+        _fixed_window(s), aggregates=_aggregates(s), **_window_options(s, n, k)
+    ),
+    "SessionAggregate": lambda s, n, k: SessionAggregate(
+        _session_window(s), aggregates=_aggregates(s), **_window_options(s, n, k)
+    ),
+    "WindowTop": lambda s, n, k: WindowTop(_fixed_window(s), _top(s), **_window_options(s, n, k)),
+}
