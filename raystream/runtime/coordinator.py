@@ -325,7 +325,8 @@ class Coordinator:
             try:
                 return self._start_actors_once()
             except CorruptCheckpointError as error:  # recovery step 1: fall back to the previous checkpoint
-                assert self._restoring is not None
+                if self._restoring is None:  # the record itself is damaged or tampered with: refuse it
+                    raise
                 message = f"skipping checkpoint {self._restoring}, whose state cannot be read: {error}"
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
                 _log.warning("%s", message)
@@ -335,6 +336,7 @@ class Coordinator:
     def _start_actors_once(self) -> tuple[int, list[dict[str, Any]]]:
         config = self.config
         source = self.plan.source
+        self._restoring = None
         recovery = self._recover() if self.checkpointing is not None else None
         self._restoring = None if recovery is None else recovery.epoch
         now = time.monotonic()

@@ -1,6 +1,6 @@
 """A windowed Parquet-to-Parquet job with checkpoints, run as its own process by the recovery tests.
 
-    python checkpointed_job.py INPUT OUTPUT CHECKPOINTS [--parallelism N] [--ray-temp-dir DIR]
+    python checkpointed_job.py INPUT OUTPUT CHECKPOINTS [--parallelism N] [--ray-temp-dir DIR] [--hold-after S]
                                [--kafka BOOTSTRAP_SERVERS --stop-ms MS --group GROUP]
 
 INPUT is a Parquet folder, or with --kafka a topic (read until --stop-ms,
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--stop-ms", type=int)
     parser.add_argument("--group")
     parser.add_argument("--delay", type=float, default=0.05, help="seconds of sleep per batch")
+    parser.add_argument("--hold-after", type=float, default=0.0, help="seconds to wait after the job, before exiting")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -64,6 +65,7 @@ def main() -> None:
         parallelism=args.parallelism, max_batch_rows=2_000, checkpoint_dir=args.checkpoints, checkpoint_every=1
     )
     windows.agg(n=rs.count(), s=rs.sum("v"), m=rs.max("v")).write_parquet(args.output, config)
+    time.sleep(args.hold_after)  # a test may kill the process here, after the last commit
     print("done", flush=True)
 
 
