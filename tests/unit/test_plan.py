@@ -230,3 +230,18 @@ def test_a_window_of_windows_takes_their_last_instant_as_event_time() -> None:
 def test_the_watermark_stays_before_every_keyed_stage() -> None:
     with pytest.raises(rs.PlanError, match="set the watermark before key_by"):
         windows().key_by("window_end").top("n").with_watermark("window_end")
+
+
+def test_an_unnamed_aggregate_says_how_to_name_it() -> None:
+    stream = rs.from_pandas(pd.DataFrame({"k": [1], "v": [2]}), time_column="v")
+    with pytest.raises(rs.PlanError, match=r"agg: name each aggregate, as agg\(n=rs.count\(\)\)"):
+        stream.key_by("k").agg(rs.count())  # type: ignore[arg-type]
+    with pytest.raises(rs.PlanError, match=r"agg: name each aggregate, as agg\(n=rs.sum\('v'\)\)"):
+        stream.key_by("k").window(rs.Tumbling("1s")).agg(rs.sum("v"))  # type: ignore[arg-type]
+
+
+def test_an_unknown_aggregate_lists_the_known_ones() -> None:
+    with pytest.raises(rs.PlanError, match=r"unknown aggregate 'median'; the aggregates are: rs.count\(\), rs.sum"):
+        rs.Aggregate("median", "v")  # type: ignore[arg-type]
+    with pytest.raises(rs.PlanError, match=r"rs.sum needs a column"):
+        rs.Aggregate("sum")
