@@ -25,6 +25,8 @@ class _SplitClock:
     min_event_time_ms: int | None = None
     #: Not read yet because an earlier phase is still being read; it is never idle meanwhile.
     pending: bool = False
+    #: When a reader first polled the split (a split queued behind others is not polled yet).
+    polled_at: float | None = None
     #: When this split last held the watermark back alone, and whether that was reported.
     holding_since: float | None = None
     reported_holding: bool = False
@@ -46,7 +48,7 @@ class WatermarkTracker:
 
     def __init__(self, event_time: EventTime | None, new_split_idle_timeout_ms: int | None = None) -> None:
         self.event_time = event_time
-        #: A split that has shown no event time yet stops counting after this long (see ``Source``).
+        #: A split polled this long without showing an event time stops counting (see ``Source``).
         self.new_split_idle_timeout_ms = new_split_idle_timeout_ms
         self.splits: dict[str, _SplitClock] = {}
         self.current = START_OF_TIME_MS
@@ -84,6 +86,8 @@ class WatermarkTracker:
     def observe(self, split_id: str, progress: dict[str, Any], now: float) -> None:
         """Record what one split yielded in an epoch (a reader's progress entry for it)."""
         clock = self.splits.setdefault(split_id, _SplitClock(last_active=now))
+        if clock.polled_at is None:
+            clock.polled_at = now
         max_event_time_ms, rows, done = progress["max_event_time_ms"], progress["rows"], progress["done"]
         declared = progress.get("watermark_ms")
         if declared is not None:
@@ -138,8 +142,13 @@ class WatermarkTracker:
         idle_ms = self.event_time.idle_timeout_ms
         if idle_ms is not None and silent_ms >= idle_ms:
             return True
+        # A split polled for that long without a single event (a partition that receives nothing). One that
+        # waits behind other splits of its reader is not polled, so an unread file never counts as idle.
+        timeout_ms = self.new_split_idle_timeout_ms
+        if timeout_ms is None or clock.polled_at is None:
+            return False
         never_seen = clock.max_event_time_ms is None and clock.declared_ms is None
-        return never_seen and self.new_split_idle_timeout_ms is not None and silent_ms >= self.new_split_idle_timeout_ms
+        return never_seen and (now - clock.polled_at) * 1000 >= timeout_ms
 
     def _note_holder(self, candidates: dict[str, int | None], now: float) -> None:
         """Remember which split alone holds the watermark back, and since when."""

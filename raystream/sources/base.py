@@ -186,8 +186,9 @@ class Source(ABC):
     batch_rows: int = 100_000
     #: The dataclasses a split payload may hold, which ``decode_payload`` may rebuild from a checkpoint.
     payload_types: tuple[type, ...] = ()
-    #: A split that has yielded no row since it was assigned stops holding the watermark back after this many
-    #: milliseconds (a Kafka partition that never receives data), until its first row. ``None``: it holds it.
+    #: A split that readers have polled for this many milliseconds without a single row stops holding the
+    #: watermark back (a Kafka partition that never receives data), until its first row. ``None``: it holds it.
+    #: A split waiting behind others of its reader is not polled, so it keeps holding the watermark.
     new_split_idle_timeout_ms: int | None = None
 
     def identity(self) -> dict[str, Any]:

@@ -60,6 +60,8 @@ class HybridSource(Source):
         self.discovers_splits = live.discovers_splits
         self.discovery_interval_s = live.discovery_interval_s
         self.has_dead_letters = history.has_dead_letters or live.has_dead_letters
+        # History files are polled only once they start, and then produce: the rule concerns live splits.
+        self.new_split_idle_timeout_ms = live.new_split_idle_timeout_ms
         self._schema = _common_schema(history, live, time_column)
         self._history_splits: list[Split] | None = None
 

@@ -15,14 +15,17 @@ def progress(max_event_time_ms: int | None, rows: int = 1) -> dict[str, object]:
     return {"max_event_time_ms": max_event_time_ms, "rows": rows, "done": False}
 
 
-def test_a_split_that_never_produced_stops_holding_the_watermark_after_the_timeout() -> None:
+def test_a_split_polled_without_an_event_stops_holding_the_watermark_after_the_timeout() -> None:
     tracker = WatermarkTracker(EventTime("t", delay_ms=0), new_split_idle_timeout_ms=1_000)
-    for split in ("p0", "p1", "p2"):
-        tracker.add_split(split, now=0.0)
-    tracker.observe("p0", progress(5_000), now=0.5)
-    tracker.observe("p1", progress(7_000), now=0.5)
+    for split in ("p0", "p1", "p2", "queued"):
+        tracker.add_split(split, now=0.0, min_event_time_ms=None if split != "queued" else 1_000)
+    tracker.observe("p0", progress(5_000), now=0.0)
+    tracker.observe("p1", progress(7_000), now=0.0)
+    tracker.observe("p2", progress(None, rows=0), now=0.0)
     assert tracker.advance(now=0.5) == START_OF_TIME_MS  # p2 may still produce
-    assert tracker.advance(now=1.0) == 5_000  # p2 never did: it no longer counts
+    # p2 never did: it no longer counts. "queued" waits behind another split: never polled, it holds at its start.
+    assert tracker.advance(now=1.0) == 1_000
+    assert tracker.advance(now=100.0) == 1_000
     tracker.observe("p2", progress(6_000), now=1.5)  # once it produces, it counts again
     tracker.observe("p0", progress(9_000), now=1.5)
     assert tracker.advance(now=1.5) == 6_000
