@@ -26,6 +26,7 @@ def test_a_split_polled_without_an_event_stops_holding_the_watermark_after_the_t
     # p2 never did: it no longer counts. "queued" waits behind another split: never polled, it holds at its start.
     assert tracker.advance(now=1.0) == 1_000
     assert tracker.advance(now=100.0) == 1_000
+    tracker.observe("queued", {"max_event_time_ms": None, "rows": 0, "done": True}, now=1.5)
     tracker.observe("p2", progress(6_000), now=1.5)  # once it produces, it counts again
     tracker.observe("p0", progress(9_000), now=1.5)
     assert tracker.advance(now=1.5) == 6_000
