@@ -60,6 +60,10 @@ class RunConfig:
             since the last one, such as ``"30s"``.
         checkpoints_to_keep: Committed checkpoints kept; older ones are pruned.
         checkpoint_storage_options: fsspec options (credentials) for ``checkpoint_dir``.
+        checkpoint_key: A secret that signs the checkpoints (HMAC-SHA256), so
+            that one altered by anyone without it is refused; by default
+            ``RAYSTREAM_CHECKPOINT_KEY``. Without a key, checksums catch
+            damage but not deliberate edits. Never shown in reprs or logs.
         max_recoveries: How many times a job recovers by itself from a dead
             actor, restoring its last checkpoint, before it fails.
         watermark_stall_warning: Log a warning naming the split that alone
@@ -78,6 +82,7 @@ class RunConfig:
     checkpoint_interval: str | None = None
     checkpoints_to_keep: int = 3
     checkpoint_storage_options: dict[str, Any] | None = None
+    checkpoint_key: str | None = None
     max_recoveries: int = 3
     watermark_stall_warning: str | None = "1m"
 
@@ -118,6 +123,8 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"RunConfig.{name} must be a positive int, got {value!r}")
+        if self.checkpoint_key is not None and (not isinstance(self.checkpoint_key, str) or not self.checkpoint_key):
+            raise ConfigError("RunConfig.checkpoint_key must be a non-empty string (a secret), or None")
         if self.watermark_stall_warning is not None:
             try:
                 duration_ms(self.watermark_stall_warning, "RunConfig.watermark_stall_warning")
@@ -127,10 +134,9 @@ class RunConfig:
             raise ConfigError(f"RunConfig.max_recoveries must be an int >= 0, got {self.max_recoveries!r}")
 
     def __repr__(self) -> str:
-        # Storage options hold credentials: never show them.
-        shown = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "checkpoint_storage_options"
-        }
+        # Storage options hold credentials, and the key is a secret: never show them.
+        hidden = ("checkpoint_storage_options", "checkpoint_key")
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in hidden}
         return "RunConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 

@@ -34,6 +34,14 @@ On restart, ``latest`` returns the newest commit that passes its checks
 (marker checksum, manifest checksum, every state file present with its
 size). A damaged newest commit is skipped with a warning, and the previous
 one is used. ``read_state`` checks each file's SHA-256 when it is restored.
+
+Checksums catch damage, not an attacker, who can compute them too. With a
+key (``RunConfig.checkpoint_key``, or ``RAYSTREAM_CHECKPOINT_KEY`` in the
+environment), commit markers and offset records carry an HMAC-SHA256
+instead; the marker names the manifest's SHA-256, the manifest each state
+file's and the record each splits file's, so the key covers everything.
+A marker or record whose HMAC does not verify is refused with an error,
+never skipped: falling back, or starting over, would double the output.
 """
 
 from __future__ import annotations
@@ -41,9 +49,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import hmac
 import io
 import json
 import logging
+import os
 import re
 import uuid
 import warnings
@@ -59,13 +69,18 @@ from raystream._fs import url_to_fs
 from raystream.errors import RaystreamError
 
 __all__ = [
+    "KEY_VARIABLE",
     "Checkpoint",
     "CheckpointError",
     "CheckpointMismatchError",
     "CheckpointStore",
     "CorruptCheckpointError",
     "StateFile",
+    "TamperedCheckpointError",
 ]
+
+#: The environment variable that holds the key checkpoints are signed with, when no key is passed.
+KEY_VARIABLE = "RAYSTREAM_CHECKPOINT_KEY"
 
 _logger = logging.getLogger("raystream")
 
@@ -95,6 +110,10 @@ class CheckpointMismatchError(CheckpointError):
 
 class CorruptCheckpointError(CheckpointError):
     """A file of a committed checkpoint is missing, truncated or altered."""
+
+
+class TamperedCheckpointError(CheckpointError):
+    """A checkpoint's signature does not verify with the key: it was altered, or signed with another key."""
 
 
 @dataclass(frozen=True)
@@ -162,13 +181,17 @@ class CheckpointStore:
             filesystem can open ``url``.
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, keep: int = 3) -> None:
+    def __init__(
+        self, url: str, storage_options: dict[str, Any] | None = None, keep: int = 3, key: str | None = None
+    ) -> None:
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise CheckpointError(
                 f"checkpoint {url}: keep={keep!r} is invalid; keep is how many checkpoints to keep, an integer >= 1"
             )
         self.url = url
         self.keep = keep
+        key = key if key is not None else os.environ.get(KEY_VARIABLE) or None
+        self._key: bytes | None = None if key is None else key.encode()
         self._storage_options: dict[str, Any] = dict(storage_options or {})
         self._fs_cache: tuple[fsspec.AbstractFileSystem, str] | None = None
         self._filesystem()  # fail now, not in an actor, on an unknown protocol
@@ -179,7 +202,41 @@ class CheckpointStore:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_fs_cache"] = None
+        state["_key"] = None  # actors write state files only, which the signed manifest covers
         return state
+
+    # ------------------------------------------------------------------ signatures
+
+    def _sign(self, body: Any) -> dict[str, str]:
+        """The signature of a JSON body: an HMAC with the key, else a plain checksum."""
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        if self._key is None:
+            return {"sha256": hashlib.sha256(canonical).hexdigest()}
+        return {"hmac": hmac.new(self._key, canonical, hashlib.sha256).hexdigest()}
+
+    def _verify(self, body: Any, signature: dict[str, Any], what: str) -> bool:
+        """Whether ``signature`` is ``body``'s; False for a damaged plain checksum.
+
+        Raises:
+            TamperedCheckpointError: with a key, when the signature is not an
+                HMAC of it with that key; without one, when it is signed.
+        """
+        expected = self._sign(body)
+        if self._key is not None:
+            given = signature.get("hmac")
+            if not isinstance(given, str) or not hmac.compare_digest(given, expected["hmac"]):
+                raise TamperedCheckpointError(
+                    f"checkpoint {what}: its signature does not verify with the checkpoint key: it was altered, or "
+                    f"written with another key or none; refusing it (a fallback could double the output). Use the "
+                    f"key that wrote it, or a new checkpoint_dir"
+                )
+            return True
+        if "hmac" in signature:
+            raise TamperedCheckpointError(
+                f"checkpoint {what}: it is signed, and no key is set to verify it; set {KEY_VARIABLE} (or "
+                f"RunConfig.checkpoint_key) to the key that wrote it"
+            )
+        return signature.get("sha256") == expected["sha256"]
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -201,7 +258,8 @@ class CheckpointStore:
             CheckpointError: ``record`` is not JSON-able, or the file cannot be written.
         """
         _check_epoch(epoch, self.url)
-        data = self._dumps(record, f"the offsets record of epoch {epoch}").encode()
+        self._dumps(record, f"the offsets record of epoch {epoch}")  # a clear error for a record that is not JSON
+        data = self._dumps({"record": record, "signature": self._sign(record)}, "the offsets record").encode()
         self._write_bytes(_offsets_rel(epoch), data)
 
     def read_offsets(self, epoch: int) -> dict[str, Any] | None:
@@ -222,12 +280,22 @@ class CheckpointStore:
                 f"checkpoint {self._name(rel)}: the offsets record is not valid JSON ({exc}); "
                 f"the file is damaged: restore it, or use a new checkpoint_dir"
             ) from exc
-        if not isinstance(record, dict):
+        if (
+            not isinstance(record, dict)
+            or set(record) != {"record", "signature"}
+            or not isinstance(record["record"], dict)
+            or not isinstance(record["signature"], dict)
+        ):
             raise CheckpointError(
-                f"checkpoint {self._name(rel)}: the offsets record is a JSON {type(record).__name__}, "
-                f"not an object; the file is damaged: restore it, or use a new checkpoint_dir"
+                f"checkpoint {self._name(rel)}: the offsets record is not one raystream wrote; "
+                f"the file is damaged: restore it, or use a new checkpoint_dir"
             )
-        return record
+        if not self._verify(record["record"], record["signature"], self._name(rel)):
+            raise CorruptCheckpointError(
+                f"checkpoint {self._name(rel)}: the offsets record does not match its checksum; the file is "
+                f"damaged: restore it, or use a new checkpoint_dir"
+            )
+        return dict(record["record"])
 
     def offset_epochs(self) -> list[int]:
         """Return the epochs that have an offsets record, sorted."""
@@ -441,7 +509,7 @@ class CheckpointStore:
         manifest = self._dumps([dataclasses.asdict(e) for e in entries], f"the manifest of epoch {epoch}").encode()
         self._write_bytes(_manifest_rel(epoch), manifest)
         body = {"epoch": epoch, "record": record, "manifest_sha256": hashlib.sha256(manifest).hexdigest()}
-        marker = {**body, "sha256": _canonical_sha256(body)}
+        marker = {**body, **self._sign(body)}
         self._write_bytes(_commit_rel(epoch), self._dumps(marker, "the commit marker").encode())
         self._prune(epoch)
 
@@ -530,10 +598,10 @@ class CheckpointStore:
             marker = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return None, f"truncated or not valid JSON ({exc})"
-        if not isinstance(marker, dict) or not isinstance(marker.get("sha256"), str):
+        if not isinstance(marker, dict) or not any(isinstance(marker.get(k), str) for k in ("sha256", "hmac")):
             return None, "malformed: not a commit marker (no sha256)"
-        claimed = marker.pop("sha256")
-        if _canonical_sha256(marker) != claimed:
+        signature = {k: marker.pop(k) for k in ("sha256", "hmac") if k in marker}
+        if not self._verify(marker, signature, self._name(_commit_rel(epoch))):
             return None, "checksum mismatch: the commit marker was altered or damaged"
         if sorted(marker) != sorted(_COMMIT_KEYS) or not isinstance(marker["record"], dict):
             return None, f"malformed: expected the keys {', '.join(_COMMIT_KEYS)}, sha256"
@@ -777,11 +845,6 @@ def _epoch_of_state_rel(rel: str) -> int | None:
     if len(parts) > 1 and parts[0] == _STATE and _EPOCH_DIR.match(parts[1]):
         return int(parts[1])
     return None
-
-
-def _canonical_sha256(obj: Any) -> str:
-    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _is_int(value: Any) -> bool:

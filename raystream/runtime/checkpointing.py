@@ -174,7 +174,10 @@ class Checkpointing:
                 "use a replayable source (files, Kafka) or run without checkpoints"
             )
         self.store = CheckpointStore(
-            config.checkpoint_dir, config.checkpoint_storage_options, keep=config.checkpoints_to_keep
+            config.checkpoint_dir,
+            config.checkpoint_storage_options,
+            keep=config.checkpoints_to_keep,
+            key=config.checkpoint_key,
         )
         self.source: Source = plan.source
         self.shape = plan_shape(plan)
@@ -336,7 +339,12 @@ class Checkpointing:
         self.store.commit(epoch, record, state_files)
 
 
-def read_state(checkpoint_dir: str, operator: str | None = None, storage_options: dict[str, Any] | None = None) -> Any:
+def read_state(
+    checkpoint_dir: str,
+    operator: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    key: str | None = None,
+) -> Any:
     """The keyed state of a job as of its last committed checkpoint, as a pandas DataFrame.
 
     Running aggregates show one row per key; windows show their open
@@ -350,13 +358,15 @@ def read_state(checkpoint_dir: str, operator: str | None = None, storage_options
         operator: The keyed operator's name (``agg(name=...)``); needed only
             when the job has several.
         storage_options: fsspec options for ``checkpoint_dir``.
+        key: The key the checkpoints are signed with (``RunConfig.checkpoint_key``);
+            by default ``RAYSTREAM_CHECKPOINT_KEY``.
 
     Raises:
         CheckpointError: when there is no valid checkpoint, or no such operator.
     """
     import pyarrow as pa
 
-    store = CheckpointStore(checkpoint_dir, storage_options)
+    store = CheckpointStore(checkpoint_dir, storage_options, key=key)
     skip: set[int] = set()
     while True:
         checkpoint = store.latest(skip=skip)

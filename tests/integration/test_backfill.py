@@ -161,14 +161,15 @@ def test_hybrid_killed_during_history_and_after_the_switch_still_gives_the_exact
         """Where the last committed checkpoint is: "none", "history" (part read), or "live" (history done)."""
         if not (checkpoints / "commits").exists():
             return "none"
-        latest = CheckpointStore(str(checkpoints)).latest()
-        if latest is None:
+        summary = CheckpointStore(str(checkpoints)).describe()
+        if summary["latest_epoch"] is None:
             return "none"
-        record = latest.record
-        history_ids = [s for s in record["split_ids"] if s.startswith("history/")]
+        record = summary["record"]
+        history_ids = [s for s in summary["split_ids"] if s.startswith("history/")]
         if all(s in record["done"] for s in history_ids):
             return "live" if any(s.startswith("live/") for s in record["positions"]) else "switching"
-        return "history" if any(s in record["positions"] for s in history_ids) else "none"
+        started = [s for s in history_ids if s in record["positions"] or s in record["done"]]
+        return "history" if started else "none"
 
     assert not run_job_process(CLI_JOB, args, kill_when=lambda: phase() == "history"), "the history ended too soon"
     assert phase() == "history"

@@ -21,6 +21,7 @@ from raystream.runtime.checkpoint import (
     CheckpointStore,
     CorruptCheckpointError,
     StateFile,
+    TamperedCheckpointError,
 )
 
 FINGERPRINT = "f00d"
@@ -397,3 +398,65 @@ def test_one_file_holds_a_writers_key_groups_and_reads_back_any_subset(store: Ch
     assert store.read_state(entry, {9, 3}).equals(pa.concat_tables([state_table(1, 3), state_table(1, 9)]))
     assert store.read_state(entry).num_rows == 15
     assert store.read_state(entry, {42}).num_rows == 0
+
+
+# ---------------------------------------------------------------- signing with a key
+
+
+def test_a_signed_checkpoint_reads_back_with_its_key_and_hides_the_key(url: str) -> None:
+    signed = CheckpointStore(url, key="s3cr3t-key")
+    write_epoch(signed, 1)
+    checkpoint = signed.latest()
+    assert checkpoint is not None and checkpoint.epoch == 1
+    signed.write_offsets(2, {"epoch": 2})
+    assert signed.read_offsets(2) == {"epoch": 2}
+    assert "s3cr3t" not in repr(signed) and b"s3cr3t" not in pickle.dumps(signed)
+    marker = json.loads((Path(url) / "commits" / "0000000001.json").read_text())
+    assert "hmac" in marker and "sha256" not in marker
+
+
+def test_a_checkpoint_altered_without_the_key_is_refused_not_skipped(url: str) -> None:
+    signed = CheckpointStore(url, key="s3cr3t-key")
+    write_epoch(signed, 1)
+    write_epoch(signed, 2)
+    # An attacker who can write the folder, but has no key, changes the record and recomputes a checksum.
+    path = Path(url) / "commits" / "0000000002.json"
+    marker = json.loads(path.read_text())
+    marker["record"]["positions"] = {"split-0": 0}
+    del marker["hmac"]
+    unkeyed = CheckpointStore(url)
+    marker.update(unkeyed._sign({k: marker[k] for k in ("epoch", "record", "manifest_sha256")}))
+    path.write_text(json.dumps(marker))
+    with pytest.raises(TamperedCheckpointError, match="does not verify with the checkpoint key"):
+        signed.latest()
+    with pytest.raises(TamperedCheckpointError, match="does not verify"):
+        CheckpointStore(url, key="another-key").latest()
+
+
+def test_an_altered_offsets_record_is_refused_with_a_key_and_named_without(url: str) -> None:
+    signed = CheckpointStore(url, key="s3cr3t-key")
+    write_epoch(signed, 1, commit=False)
+    path = Path(url) / "offsets" / "0000000001.json"
+    logged = json.loads(path.read_text())
+    logged["record"]["positions"] = {"split-0": 999}
+    path.write_text(json.dumps(logged))
+    with pytest.raises(TamperedCheckpointError):
+        signed.read_offsets(1)
+    unsigned = CheckpointStore(str(Path(url).parent / "plain"))
+    write_epoch(unsigned, 1, commit=False)
+    plain = Path(url).parent / "plain" / "offsets" / "0000000001.json"
+    logged = json.loads(plain.read_text())
+    logged["record"]["positions"] = {"split-0": 999}
+    plain.write_text(json.dumps(logged))
+    with pytest.raises(CorruptCheckpointError, match="does not match its checksum"):
+        unsigned.read_offsets(1)
+
+
+def test_a_signed_checkpoint_needs_the_key_to_be_read(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_epoch(CheckpointStore(url, key="s3cr3t-key"), 1)
+    monkeypatch.delenv("RAYSTREAM_CHECKPOINT_KEY", raising=False)
+    with pytest.raises(TamperedCheckpointError, match="set RAYSTREAM_CHECKPOINT_KEY"):
+        CheckpointStore(url).latest()
+    monkeypatch.setenv("RAYSTREAM_CHECKPOINT_KEY", "s3cr3t-key")
+    checkpoint = CheckpointStore(url).latest()
+    assert checkpoint is not None and checkpoint.epoch == 1
