@@ -431,12 +431,13 @@ class Coordinator:
         """
         ordered = sorted(splits, key=lambda s: (s.phase, s.min_event_time_ms is None, s.min_event_time_ms or 0))
         assignments: list[list[Any]] = [[] for _ in self.readers]
-        for i, split in enumerate(ordered):
+        unread = [split for split in ordered if split.split_id not in self.done_splits]  # a checkpoint's done splits
+        for i, split in enumerate(unread):
             position = self.positions.get(split.split_id)
             assignments[(first + i) % len(self.readers)].append((split, position))
         now = time.monotonic()
         phase = self._phase()
-        for split in ordered:
+        for split in unread:
             self.watermarks.add_split(split.split_id, now, split.min_event_time_ms, pending=split.phase > phase)
         return [reader.assign.remote(chunk) for reader, chunk in zip(self.readers, assignments, strict=True) if chunk]
 
@@ -484,6 +485,7 @@ class Coordinator:
         to_replay = deque(replay)
         idle_sleep = _IDLE_SLEEP_S
         batch_rows = config.max_batch_rows or self.plan.source.batch_rows
+        unsaved = False  # whether the last epoch that ran ended without a checkpoint
         while active and not self._stop.is_set():
             self._discover_splits(epoch)
             loop_started = time.perf_counter()
@@ -530,8 +532,11 @@ class Coordinator:
             else:
                 watermark = self.watermarks.advance(now, end_of_input)
                 self._warn_if_stalled(now)
-            if logged is None and rows == 0 and not moved and not end_of_input and watermark == previous_watermark:
+            checkpoint_due = self.checkpointing is not None and self.checkpointing.due(epoch, end_of_input)
+            idle = logged is None and rows == 0 and not moved and not end_of_input and watermark == previous_watermark
+            if idle and not (checkpoint_due and unsaved):
                 # An idle epoch (protocol step 1): nothing to run, log or commit; its number goes to the next one.
+                # Once a checkpoint falls due, one empty epoch saves what the epochs before it left unsaved.
                 while in_flight:
                     self._complete(in_flight.popleft(), runner, side_router)
                 with self._lock:
@@ -548,7 +553,7 @@ class Coordinator:
                     self.checkpointing.log_epoch(
                         epoch, {"watermark_before": previous_watermark, "watermark": watermark, "splits": read}
                     )
-                if self.checkpointing.due(epoch, end_of_input):
+                if checkpoint_due:
                     checkpoint = _Checkpoint(
                         dict(self.positions), set(self.done_splits), watermark, self.watermarks.clocks(), []
                     )
@@ -573,6 +578,7 @@ class Coordinator:
                     store = self.checkpointing.store
                     checkpoint.snapshot_refs += [actor.snapshot.remote(epoch, store) for actor in actors]
             output_refs = [outputs[0] for outputs in layer if outputs]
+            unsaved = checkpoint is None
             in_flight.append(
                 _EpochInFlight(
                     epoch, meta_refs, output_refs, side_refs, reader_metas, loop_started, checkpoint, end_of_input
