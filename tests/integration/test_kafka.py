@@ -283,7 +283,7 @@ def test_start_positions(kafka_broker: Any, new_topic: Any) -> None:
     job = stream.key_by("k").agg(total=rs.sum("v")).start(rs.RunConfig(parallelism=1))
     try:
         deadline = time.monotonic() + 20
-        while len(job.metrics()["splits"]) < 2:  # both partitions polled once: "latest" is fixed (idle epochs commit nothing)
+        while len(job.metrics()["splits"]) < 2:  # both partitions polled: "latest" is fixed
             assert time.monotonic() < deadline
             time.sleep(0.05)
         kafka_broker.produce(topic, [json.dumps({"t": 99, "k": 0, "v": 1000})], partition=1)
