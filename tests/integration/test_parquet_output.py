@@ -41,9 +41,7 @@ def oracle(*frames: pd.DataFrame) -> pd.DataFrame:
 
 
 # First in the module: the S3 server then starts (hiding the machine's AWS settings) before the module's Ray.
-def test_on_s3_a_second_run_is_refused_and_nothing_outside_the_prefix_is_touched(
-    s3: S3Server, s3_bucket: str
-) -> None:
+def test_on_s3_a_second_run_is_refused_and_nothing_outside_the_prefix_is_touched(s3: S3Server, s3_bucket: str) -> None:
     options, fs = s3.storage_options, s3.filesystem()
     out = f"s3://{s3_bucket}/out"
     fs.pipe_file(f"{s3_bucket}/out-sibling/keep.parquet", b"a sibling prefix that shares the name's start")

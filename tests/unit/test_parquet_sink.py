@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import raystream as rs
-from raystream.config import SinkConfig, parse_config
+from raystream.config import SinkConfig, load_yaml, parse_config
 from raystream.sinks.base import SinkContext
 from raystream.sinks.parquet import OutputFolderError, ParquetSink
 
@@ -272,3 +272,10 @@ def test_yaml_sinks_are_validated_per_kind() -> None:
     for data, message in cases:
         with pytest.raises(rs.ConfigError, match=message):
             parse_config(SinkConfig, data, "sink")
+
+
+def test_every_config_parses_and_the_page_views_configs_write_folders_of_their_own() -> None:
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    sinks = {path.stem: parse_config(SinkConfig, load_yaml(path).get("sink"), "sink") for path in configs.iterdir()}
+    page_views = [sinks[name].path for name in ("backfill", "live", "hybrid")]
+    assert all(page_views) and len(set(page_views)) == 3, page_views
