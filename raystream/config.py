@@ -312,6 +312,15 @@ class SinkConfig:
         if self.kind == "kafka" and self.transactional_id == "":
             raise ConfigError("config: 'sink.transactional_id' must be a non-empty string, or left out")
 
+    def __repr__(self) -> str:
+        # storage_options and producer_config hold credentials (keys, SASL passwords): never show them.
+        shown = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("storage_options", "producer_config")
+        }
+        return "SinkConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
     def run(self, stream: Stream, config: RunConfig, wait: bool = True) -> Job:
         """Run ``stream`` into this sink; with ``wait``, until it ends."""
         if self.kind == "print":

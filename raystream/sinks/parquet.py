@@ -182,9 +182,9 @@ class ParquetSink(Sink):
             PlanError: the folder is a file, or holds files and the mode is ``"error"``.
         """
         self._check_folder()
-        found = self._first_entry()
-        if found is not None and self.mode == "error":
-            raise self._taken(found)
+        entries = self._entries()
+        if entries and self.mode == "error":
+            raise self._taken(entries)
 
     def on_start(self, context: SinkContext) -> None:
         job = context.job_id or uuid.uuid4().hex
@@ -198,11 +198,11 @@ class ParquetSink(Sink):
         marker = self._inside(posixpath.join(_JOBS, f"{job}.json"), "mark")
         if not (context.resumed and self._fs.exists(marker)):
             # A fresh job, or a resumed one that never got as far as its marker: nothing here is its own.
-            found = self._first_entry()
-            if found is not None and self.mode == "error":
-                raise self._taken(found)
-            if found is not None and self.mode == "overwrite":
-                self._clear()
+            entries = self._entries()
+            if entries and self.mode == "error":
+                raise self._taken(entries)
+            if entries and self.mode == "overwrite":
+                self._clear(entries)
             # Last: with the marker present, a resumed job keeps what is in the folder, so it must come
             # after the overwrite is complete (a kill in the middle of it redoes it).
             started = datetime.now(timezone.utc).isoformat()
@@ -210,33 +210,31 @@ class ParquetSink(Sink):
         self._remove_tree(_STAGING)  # what a killed run left staged; replayed epochs stage it again
 
     def _check_folder(self) -> None:
-        self._fs.invalidate_cache(self._root)  # another process may have written since this one listed
+        self._fs.invalidate_cache()  # another process may have written since this one listed
         if self._fs.exists(self._root) and not self._fs.isdir(self._root):
             raise PlanError(f"write_parquet: {self._shown(self._root)!r} is a file; give a folder path")
 
-    def _first_entry(self) -> str | None:
-        """The name of one entry in the folder, or None when it is missing or empty."""
+    def _entries(self) -> list[str]:
+        """The names of the folder's entries (one level), sorted; none when it is missing."""
         try:
-            entries = sorted(self._fs.ls(self._root, detail=False))
+            entries = self._fs.ls(self._root, detail=False)
         except FileNotFoundError:
-            return None
-        names = [posixpath.relpath(entry, self._root) for entry in entries]
-        return next((name for name in names if name not in (".", "")), None)
+            return []
+        return sorted({posixpath.relpath(entry, self._root) for entry in entries} - {".", ""})
 
-    def _taken(self, found: str) -> PlanError:
-        other = found in (_JOBS, _COMMITTED, _STAGING)
-        what = "the output of another job" if other else f"files raystream did not write here, such as {found!r}"
+    def _taken(self, entries: list[str]) -> PlanError:
+        if _JOBS in entries or _COMMITTED in entries:
+            what = "the output of another job"
+        else:
+            what = f"files raystream did not write here, such as {entries[0]!r}"
         return PlanError(
             f"write_parquet: {self._shown(self._root)!r} already holds {what}; pass mode='overwrite' to replace "
             "it, mode='append' to add to it, or write to a new folder"
         )
 
-    def _clear(self) -> None:
-        """Delete everything in the folder (its entries, one by one; never the folder itself)."""
-        for entry in self._fs.ls(self._root, detail=False):
-            name = posixpath.relpath(entry, self._root)
-            if name in (".", ""):
-                continue
+    def _clear(self, entries: list[str]) -> None:
+        """Delete the folder's entries, one by one (never the folder itself, which may be a bucket)."""
+        for name in entries:
             # A symbolic link is deleted itself, never followed: fsspec's local rm unlinks links.
             self._fs.rm(self._inside(name, "delete", follow_links=False), recursive=True)
 
@@ -288,7 +286,7 @@ class ParquetSink(Sink):
 
     def write(self, table: pa.Table, epoch_id: int, writer: int) -> tuple[int, list[str]]:
         """Stage the table's files; return the writer and the files' paths relative to its staging folder."""
-        staging = self._staging_dir(epoch_id, writer)
+        staging = self._inside(posixpath.relpath(self._staging_dir(epoch_id, writer), self._root), "stage into")
         if self._fs.exists(staging):  # an attempt of this epoch that failed: none of it may be moved
             self._fs.rm(staging, recursive=True)
         options = self._writer_options(table.schema)
@@ -350,33 +348,27 @@ class ParquetSink(Sink):
         )
 
     def _read_manifest(self, manifest: str, epoch_id: int) -> list[str]:
-        """The files a manifest lists, each checked to be one of this job's files of ``epoch_id``."""
-        own = re.compile(rf"part-{re.escape(self._job)}-{epoch_id:08d}-\d{{4}}-\d+\.parquet")
+        """The files a manifest lists, each checked to be one of this job's files of ``epoch_id``.
+
+        Raises:
+            OutputFolderError: naming the manifest and its first bad entry; nothing is deleted then.
+        """
         try:
             files = json.loads(self._fs.cat_file(manifest))
         except (ValueError, UnicodeDecodeError):
             files = None
-        bad = (
-            "it is not a JSON list"
-            if not isinstance(files, list)
-            else next(
-                (
-                    f"it names {entry!r}, not a file of epoch {epoch_id} of this job inside the folder"
-                    for entry in files
-                    if not (
-                        isinstance(entry, str)
-                        and _plain_relative(entry)
-                        and own.fullmatch(entry.rpartition("/")[2])
-                        and self._own_folders(entry.rpartition("/")[0])
-                    )
-                ),
-                None,
-            )
-        )
-        if bad is not None:
+        problem = "it is not a JSON list" if not isinstance(files, list) else None
+        own = re.compile(rf"part-{re.escape(self._job)}-{epoch_id:08d}-\d{{4}}-\d+\.parquet")
+        for entry in files if isinstance(files, list) else []:
+            plain = isinstance(entry, str) and _plain_relative(entry)
+            folders, _, name = entry.rpartition("/") if plain else ("", "", "")
+            if not (plain and own.fullmatch(name) and self._own_folders(folders)):
+                problem = f"it names {entry!r}, not a file of epoch {epoch_id} of this job inside the folder"
+                break
+        if problem is not None:
             raise OutputFolderError(
-                f"write_parquet: refusing the manifest {self._shown(manifest)!r}: {bad}; raystream did not write "
-                "it (the output folder was changed by hand?): delete it, or write to a new folder"
+                f"write_parquet: refusing the manifest {self._shown(manifest)!r}: {problem}; raystream did not "
+                "write it (the output folder was changed by hand?): delete it, or write to a new folder"
             )
         assert isinstance(files, list)
         return files

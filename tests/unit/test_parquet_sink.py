@@ -183,15 +183,17 @@ def test_an_epoch_without_output_writes_no_manifest(tmp_path: Path) -> None:
         "part-job-00000001-0000-0.parquet/../../victim.parquet",
         "notes.txt",  # inside, but not a file of this job and epoch
         "part-other-00000001-0000-0.parquet",
+        7,
+        {"path": "../victim.parquet"},
     ],
 )
-def test_a_planted_manifest_deletes_nothing_and_is_refused(tmp_path: Path, entry: str) -> None:
+def test_a_planted_manifest_deletes_nothing_and_is_refused(tmp_path: Path, entry: Any) -> None:
     victim = tmp_path / "victim.parquet"
     pq.write_table(table(7), victim)
     out = tmp_path / "out"
     sink = start(out, "job")
     (out / "notes.txt").write_text("keep")
-    entry = entry.format(victim=victim)
+    entry = entry.format(victim=victim) if isinstance(entry, str) else entry
     # The manifest of the epoch about to commit, and where raystream kept manifests before (no job in the name).
     for manifest in (out / "_committed" / "job" / "epoch-00000001.json", out / "_committed" / "epoch-00000001.json"):
         manifest.parent.mkdir(parents=True, exist_ok=True)
@@ -272,6 +274,8 @@ def test_yaml_sinks_are_validated_per_kind() -> None:
     for data, message in cases:
         with pytest.raises(rs.ConfigError, match=message):
             parse_config(SinkConfig, data, "sink")
+    secret = {"kind": "kafka", "topic": "t", "producer_config": {"sasl.password": "hunter2-secret"}}
+    assert "hunter2" not in repr(parse_config(SinkConfig, secret, "sink"))
 
 
 def test_every_config_parses_and_the_page_views_configs_write_folders_of_their_own() -> None:
