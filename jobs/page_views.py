@@ -13,6 +13,10 @@ Make some history and live data first (the days overlap on purpose: day 3 is in 
         --first-day 2026-01-03 --days 2
     raystream backfill jobs/page_views.py --config configs/backfill.yaml --from 2026-01-01 --to 2026-01-03
     raystream run jobs/page_views.py --config configs/hybrid.yaml
+
+Each config writes a folder of its own (``out/page_views-backfill``, ``-live``, ``-hybrid``):
+``write_parquet`` refuses a folder that another job wrote, unless the sink's ``mode`` says
+``overwrite`` or ``append``.
 """
 
 from __future__ import annotations

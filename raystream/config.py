@@ -268,29 +268,91 @@ class SinkConfig:
     """Where a job run from the CLI writes.
 
     Attributes:
-        kind: ``print`` or ``parquet``.
+        kind: ``print``, ``parquet`` or ``kafka``.
         path: For ``parquet``: the output folder or URL.
         partition_by: For ``parquet``: Hive-style partition columns.
         num_rows: For ``print``: rows shown per epoch.
         sort_by: For ``print``: columns to sort by; ``-col`` sorts descending.
-        storage_options: fsspec options for ``path``.
+        storage_options: For ``parquet``: fsspec options for ``path``.
         compression: For ``parquet``: the codec (``snappy``, ``zstd``, ``lz4``, ``gzip``, ``brotli``, ``none``).
+        mode: For ``parquet``: when the folder holds files, ``error`` (the
+            default), ``overwrite`` or ``append``; see ``Stream.write_parquet``.
+        topic: For ``kafka``: the topic to write (it must exist).
+        bootstrap_servers: For ``kafka``.
+        key: For ``kafka``: the column whose value becomes the record key.
+        format: For ``kafka``: ``json`` (each row as an object) or ``raw`` (the ``value`` column).
+        producer_config: For ``kafka``: librdkafka producer settings.
+        transactional_id: For ``kafka``: makes the sink exactly-once (with a
+            ``checkpoint_dir``), one Kafka transaction per epoch; unique per job.
     """
 
-    kind: Literal["print", "parquet"] = "print"
+    kind: Literal["print", "parquet", "kafka"] = "print"
     path: str | None = None
     partition_by: list[str] = field(default_factory=list)
     num_rows: int = 20
     sort_by: list[str] = field(default_factory=list)
     storage_options: dict[str, Any] = field(default_factory=dict)
     compression: str = "snappy"
+    mode: Literal["error", "overwrite", "append"] = "error"
+    topic: str | None = None
+    bootstrap_servers: str = "localhost:9092"
+    key: str | None = None
+    format: Literal["json", "raw"] = "json"
+    producer_config: dict[str, Any] = field(default_factory=dict)
+    transactional_id: str | None = None
+
+    #: The keys each kind takes, besides ``kind``.
+    KEYS: typing.ClassVar[dict[str, tuple[str, ...]]] = {
+        "print": ("num_rows", "sort_by"),
+        "parquet": ("path", "partition_by", "storage_options", "compression", "mode"),
+        "kafka": ("topic", "bootstrap_servers", "key", "format", "producer_config", "transactional_id"),
+    }
+
+    def __post_init__(self) -> None:
+        # A key of another kind would be ignored without a word (a parquet 'path' on a print sink): refuse it.
+        for f in dataclasses.fields(self):
+            if f.name == "kind" or f.name in self.KEYS.get(self.kind, ()):
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if getattr(self, f.name) != default:
+                owner = next(kind for kind, keys in self.KEYS.items() if f.name in keys)
+                raise ConfigError(
+                    f"config: 'sink.{f.name}' is for sink kind {owner!r}, not {self.kind!r}; remove it, or set "
+                    f"kind: {owner}"
+                )
+        if self.kind == "parquet" and not self.path:
+            raise ConfigError("config: 'sink.path' is required for sink kind 'parquet'; give an output folder or URL")
+        if self.kind == "kafka" and not self.topic:
+            raise ConfigError("config: 'sink.topic' is required for sink kind 'kafka', as topic: clicks-per-user")
+        if self.kind == "kafka" and self.transactional_id == "":
+            raise ConfigError("config: 'sink.transactional_id' must be a non-empty string, or left out")
+
+    def __repr__(self) -> str:
+        # storage_options and producer_config hold credentials (keys, SASL passwords): never show them.
+        shown = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("storage_options", "producer_config")
+        }
+        return "SinkConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     def run(self, stream: Stream, config: RunConfig, wait: bool = True) -> Job:
         """Run ``stream`` into this sink; with ``wait``, until it ends."""
         if self.kind == "print":
             return stream.print(config, num_rows=self.num_rows, sort_by=self.sort_by or None, wait=wait)
-        if self.path is None:
-            raise ConfigError("config: 'sink.path' is required for sink kind 'parquet'; give an output folder or URL")
+        if self.kind == "kafka":
+            assert self.topic is not None  # checked in __post_init__
+            return stream.write_kafka(
+                self.topic,
+                self.bootstrap_servers,
+                key=self.key,
+                format=self.format,
+                producer_config=self.producer_config or None,
+                config=config,
+                wait=wait,
+                transactional_id=self.transactional_id,
+            )
+        assert self.path is not None  # checked in __post_init__
         return stream.write_parquet(
             self.path,
             config,
@@ -298,6 +360,7 @@ class SinkConfig:
             storage_options=self.storage_options or None,
             wait=wait,
             compression=self.compression,
+            mode=self.mode,
         )
 
 

@@ -533,13 +533,20 @@ class Stream:
         *,
         compression: str = "snappy",
         use_dictionary: bool | list[str] | None = None,
+        mode: Literal["error", "overwrite", "append"] = "error",
     ) -> Job:
         """Write the output as Parquet files under ``path`` (any fsspec URL).
 
         Each epoch's files are staged under ``path/_staging`` by the actors
         that produce them, then moved into place by the driver once the
-        whole epoch is written, under names made of the epoch id and the
-        writer, so that a replayed epoch rewrites the same files.
+        whole epoch is written, under names made of the job id, the epoch id
+        and the writer, so that a replayed epoch rewrites the same files.
+
+        A folder that already holds files (another job's output, or files
+        raystream did not write) is an error by default, as Spark's
+        ``errorifexists``: two runs into one folder would otherwise mix
+        their rows. A job resuming from its ``checkpoint_dir`` goes on in
+        the folder it started, in every mode.
 
         Args:
             path: The output folder.
@@ -554,6 +561,14 @@ class Stream:
                 ``False`` for none, or a list of names. Dictionary-encoding
                 numbers and times seldom makes files smaller and halves the
                 writer's speed.
+            mode: When ``path`` holds files: ``"error"`` (the default)
+                refuses to start, ``"overwrite"`` deletes them before the
+                first epoch, ``"append"`` keeps them and adds this job's
+                files (named after the job, so nothing collides).
+
+        Raises:
+            PlanError: an invalid argument, or (``mode="error"``, no
+                ``checkpoint_dir``) a folder that holds files.
         """
         from raystream.sinks.parquet import ParquetSink
 
@@ -561,7 +576,11 @@ class Stream:
             check_columns("write_parquet partition_by", partition_by, self.schema)
         if isinstance(use_dictionary, list):
             check_columns("write_parquet use_dictionary", use_dictionary, self.schema)
-        sink = ParquetSink(path, partition_by, storage_options, compression=compression, use_dictionary=use_dictionary)
+        sink = ParquetSink(
+            path, partition_by, storage_options, compression=compression, use_dictionary=use_dictionary, mode=mode
+        )
+        if getattr(config, "checkpoint_dir", None) is None:  # no resume possible: the folder can be judged now
+            sink.check_destination()
         return self._run(sink, config, wait)
 
     def write_kafka(

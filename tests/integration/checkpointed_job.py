@@ -1,10 +1,11 @@
 """A windowed Parquet-to-Parquet job with checkpoints, run as its own process by the recovery tests.
 
     python checkpointed_job.py INPUT OUTPUT CHECKPOINTS [--parallelism N] [--ray-temp-dir DIR] [--hold-after S]
-                               [--kafka BOOTSTRAP_SERVERS --stop-ms MS --group GROUP]
+                               [--kafka BOOTSTRAP_SERVERS --stop-ms MS --group GROUP] [--mode MODE]
 
 INPUT is a Parquet folder, or with --kafka a topic (read until --stop-ms,
 with --group as a consumer group that raystream publishes positions to).
+--mode is write_parquet's mode (error, overwrite or append).
 
 Each epoch is slowed down a little so that a test can kill the process at
 a random moment in the middle of the run.
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--group")
     parser.add_argument("--delay", type=float, default=0.05, help="seconds of sleep per batch")
     parser.add_argument("--hold-after", type=float, default=0.0, help="seconds to wait after the job, before exiting")
+    parser.add_argument("--mode", default="error", choices=["error", "overwrite", "append"])
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -64,7 +66,7 @@ def main() -> None:
     config = rs.RunConfig(
         parallelism=args.parallelism, max_batch_rows=2_000, checkpoint_dir=args.checkpoints, checkpoint_every=1
     )
-    windows.agg(n=rs.count(), s=rs.sum("v"), m=rs.max("v")).write_parquet(args.output, config)
+    windows.agg(n=rs.count(), s=rs.sum("v"), m=rs.max("v")).write_parquet(args.output, config, mode=args.mode)
     time.sleep(args.hold_after)  # a test may kill the process here, after the last commit
     print("done", flush=True)
 
