@@ -465,18 +465,19 @@ class Stream:
         """The records the source could not decode, as a stream that can go to any sink.
 
         Each row holds the raw ``key`` and ``value`` bytes, the ``topic``,
-        ``partition``, ``offset`` and ``timestamp`` it came from, and the
-        ``error``. Running this stream runs the whole pipeline and writes the
-        dead letters instead of its output; a job started on the pipeline
-        itself keeps them too: ``Job.dead_letters()``.
+        ``partition``, ``offset`` and ``timestamp`` it came from (for a file:
+        its ``split`` and the line number as ``offset``), and the ``error``.
+        Running this stream runs the whole pipeline and writes the dead
+        letters instead of its output; a job started on the pipeline itself
+        keeps them too: ``Job.dead_letters()``.
         """
         from raystream.sources.base import DEAD_LETTER_SCHEMA
 
         source = source_of(self._node)
         if not source.has_dead_letters:
             raise PlanError(
-                f"dead_letters: {source.name} has no dead letters; read_kafka(..., format='json', "
-                "errors='dead_letter') routes malformed records there"
+                f"dead_letters: {source.name} has no dead letters; read_kafka(..., format='json') and read_json(...) "
+                "route malformed records there, unless errors='fail'"
             )
         return Stream(DeadLettersNode(parent=self._node, schema=DEAD_LETTER_SCHEMA))
 

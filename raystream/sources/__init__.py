@@ -129,6 +129,10 @@ def read_csv(
 ) -> Stream:
     """Read CSV files with a header row. ``schema`` overrides type inference.
 
+    A file that is not valid UTF-8 in a string column is an error naming the
+    file and line (never a column silently read as binary); declare the
+    column ``pa.binary()`` in ``schema`` to read its raw bytes.
+
     ``start``, ``end``, ``partition_time``, ``partitioning``, ``watch`` and
     ``poll_interval`` work as in :func:`read_parquet` (files are pruned by
     their partition folders; there are no row groups).
@@ -163,12 +167,23 @@ def read_json(
     watch: bool = False,
     poll_interval: str | timedelta | int = "10s",
     storage_options: dict[str, Any] | None = None,
+    errors: str = "dead_letter",
 ) -> Stream:
-    """Read newline-delimited JSON files. ``schema`` overrides type inference.
+    """Read newline-delimited JSON files: one JSON object per line, one row per line; blank lines are skipped.
 
-    ``start``, ``end``, ``partition_time``, ``partitioning``, ``watch`` and
-    ``poll_interval`` work as in :func:`read_parquet` (files are pruned by
-    their partition folders; there are no row groups).
+    Without ``schema``, the fields and types come from each file's first
+    block (1 MiB), the first lines winning where lines disagree; with it,
+    only its fields are read, with its types. ``start``, ``end``,
+    ``partition_time``, ``partitioning``, ``watch`` and ``poll_interval``
+    work as in :func:`read_parquet` (files are pruned by their partition
+    folders; there are no row groups).
+
+    Args:
+        errors: ``"dead_letter"`` (the default, like Spark's ``PERMISSIVE`` and :func:`read_kafka`): a line
+            that is not one JSON object, is not valid UTF-8, or does not fit the schema (without ``schema``,
+            also one with a field or a type the first block did not have) goes to ``stream.dead_letters()``,
+            with the file as ``split``, its line number (from 1) as ``offset`` and the raw line as ``value``,
+            and the job goes on. ``"fail"`` (Spark's ``FAILFAST``): the job fails, naming the file and line.
     """
     from raystream.sources.files import JsonSource
 
@@ -183,6 +198,7 @@ def read_json(
         watch=watch,
         poll_interval=poll_interval,
         storage_options=storage_options,
+        errors=errors,  # type: ignore[arg-type]
     )
     return from_source(source, time_column)
 
