@@ -249,9 +249,15 @@ def read_kafka(
         topics: A topic or a list of topics. New partitions are picked up while the job runs.
         bootstrap_servers: ``"host:port[,host:port]"``.
         format: ``"json"``: one JSON object per record, decoded a whole batch at a time with
-            ``pyarrow.json``. ``"raw"``: the columns ``key``, ``value`` (binary), ``topic``,
-            ``partition``, ``offset`` and ``timestamp``.
-        schema: The JSON records' schema. Without it, it is inferred from the first records.
+            ``pyarrow.json``; each record is exactly one row or one dead letter, and keeps its own
+            timestamp. ``"raw"``: the columns ``key``, ``value`` (binary), ``topic``, ``partition``,
+            ``offset`` and ``timestamp``.
+        schema: The JSON records' schema; fields not in it are ignored. Without it, it is inferred
+            once, on the driver at plan time, from the first records of the topics (up to 1,000, read
+            within about a second), and every reader decodes with that one schema. The first records'
+            types win: a later record whose field has another type is a dead letter naming the column
+            and both types; a field the sample lacks is not read; a topic with no record yet is a
+            ``PlanError`` asking for ``schema=``.
         time_column: The event-time column; ``None`` adds ``timestamp``, the Kafka record time, and uses it.
         start: ``"earliest"``, ``"latest"``, a datetime (records before it are skipped), or
             ``{partition: offset}``.
@@ -259,12 +265,14 @@ def read_kafka(
             a partition is done once it shows a record at or past that time, which is not read.
         consumer_config: librdkafka settings. A ``group.id`` here makes raystream publish its
             positions to that group after each committed epoch, for monitoring only.
-        errors: ``"dead_letter"``: records that fail to decode or to fit ``schema`` go to
-            ``stream.dead_letters()``, and the job goes on. ``"fail"``: the job fails with the
-            topic, partition and offset of the record.
+        errors: ``"dead_letter"``: records that are not one JSON object (a tombstone, an empty
+            value, two values, an array), are not valid UTF-8, or do not fit ``schema`` go to
+            ``stream.dead_letters()`` with the error, and the job goes on. ``"fail"``: the job fails
+            with the topic, partition and offset of the record and what is wrong with it.
 
     Raises:
         KafkaError: when the brokers cannot be reached within 10 s, or a topic does not exist.
+        PlanError: when ``schema`` is needed and the topics hold no JSON object to infer it from.
     """
     from raystream.sources.kafka import KafkaSource
 

@@ -116,8 +116,9 @@ def decode_records(
         rows.append(pa.Table.from_struct_array(objects))
         good.append(candidates[start + np.flatnonzero(valid)])
     for index, error in failed:
-        record = subset[index].as_py()
-        bad.append((int(candidates[index]), _explain(record, error, schema, unexpected)))
+        explained = _explain(subset[index].as_py(), error, schema, unexpected)
+        if not (skip_blank and explained == EMPTY):
+            bad.append((int(candidates[index]), explained))
     bad.sort()
     table = pa.concat_tables(rows) if rows else schema.empty_table()
     if not table.schema.equals(schema, check_metadata=True):
@@ -181,28 +182,32 @@ def explain(record: bytes | None) -> str:
     return _explain(record, "", pa.schema([]), "ignore")
 
 
-def _binary(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
+def _binary(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    # A chunked array stays chunked: the wrapping below copies it into one buffer anyway.
     return values if values.type == pa.binary() else values.cast(pa.binary())
 
 
-def _screen(values: pa.Array, skip_blank: bool, bad: list[tuple[int, str]]) -> np.ndarray:
-    """Which records go to the parser: not null, not empty, valid UTF-8 (vectorized); the others join ``bad``."""
+def _screen(values: pa.Array | pa.ChunkedArray, skip_blank: bool, bad: list[tuple[int, str]]) -> np.ndarray:
+    """Which records go to the parser: not null, not empty, valid UTF-8 (vectorized); the others join ``bad``.
+
+    A longer record of only whitespace fails to parse and is explained then
+    (and skipped with ``skip_blank``); the short ones, a producer's empty
+    value or a file's blank line (``\r`` too), are common enough to be told
+    here, for little.
+    """
     keep = np.ones(len(values), bool)
     if values.null_count:
         nulls = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
         keep[nulls] = False
         bad += [(int(i), TOMBSTONE) for i in nulls]
-    if skip_blank:
-        blank = pc.fill_null(pc.match_substring_regex(values, _BLANK), False).to_numpy(zero_copy_only=False)
-        keep &= ~blank
-    else:
-        # A record of only whitespace fails to parse and is explained then; an empty one is common enough
-        # (a producer's empty value) to be told here, for free.
-        empty = pc.fill_null(pc.equal(pc.binary_length(values), 0), False).to_numpy(zero_copy_only=False)
-        bad += [(int(i), EMPTY) for i in np.flatnonzero(empty & keep)]
-        keep &= ~empty
+    short = np.flatnonzero(
+        pc.fill_null(pc.less_equal(pc.binary_length(values), 2), False).to_numpy(zero_copy_only=False)
+    )
+    if len(short):
+        blank = short[pc.match_substring_regex(values.take(pa.array(short)), _BLANK).to_numpy(zero_copy_only=False)]
+        keep[blank] = False
+        if not skip_blank:
+            bad += [(int(i), EMPTY) for i in blank]
     valid = utf8_valid(values)
     if valid is not None:
         for i in np.flatnonzero(keep & ~valid):  # the invalid records only, to say where
@@ -211,7 +216,7 @@ def _screen(values: pa.Array, skip_blank: bool, bad: list[tuple[int, str]]) -> n
     return keep
 
 
-def utf8_valid(values: pa.Array) -> np.ndarray | None:
+def utf8_valid(values: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
     """``None`` when every element of ``values`` (binary) is valid UTF-8, else which are (nulls count as valid)."""
     try:
         values.cast(pa.string())  # validates the whole array at once, the common case
@@ -229,7 +234,7 @@ def _utf8_error(record: bytes) -> str:
 
 
 def _bisect(
-    records: pa.Array, target: pa.Schema | None, unexpected: Unexpected
+    records: pa.Array | pa.ChunkedArray, target: pa.Schema | None, unexpected: Unexpected
 ) -> tuple[list[tuple[int, pa.Table]], list[tuple[int, str]]]:
     """Parse the wrapped records, bisecting ranges that fail: ``(start, table)`` per good range, ``(index, error)``."""
     good: list[tuple[int, pa.Table]] = []
@@ -239,6 +244,8 @@ def _bisect(
     # large_binary: the wrapped batch may pass the 2 GiB of 32-bit offsets.
     prefix, suffix, separator = (pa.scalar(text, pa.large_binary()) for text in (_PREFIX, _SUFFIX, b""))
     wrapped = pc.binary_join_element_wise(prefix, records.cast(pa.large_binary()), suffix, separator)
+    if isinstance(wrapped, pa.ChunkedArray):
+        wrapped = pa.concat_arrays(wrapped.chunks)
     offsets = np.frombuffer(wrapped.buffers()[1], np.int64)[wrapped.offset : wrapped.offset + len(wrapped) + 1]
     data = wrapped.buffers()[2]
     # Blocks of ~1 MiB decode in parallel; a block must hold the longest record whole.

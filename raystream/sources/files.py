@@ -1659,12 +1659,14 @@ class JsonSource(_StreamSource):
         return _JsonReader(self, split.payload, int(position or 0))
 
     def _sniff(self, stream: pa.NativeFile, schema: pa.Schema | None, file: _File) -> pa.Schema | None:
-        lines = next(_line_batches(stream, self._block_bytes), None)
-        if lines is None:
-            return None
-        values = lines.column(0)
-        blank = pc.match_substring_regex(values, r"^[ \t\r\n]*$").to_numpy(zero_copy_only=False)
-        if blank.all():
+        before = 0  # lines of the blocks before, all blank
+        for lines in _line_batches(stream, self._block_bytes):  # the first block with a line that is not blank
+            values = lines.column(0)
+            blank = pc.match_substring_regex(values, r"^[ \t\r\n]*$").to_numpy(zero_copy_only=False)
+            if not blank.all():
+                break
+            before += len(values)
+        else:
             return None  # no record, no rows: the file gets no split
         if schema is not None:
             return schema
@@ -1674,8 +1676,8 @@ class JsonSource(_StreamSource):
             first = int(np.flatnonzero(~blank)[0])
             raise self._plan_error(
                 file,
-                f"cannot parse '{file.shown}': none of its first {len(values)} lines is a JSON object with a field "
-                f"that is not null (line {first + 1}: {explain(values[first].as_py())}); {self._parse_hint()}",
+                f"cannot parse '{file.shown}': none of its first {before + len(values)} lines is a JSON object with "
+                f"a field (line {before + first + 1}: {explain(values[first].as_py())}); {self._parse_hint()}",
             )
         return inferred
 

@@ -464,9 +464,12 @@ def test_json_bad_lines_are_dead_letters_with_their_line_numbers_and_resume_exac
     reader.close()
 
 
-def test_json_bad_lines_in_the_first_block_do_not_stop_inference(tmp_path: Path) -> None:
+def test_json_bad_lines_in_the_first_block_do_not_stop_inference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "a.json").write_bytes(b'oops\n{"x": 1, "y": null}\n{"x": "one"}\n{"x": 2, "y": "b"}\n')
-    (tmp_path / "b.json").write_bytes(b'{"x": 3, "y": "c"}\n')
+    (tmp_path / "b.json").write_bytes(b"\n" * 100 + b'{"x": 3, "y": "c"}\n')  # blank blocks first
+    monkeypatch.setattr(JsonSource, "_block_bytes", 64)
     source = JsonSource(str(tmp_path))
     assert source.schema() == pa.schema([("x", pa.int64()), ("y", pa.string())])
     assert read_all(source).to_pydict() == {"x": [1, 2, 3], "y": [None, "b", "c"]}
