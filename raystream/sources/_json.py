@@ -95,6 +95,8 @@ def decode_records(
         Every record is in exactly one of ``good`` (with its row) or ``bad``
         (with its error), but for blank ones skipped by ``skip_blank``.
     """
+    if len(values) == 0:  # an idle Kafka poll
+        return Decoded(schema.empty_table(), np.zeros(0, np.int64), np.zeros(0, np.int64), [])
     values = _binary(values)
     bad: list[tuple[int, str]] = []
     keep = _screen(values, skip_blank, bad)
@@ -192,7 +194,7 @@ def _screen(values: pa.Array | pa.ChunkedArray, skip_blank: bool, bad: list[tupl
 
     A longer record of only whitespace fails to parse and is explained then
     (and skipped with ``skip_blank``); the short ones, a producer's empty
-    value or a file's blank line (``\r`` too), are common enough to be told
+    value or a file's blank line (``\\r`` too), are common enough to be told
     here, for little.
     """
     keep = np.ones(len(values), bool)
@@ -253,7 +255,8 @@ def _bisect(
     block = max(_MIN_BLOCK_BYTES, 2 * longest + 2)
     # One block is parsed by one thread: handing it to the thread pool costs more than parsing a few records.
     threaded, single = (pajson.ReadOptions(block_size=block, use_threads=u) for u in (True, False))
-    parse = pajson.ParseOptions(explicit_schema=target, unexpected_field_behavior=unexpected)
+    behavior = unexpected if target is not None else "infer"
+    parse = pajson.ParseOptions(explicit_schema=target, unexpected_field_behavior=behavior)
 
     def attempt(start: int, end: int) -> pa.Table | str:
         text = data.slice(int(offsets[start]), int(offsets[end] - offsets[start]))

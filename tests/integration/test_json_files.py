@@ -51,7 +51,7 @@ def test_bad_lines_of_json_files_are_dead_letters_and_the_job_goes_on(tmp_path: 
     again = stream.dead_letters().to_pandas().sort_values(["split", "offset"], ignore_index=True)
     pd.testing.assert_frame_equal(again[letters.columns], letters, check_dtype=False)
 
-    strict = rs.read_json(str(tmp_path / "in"), schema=SCHEMA, errors="fail")
+    strict = rs.read_json(str(tmp_path / "in" / "a.json"), schema=SCHEMA, errors="fail")
     with pytest.raises(rs.RaystreamError, match=r"read_json: line 11 of '.*a\.json' cannot be decoded.*UTF-8"):
         strict.to_pandas()
     with pytest.raises(rs.PlanError, match=r"read_json has no dead letters.*unless errors='fail'"):
