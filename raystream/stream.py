@@ -465,10 +465,11 @@ class Stream:
         """The records that could not become rows, as a stream that can go to any sink.
 
         They are the records the source could not decode, and the rows
-        without an event time. Each row holds the raw ``value`` bytes (a
-        row as JSON when it was decoded), where it came from (``split`` and
-        ``offset``; for Kafka also ``key``, ``topic``, ``partition`` and
-        ``timestamp``) and the ``error``; see ``raystream.sources.base.DEAD_LETTER_SCHEMA``.
+        without an event time. Each row holds the raw ``key`` and ``value``
+        bytes (a row as JSON when it was decoded), where it came from
+        (``topic``, ``partition``, ``offset`` and ``timestamp`` for Kafka;
+        for a file its ``split`` and the line number as ``offset``) and the
+        ``error``; see ``raystream.sources.base.DEAD_LETTER_SCHEMA``.
         Running this stream runs the whole pipeline and writes the dead
         letters instead of its output; a job started on the pipeline itself
         keeps them too: ``Job.dead_letters()``.
@@ -483,8 +484,8 @@ class Stream:
         if not source.has_dead_letters and not has_event_time:
             raise PlanError(
                 f"dead_letters: {source.name} has no dead letters (it decodes nothing, and the stream has no event "
-                "time whose nulls would be refused); read_kafka(..., format='json', errors='dead_letter') routes "
-                "malformed records there"
+                "time whose nulls would be refused); read_kafka(..., format='json') and read_json(...) route "
+                "malformed records there, unless errors='fail'"
             )
         return Stream(DeadLettersNode(parent=self._node, schema=DEAD_LETTER_SCHEMA))
 

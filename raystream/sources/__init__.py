@@ -129,6 +129,10 @@ def read_csv(
 ) -> Stream:
     """Read CSV files with a header row. ``schema`` overrides type inference.
 
+    A file that is not valid UTF-8 in a string column is an error naming the
+    file and line (never a column silently read as binary); declare the
+    column ``pa.binary()`` in ``schema`` to read its raw bytes.
+
     ``start``, ``end``, ``partition_time``, ``partitioning``, ``watch`` and
     ``poll_interval`` work as in :func:`read_parquet` (files are pruned by
     their partition folders; there are no row groups).
@@ -163,12 +167,23 @@ def read_json(
     watch: bool = False,
     poll_interval: str | timedelta | int = "10s",
     storage_options: dict[str, Any] | None = None,
+    errors: str = "dead_letter",
 ) -> Stream:
-    """Read newline-delimited JSON files. ``schema`` overrides type inference.
+    """Read newline-delimited JSON files: one JSON object per line, one row per line; blank lines are skipped.
 
-    ``start``, ``end``, ``partition_time``, ``partitioning``, ``watch`` and
-    ``poll_interval`` work as in :func:`read_parquet` (files are pruned by
-    their partition folders; there are no row groups).
+    Without ``schema``, the fields and types come from each file's first
+    block (1 MiB), the first lines winning where lines disagree; with it,
+    only its fields are read, with its types. ``start``, ``end``,
+    ``partition_time``, ``partitioning``, ``watch`` and ``poll_interval``
+    work as in :func:`read_parquet` (files are pruned by their partition
+    folders; there are no row groups).
+
+    Args:
+        errors: ``"dead_letter"`` (the default, like Spark's ``PERMISSIVE`` and :func:`read_kafka`): a line
+            that is not one JSON object, is not valid UTF-8, or does not fit the schema (without ``schema``,
+            also one with a field or a type the first block did not have) goes to ``stream.dead_letters()``,
+            with the file as ``split``, its line number (from 1) as ``offset`` and the raw line as ``value``,
+            and the job goes on. ``"fail"`` (Spark's ``FAILFAST``): the job fails, naming the file and line.
     """
     from raystream.sources.files import JsonSource
 
@@ -183,6 +198,7 @@ def read_json(
         watch=watch,
         poll_interval=poll_interval,
         storage_options=storage_options,
+        errors=errors,  # type: ignore[arg-type]
     )
     return from_source(source, time_column)
 
@@ -233,9 +249,15 @@ def read_kafka(
         topics: A topic or a list of topics. New partitions are picked up while the job runs.
         bootstrap_servers: ``"host:port[,host:port]"``.
         format: ``"json"``: one JSON object per record, decoded a whole batch at a time with
-            ``pyarrow.json``. ``"raw"``: the columns ``key``, ``value`` (binary), ``topic``,
-            ``partition``, ``offset`` and ``timestamp``.
-        schema: The JSON records' schema. Without it, it is inferred from the first records.
+            ``pyarrow.json``; each record is exactly one row or one dead letter, and keeps its own
+            timestamp. ``"raw"``: the columns ``key``, ``value`` (binary), ``topic``, ``partition``,
+            ``offset`` and ``timestamp``.
+        schema: The JSON records' schema; fields not in it are ignored. Without it, it is inferred
+            once, on the driver at plan time, from the first records of the topics (up to 1,000, read
+            within about a second), and every reader decodes with that one schema. The first records'
+            types win: a later record whose field has another type is a dead letter naming the column
+            and both types; a field the sample lacks is not read; a topic with no record yet is a
+            ``PlanError`` asking for ``schema=``.
         time_column: The event-time column; ``None`` adds ``timestamp``, the Kafka record time, and uses it.
         start: ``"earliest"``, ``"latest"``, a datetime (records before it are skipped), or
             ``{partition: offset}``.
@@ -243,12 +265,14 @@ def read_kafka(
             a partition is done once it shows a record at or past that time, which is not read.
         consumer_config: librdkafka settings. A ``group.id`` here makes raystream publish its
             positions to that group after each committed epoch, for monitoring only.
-        errors: ``"dead_letter"``: records that fail to decode or to fit ``schema`` go to
-            ``stream.dead_letters()``, and the job goes on. ``"fail"``: the job fails with the
-            topic, partition and offset of the record.
+        errors: ``"dead_letter"``: records that are not one JSON object (a tombstone, an empty
+            value, two values, an array), are not valid UTF-8, or do not fit ``schema`` go to
+            ``stream.dead_letters()`` with the error, and the job goes on. ``"fail"``: the job fails
+            with the topic, partition and offset of the record and what is wrong with it.
 
     Raises:
         KafkaError: when the brokers cannot be reached within 10 s, or a topic does not exist.
+        PlanError: when ``schema`` is needed and the topics hold no JSON object to infer it from.
     """
     from raystream.sources.kafka import KafkaSource
 

@@ -92,7 +92,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 from urllib.parse import unquote
 
 import fsspec
@@ -101,13 +101,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from raystream._fs import redact, shown_url, to_arrow_fs, url_to_fs
 from raystream._time import Duration, duration_ms, is_event_time_type, time_ns
 from raystream.errors import PlanError, RaystreamError
-from raystream.sources.base import Source, Split, SplitReader
+from raystream.sources._json import Decoded, Unexpected, decode_records, explain, infer_schema, utf8_valid
+from raystream.sources.base import Source, Split, SplitReader, dead_letter_table
 
 __all__ = ["CsvSource", "JsonSource", "ParquetSource", "TextSource"]
 
@@ -150,6 +150,12 @@ _NS_PER_DAY = 24 * _NS_PER_HOUR
 _NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 _NS_PER_PARQUET_UNIT = {"milliseconds": 10**6, "microseconds": 10**3, "nanoseconds": 1}
 
+#: pyarrow's CSV reader says this of a string column holding bytes that are not UTF-8.
+_INVALID_UTF8 = "invalid UTF8"
+_UTF8_HINT = "fix the file's encoding, or pass schema= with that column as pa.binary() to read its raw bytes"
+
+#: ``errors=``: what a JSON line that does not decode does.
+Errors: TypeAlias = 'Literal["dead_letter", "fail"]'
 #: ``partition_time=``: ``"auto"``, ``None``, a day column, or ``[day, hour]``.
 PartitionTime: TypeAlias = "str | Sequence[str] | None"
 #: ``start=`` and ``end=``: a datetime, a date or an ISO string (naive means UTC).
@@ -653,10 +659,14 @@ class _RowReader(SplitReader):
                 self._buffer.skip(self._start - first_row)
             table = self._take(self._buffer, max_rows)
         except (pa.ArrowException, OSError) as exc:
-            raise self._rows.error(exc, f"after row {self._consumed} of its split", self._hint())  # noqa: B904
+            raise self._failure(exc)  # noqa: B904 - the error sets its cause itself, unless it would show a secret
         if table is not None:
             self._rows.seen(table)
         return table
+
+    def _failure(self, exc: BaseException) -> RaystreamError:
+        """The error for a read that raised ``exc``, naming the file."""
+        return self._rows.error(exc, f"after row {self._consumed} of its split", self._hint())
 
     def _take(self, buffer: _RowBuffer, max_rows: int) -> pa.Table | None:
         if self._rows.bounds is None:
@@ -1386,18 +1396,27 @@ class _StreamSource(_FileSource):
         try:
             with _open_file(fs, file.path) as raw:
                 expected = self._file_schema(file) if self._explicit is not None else None
-                reader = self._open_reader(_decompressed(raw, file.path), expected)
-                return None if reader is None else reader.schema
+                return self._sniff(_decompressed(raw, file.path), expected, file)
         except FileNotFoundError:
             raise
         except (pa.ArrowException, OSError) as exc:
-            message = f"{self.name}: cannot parse '{file.shown}' ({exc}); {self._parse_hint()}"
-            clean = redact(message, fs.storage_options)
-            raise PlanError(clean) from (exc if clean == message else None)
+            raise self._plan_error(file, f"cannot parse '{file.shown}' ({exc}); {self._parse_hint()}", exc) from None
+
+    def _plan_error(self, file: _File, message: str, cause: BaseException | None = None) -> PlanError:
+        """``message`` about ``file`` as a PlanError, without any credential of its filesystem."""
+        message = f"{self.name}: {message}"
+        clean = redact(message, self._filesystem(file).storage_options)
+        error = PlanError(clean)
+        error.__cause__ = cause if clean == message else None
+        error.__suppress_context__ = True
+        return error
 
     @abstractmethod
-    def _open_reader(self, stream: pa.NativeFile, schema: pa.Schema | None) -> Any:
-        """Return a pyarrow streaming reader over ``stream``, or ``None`` when it holds no record."""
+    def _sniff(self, stream: pa.NativeFile, schema: pa.Schema | None, file: _File) -> pa.Schema | None:
+        """The schema of ``file`` (``stream``) from its first block, or ``None`` when it holds no record.
+
+        ``schema`` is the file's columns from ``schema=``, or ``None`` to infer them.
+        """
 
     @abstractmethod
     def _parse_hint(self) -> str:
@@ -1413,25 +1432,22 @@ class _StreamSource(_FileSource):
             files = self._readable
         return [Split(file.label, file, self._min_event_time_ms(file, None)) for file in files]
 
-    def open_split(self, split: Split, position: Any | None) -> SplitReader:
-        """Open a file; ``position`` is the number of its rows already consumed."""
-        return _StreamReader(self, split.payload, int(position or 0))
-
 
 class _StreamReader(_RowReader):
+    """A reader of one whole file, streamed (CSV, JSON lines)."""
+
     def __init__(self, source: _StreamSource, file: _File, start: int) -> None:
         super().__init__(source, file, start)
         self._source = source
         self._raw: pa.NativeFile | None = None
         self._bytes = 0
 
-    def _open(self, max_rows: int) -> tuple[Iterator[pa.RecordBatch], int]:
+    def _stream(self) -> pa.NativeFile:
+        """Open the file (decompressed), to be closed by :meth:`close`."""
         self._raw = _open_file(self._rows.fs, self._file.path)
         stream = _decompressed(self._raw, self._file.path)
         self._closer = stream
-        # Parse every file with the source's column types, so that all files give the same types.
-        reader = self._source._open_reader(stream, self._rows.file_schema)
-        return (iter(()) if reader is None else iter(reader)), 0
+        return stream
 
     def _bytes_read(self) -> int:
         """Bytes of the file read so far (compressed bytes for a compressed file)."""
@@ -1518,6 +1534,28 @@ class CsvSource(_StreamSource):
             poll_interval=poll_interval,
         )
 
+    def open_split(self, split: Split, position: Any | None) -> SplitReader:
+        """Open a file; ``position`` is the number of its rows already consumed."""
+        return _CsvReader(self, split.payload, int(position or 0))
+
+    def _sniff(self, stream: pa.NativeFile, schema: pa.Schema | None, file: _File) -> pa.Schema | None:
+        try:
+            found = self._open_reader(stream, schema).schema
+        except pa.ArrowInvalid as exc:
+            if _INVALID_UTF8 not in str(exc):
+                raise
+            raise self._not_utf8(file, None, exc) from None
+        # pyarrow infers binary for a column holding bytes that are not UTF-8: that is a broken file, not data.
+        binary = [field.name for field in found if schema is None and pa.types.is_binary(field.type)]
+        if binary:
+            raise self._not_utf8(file, binary[0], None)
+        return found
+
+    def _not_utf8(self, file: _File, column: str | None, cause: BaseException | None) -> PlanError:
+        line = _first_invalid_utf8_line(self._filesystem(file), file, self._block_bytes)
+        where = f"column '{column}' " if column is not None else ""
+        return self._plan_error(file, f"'{file.shown}' is not valid UTF-8: {where}at line {line}; {_UTF8_HINT}", cause)
+
     def _open_reader(self, stream: pa.NativeFile, schema: pa.Schema | None) -> Any:
         convert = pa_csv.ConvertOptions()
         if schema is not None:
@@ -1535,15 +1573,43 @@ class CsvSource(_StreamSource):
         return "check the delimiter and the header row, or pass schema= with the column types"
 
 
+class _CsvReader(_StreamReader):
+    def __init__(self, source: CsvSource, file: _File, start: int) -> None:
+        super().__init__(source, file, start)
+        self._csv = source
+
+    def _open(self, max_rows: int) -> tuple[Iterator[pa.RecordBatch], int]:
+        # Parse every file with the source's column types, so that all files give the same types.
+        return iter(self._csv._open_reader(self._stream(), self._rows.file_schema)), 0
+
+    def _failure(self, exc: BaseException) -> RaystreamError:
+        if not (isinstance(exc, pa.ArrowInvalid) and _INVALID_UTF8 in str(exc)):
+            return super()._failure(exc)
+        line = _first_invalid_utf8_line(self._rows.fs, self._file, self._csv._block_bytes)
+        return self._rows.error(exc, f"at line {line}, which is not valid UTF-8", _UTF8_HINT)
+
+
 class JsonSource(_StreamSource):
     """Reads newline-delimited JSON files (one object per line); a split is a file.
 
     Without ``schema``, each file's fields and types are inferred from its
-    first block (1 MiB) at plan time and unified across files; a field or a
-    type that first appears later in a file fails the read. With ``schema``,
-    only its fields are read, with its types (other fields are ignored, a
-    missing field is null). See the module docstring for partitions, pruning
-    by time and watching.
+    first block (1 MiB) at plan time, the first lines' types winning where
+    lines disagree, and unified across files. With ``schema``, only its
+    fields are read, with its types (other fields are ignored, a missing
+    field is null). See the module docstring for partitions, pruning by time
+    and watching.
+
+    Each line is one row or one dead letter; blank lines are skipped. A line
+    that is not one JSON object (not JSON, two values, an array), is not
+    valid UTF-8, or does not fit the schema (a string in an ``int64`` field;
+    without ``schema``, also a field or a type that the first block did not
+    have) is a dead letter: ``stream.dead_letters()`` gets the raw line as
+    ``value``, its line number from 1 as ``offset``, the split (the file)
+    and the error, and the read goes on. That is the default, like Spark's
+    ``PERMISSIVE`` mode and :func:`raystream.read_kafka`, except that the
+    line is not half-read into a row of nulls. ``errors="fail"`` fails the
+    read at the first such line instead, naming the file and the line (Spark's
+    ``FAILFAST``). A split's position is the number of lines consumed.
 
     Args:
         path: An fsspec URL (file, directory or glob) or a list of them.
@@ -1556,10 +1622,12 @@ class JsonSource(_StreamSource):
         watch: Pick up files as they land (an unbounded source).
         poll_interval: How often to list the paths when watching.
         storage_options: Passed to the fsspec filesystem; never put in messages.
+        errors: ``"dead_letter"`` or ``"fail"``, for lines that do not decode (see above).
 
     Raises:
         FileNotFoundError: A path does not exist or holds no data file.
-        PlanError: A file is not JSON lines, or the files' schemas conflict;
+        PlanError: Without ``schema``, a file's first block holds no JSON
+            object to infer its fields from, or the files' schemas conflict;
             an argument is invalid.
     """
 
@@ -1578,7 +1646,12 @@ class JsonSource(_StreamSource):
         watch: bool = False,
         poll_interval: Duration = "10s",
         storage_options: dict[str, Any] | None = None,
+        errors: Errors = "dead_letter",
     ) -> None:
+        if errors not in ("dead_letter", "fail"):
+            raise PlanError(f"{self.name}: errors must be 'dead_letter' or 'fail', got {errors!r}")
+        self.errors = errors
+        self.has_dead_letters = errors == "dead_letter"
         super().__init__(
             path,
             schema=schema,
@@ -1592,24 +1665,144 @@ class JsonSource(_StreamSource):
             poll_interval=poll_interval,
         )
 
-    def _open_reader(self, stream: pa.NativeFile, schema: pa.Schema | None) -> Any:
-        parse = pa_json.ParseOptions()
+    def open_split(self, split: Split, position: Any | None) -> SplitReader:
+        """Open a file; ``position`` is the number of its lines already consumed."""
+        return _JsonReader(self, split.payload, int(position or 0))
+
+    def _sniff(self, stream: pa.NativeFile, schema: pa.Schema | None, file: _File) -> pa.Schema | None:
+        before = 0  # lines of the blocks before, all blank
+        for lines in _line_batches(stream, self._block_bytes):  # the first block with a line that is not blank
+            values = lines.column(0)
+            blank = pc.match_substring_regex(values, r"^[ \t\r\n]*$").to_numpy(zero_copy_only=False)
+            if not blank.all():
+                break
+            before += len(values)
+        else:
+            return None  # no record, no rows: the file gets no split
         if schema is not None:
-            behavior = "ignore" if self._explicit is not None else "error"
-            parse = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior=behavior)
-        try:
-            return pa_json.open_json(
-                stream, read_options=pa_json.ReadOptions(block_size=self._block_bytes), parse_options=parse
+            return schema
+        # Null fields stay, typed null: another file may give them a type (see _unify).
+        inferred = infer_schema(values, drop_null=False)
+        if inferred is None:
+            first = int(np.flatnonzero(~blank)[0])
+            raise self._plan_error(
+                file,
+                f"cannot parse '{file.shown}': none of its first {before + len(values)} lines is a JSON object with "
+                f"a field (line {before + first + 1}: {explain(values[first].as_py())}); {self._parse_hint()}",
             )
-        except pa.ArrowInvalid as exc:
-            # pyarrow refuses a file with no record (empty or only whitespace)
-            # rather than giving an empty stream; for us it is a file with no rows.
-            if "Empty JSON stream" in str(exc):
-                return None
-            raise
+        return inferred
 
     def _parse_hint(self) -> str:
         return "check that it holds one JSON object per line, or pass schema= with the field types"
+
+
+class _JsonReader(_StreamReader):
+    """Reads a JSON lines file with the shared record decoder.
+
+    Its buffer holds the raw lines, so its position counts lines consumed
+    (blank ones and dead letters too), and a dead letter knows its line.
+    """
+
+    def __init__(self, source: JsonSource, file: _File, start: int) -> None:
+        super().__init__(source, file, start)
+        self._json = source
+        # An inferred schema is the first block's: a field it lacks is an error, not silently dropped.
+        self._unexpected: Unexpected = "ignore" if source._explicit is not None else "error"
+        self._dead: list[pa.Table] = []
+
+    def _open(self, max_rows: int) -> tuple[Iterator[pa.RecordBatch], int]:
+        return _line_batches(self._stream(), self._json._block_bytes), 0
+
+    def _take(self, buffer: _RowBuffer, max_rows: int) -> pa.Table | None:
+        scanned = 0
+        while True:
+            chunk = buffer.take(max_rows if self._rows.bounds is None else max(max_rows, _FILTER_CHUNK_ROWS))
+            if chunk is None:
+                return None
+            lines = chunk.column(0)
+            decoded = decode_records(lines, self._rows.file_schema, unexpected=self._unexpected, skip_blank=True)
+            table = self._rows.complete(decoded.rows)
+            used = chunk.num_rows
+            mask = self._rows.mask(table)
+            if mask is not None:
+                kept = pc.indices_nonzero(mask)
+                if len(kept) > max_rows:
+                    # Return exactly max_rows rows; the lines from the next kept row on are read again next time.
+                    row = kept[max_rows].as_py()
+                    used = int(decoded.good[row])
+                    buffer.unread(chunk.slice(used))
+                    table, mask = table.slice(0, row), mask.slice(0, row)
+                table = table.filter(mask)
+            self._reject(lines, decoded, used)
+            self._consumed += used
+            scanned += used
+            if table.num_rows or scanned >= _FILTER_SCAN_ROWS:
+                return table
+
+    def _reject(self, lines: pa.ChunkedArray, decoded: Decoded, used: int) -> None:
+        """Keep (or fail on) the dead letters among the first ``used`` lines, numbered from the lines consumed."""
+        count = int(np.searchsorted(decoded.bad, used))
+        if count == 0:
+            return
+        bad = decoded.bad[:count]
+        if self._json.errors == "fail":
+            message = (
+                f"{self._json.name}: line {self._consumed + int(bad[0]) + 1} of '{self._file.shown}' cannot be "
+                f"decoded as a JSON object matching the schema: {decoded.errors[0]}; fix the file, or pass "
+                "errors='dead_letter' to route such lines to stream.dead_letters()"
+            )
+            raise RaystreamError(redact(message, self._rows.fs.storage_options))
+        columns = {
+            "value": lines.take(pa.array(bad)),
+            "offset": pa.array(self._consumed + bad + 1),
+            "split": pa.repeat(pa.scalar(self._file.label), count),
+            "error": decoded.errors[:count],
+        }
+        self._dead.append(dead_letter_table(columns))
+
+    def take_dead_letters(self) -> pa.Table | None:
+        if not self._dead:
+            return None
+        letters, self._dead = pa.concat_tables(self._dead), []
+        return letters
+
+
+def _line_batches(stream: pa.NativeFile, block_bytes: int) -> Iterator[pa.RecordBatch]:
+    """The lines of ``stream``, without their ``\\n``, as batches of one binary column, a block at a time.
+
+    A last line without a newline is a line too; a line longer than a block
+    is gathered over as many blocks as it takes.
+    """
+    carry: list[bytes] = []
+    while True:
+        block = stream.read(block_bytes)
+        if not block:
+            if carry:
+                yield pa.record_batch([pa.array([b"".join(carry)], pa.binary())], names=["line"])
+            return
+        last = block.rfind(b"\n")
+        if last < 0:
+            carry.append(block)
+            continue
+        data = b"".join([*carry, block[:last]]) if carry else block[:last]
+        carry = [block[last + 1 :]] if last + 1 < len(block) else []
+        lines = pc.list_flatten(pc.split_pattern(pa.array([data], pa.binary()), b"\n"))
+        yield pa.record_batch([lines], names=["line"])
+
+
+def _first_invalid_utf8_line(fs: fsspec.AbstractFileSystem, file: _File, block_bytes: int) -> int | None:
+    """The number (from 1) of the first line of ``file`` that is not valid UTF-8, or ``None``.
+
+    Only called to explain a failure, so it reads the file again from its start.
+    """
+    seen = 0
+    with _open_file(fs, file.path) as raw:
+        for batch in _line_batches(_decompressed(raw, file.path), block_bytes):
+            valid = utf8_valid(batch.column(0))
+            if valid is not None:
+                return seen + int(np.flatnonzero(~valid)[0]) + 1
+            seen += batch.num_rows
+    return None
 
 
 # --------------------------------------------------------------------------- #

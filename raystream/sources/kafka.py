@@ -25,10 +25,10 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pajson
 
 from raystream._time import datetime_to_ms
 from raystream.errors import PlanError, RaystreamError
+from raystream.sources._json import Decoded, decode_records, infer_schema
 from raystream.sources.base import DEAD_LETTER_SCHEMA, Source, Split, SplitReader, dead_letter_table
 
 __all__ = ["DEAD_LETTER_SCHEMA", "RAW_SCHEMA", "KafkaError", "KafkaSource"]
@@ -195,6 +195,11 @@ class KafkaSource(Source):
             consumer.close()
         if format == "json" and schema is None:
             schema = self._sample_schema()
+            if schema is None:
+                raise PlanError(
+                    f"read_kafka: cannot infer the JSON schema of {', '.join(map(repr, self.topics))}: the topics hold "
+                    "no JSON object yet; pass schema= (a pyarrow.Schema)"
+                )
         self._record_schema = schema if format == "json" else RAW_SCHEMA
         if format == "json" and schema is not None and time_column is None and "timestamp" in schema.names:
             raise PlanError(
@@ -204,11 +209,12 @@ class KafkaSource(Source):
         self._stop_offsets: dict[tuple[str, int], int] | None = None
 
     def _sample_schema(self, records: int = 1000) -> pa.Schema | None:
-        """Infer a JSON schema from the first records of the topics, or ``None`` when they are empty.
+        """Infer a JSON schema from the first records of the topics, or ``None`` when none is a JSON object.
 
-        Every later batch is decoded with this schema, so that batches agree;
-        pass ``schema=`` to be exact, since a field missing from the sample
-        is not read.
+        Every later batch, in every reader, is decoded with this schema, so
+        that batches agree (see :func:`raystream.sources._json.infer_schema`:
+        the first records' types win); pass ``schema=`` to be exact, since a
+        field missing from the sample is not read.
         """
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
@@ -226,8 +232,7 @@ class KafkaSource(Source):
                 ]
         finally:
             consumer.close()
-        sample, _ = _decode_json_values(pa.array(values[:records], pa.binary()), None)
-        return None if sample is None else sample.schema
+        return infer_schema(pa.array(values[:records], pa.binary()))
 
     def schema(self) -> pa.Schema | None:
         if self._record_schema is None:
@@ -422,33 +427,30 @@ class _PartitionReader(SplitReader):
         return schema.empty_table() if schema is not None else pa.table({})
 
     def _decode_json(self, raw: pa.Table) -> pa.Table:
+        """One row per record that decodes, one dead letter per other record; each keeps its own timestamp."""
         schema = self.source._record_schema
-        good, bad = _decode_json_values(raw.column("value").combine_chunks(), schema)
-        if bad:
-            self._reject(raw, bad)
-        rows = good if good is not None else (schema.empty_table() if schema is not None else pa.table({}))
-        if self.source.time_column is None and good is not None:
-            kept = sorted(set(range(raw.num_rows)) - {i for i, _ in bad})
-            rows = rows.append_column("timestamp", raw.column("timestamp").take(pa.array(kept, pa.int64())))
-        elif self.source.time_column is None:
-            rows = rows.append_column("timestamp", pa.array([], _TIMESTAMP))
+        assert schema is not None  # inferred at plan time, or the source refused to be built
+        decoded = decode_records(raw.column("value"), schema)
+        if len(decoded.bad):
+            self._reject(raw, decoded)
+        rows = decoded.rows
+        if self.source.time_column is None:
+            rows = rows.append_column("timestamp", raw.column("timestamp").take(pa.array(decoded.good)))
         return rows
 
-    def _reject(self, raw: pa.Table, bad: list[tuple[int, str]]) -> None:
+    def _reject(self, raw: pa.Table, decoded: Decoded) -> None:
         part = self.partition
         if self.source.errors == "fail":
-            index, error = bad[0]
-            offset = raw.column("offset")[index].as_py()
+            offset = raw.column("offset")[int(decoded.bad[0])].as_py()
             raise KafkaError(
-                f"read_kafka: record {part.topic}/{part.partition} at offset {offset} cannot be decoded as JSON "
-                f"{'matching schema' if self.source._record_schema is not None else ''}: {error}; "
-                "fix the producer, or pass errors='dead_letter' to route such records to stream.dead_letters()"
+                f"read_kafka: record {part.topic}/{part.partition} at offset {offset} cannot be decoded as a JSON "
+                f"object matching the schema: {decoded.errors[0]}; fix the producer, or pass errors='dead_letter' "
+                "to route such records to stream.dead_letters()"
             )
-        indices = pa.array([i for i, _ in bad], pa.int64())
-        rejected = raw.take(indices)
+        rejected = raw.take(pa.array(decoded.bad))
         columns: dict[str, Any] = {name: rejected.column(name) for name in RAW_SCHEMA.names}
-        columns["split"] = pa.repeat(pa.scalar(f"{part.topic}/{part.partition}"), len(bad))
-        columns["error"] = [e for _, e in bad]
+        columns["split"] = pa.repeat(pa.scalar(f"{part.topic}/{part.partition}"), len(decoded.bad))
+        columns["error"] = decoded.errors
         self.dead.append(dead_letter_table(columns))
 
     def take_dead_letters(self) -> pa.Table | None:
@@ -487,55 +489,3 @@ class _PartitionReader(SplitReader):
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
-
-
-def _decode_json_values(values: pa.Array, schema: pa.Schema | None) -> tuple[pa.Table | None, list]:
-    """Decode a binary array of JSON records in one ``pyarrow.json`` call; bisect only when that fails.
-
-    Returns the decoded rows of the good records, in order, and
-    ``(index, error)`` for each bad one. A batch decodes to exactly one row
-    per record or it is halved, so an empty record, or one that holds a
-    newline, is isolated too.
-    """
-    if len(values) == 0:
-        return None, []
-    good: list[pa.Table] = []
-    bad: list[tuple[int, str]] = []
-
-    def decode(start: int, end: int) -> None:
-        chunk = values.slice(start, end - start)
-        if end - start == 1:
-            value = chunk[0].as_py()
-            if value is None or not value.strip():
-                bad.append((start, "empty value"))
-                return
-            if b"\n" in value:
-                bad.append((start, "a newline inside the record"))
-                return
-        lines = pa.ListArray.from_arrays(pa.array([0, len(chunk)], pa.int32()), chunk.fill_null(b""))
-        data = pc.binary_join(lines, b"\n")[0].as_buffer()
-        # Blocks of ~1 MiB decode in parallel; a block must hold the longest record whole.
-        block_size = max(1 << 20, 2 * (pc.max(pc.binary_length(chunk)).as_py() or 0) + 2)
-        try:
-            table = pajson.read_json(
-                pa.BufferReader(data),
-                read_options=pajson.ReadOptions(block_size=block_size),
-                parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
-            )
-            if table.num_rows == end - start:
-                good.append(table if schema is None else table.select(schema.names).cast(schema))
-                return
-            error = f"decoded to {table.num_rows} rows"
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            error = str(exc).splitlines()[0]
-        if end - start == 1:
-            bad.append((start, error))
-            return
-        middle = (start + end) // 2
-        decode(start, middle)
-        decode(middle, end)
-
-    decode(0, len(values))
-    if not good:
-        return None, bad
-    return pa.concat_tables(good, promote_options="permissive"), bad

@@ -321,3 +321,97 @@ def test_losing_the_broker_mid_run_fails_the_job_clearly(tmp_path: Path) -> None
         broker.stop()
     with pytest.raises(rs.RaystreamError, match=r"read_kafka: lost Kafka at 127\.0\.0\.1:\d+ while reading doomed/0"):
         job.wait(timeout=60)
+
+
+def test_a_tombstone_and_a_record_of_two_values_are_dead_letters_and_times_stay_with_their_records(
+    kafka_broker: Any, new_topic: Any
+) -> None:
+    topic = new_topic(partitions=1)
+    two = '{"t": 2, "k": 2, "v": 20}{"t": 3, "k": 3, "v": 30}'
+    values = ['{"t": 1, "k": 1, "v": 10}', None, two, '{"t": 4, "k": 4}']
+    times = [1_000, 2_000, 3_000, 4_000]
+    # ONE record batch: the tombstone used to vanish and the two values to become two rows, so the 4 rows
+    # matched the 4 records and the third row took the tombstone's timestamp.
+    delivered = kafka_broker.produce(topic, values, partition=0, timestamps_ms=times, keys=["a", "b", "c", "d"])
+    assert [offset for _, offset in delivered] == [0, 1, 2, 3]
+    job = rs.read_kafka(topic, kafka_broker.bootstrap_servers, schema=SCHEMA, stop="latest").start()
+    job.wait(60)
+
+    good = [json.loads(values[i]) | {"timestamp": times[i]} for i in (0, 3)]  # the oracle: json, then pandas
+    expected = pd.DataFrame(good, columns=[*SCHEMA.names, "timestamp"]).astype({"v": "Int64"})
+    expected["timestamp"] = pd.to_datetime(expected["timestamp"], unit="ms", utc=True)
+    rows = job.results().astype({"v": "Int64"})
+    pd.testing.assert_frame_equal(rows.sort_values("t", ignore_index=True), expected, check_dtype=False)
+    letters = job.dead_letters().sort_values("offset", ignore_index=True)
+    assert letters["offset"].tolist() == [1, 2] and letters["key"].tolist() == [b"b", b"c"]
+    assert [t.value // 10**6 for t in letters["timestamp"]] == [2_000, 3_000]
+    assert letters["value"].tolist() == [None, values[2].encode()]
+    assert letters["error"][0] == "tombstone: the record has no value"
+    assert "more than one JSON value" in letters["error"][1]
+    assert (letters["split"] == f"{topic}/0").all() and (letters["partition"] == 0).all()
+
+    strict = rs.read_kafka(topic, kafka_broker.bootstrap_servers, schema=SCHEMA, stop="latest", errors="fail")
+    with pytest.raises(rs.RaystreamError, match=rf"record {topic}/0 at offset 1 cannot be decoded.*tombstone"):
+        strict.to_pandas()
+
+
+def test_invalid_utf8_in_a_string_is_a_dead_letter_and_never_reaches_the_shuffle_or_parquet(
+    kafka_broker: Any, new_topic: Any, tmp_path: Path
+) -> None:
+    topic = new_topic(partitions=2)
+    schema = pa.schema([("t", pa.int64()), ("user", pa.string())])
+    values = [b'{"t": %d, "user": "u%d"}' % (i, i % 5) for i in range(200)]
+    bad = {
+        17: b'{"t": 17, "user": "caf\xe9"}',  # latin-1
+        99: b'{"t": 99, "user": "\xff\xfe"}',
+        150: b'{"t": 150, "user": "\\udc00"}',  # an unpaired surrogate escape
+    }
+    for i, value in bad.items():
+        values[i] = value
+    delivered = kafka_broker.produce(topic, values, keys=[str(i) for i in range(200)])
+    which = {delivered[i]: i for i in range(200)}
+    good = pd.DataFrame([json.loads(v) for i, v in enumerate(values) if i not in bad])
+
+    # key_by hashes the strings: an invalid one used to fail the shuffle ("this is a raystream bug").
+    stream = rs.read_kafka(topic, kafka_broker.bootstrap_servers, schema=schema, time_column="t", stop="latest")
+    job = stream.key_by("user").agg(n=rs.count()).start(rs.RunConfig(parallelism=2))
+    job.wait(60)
+    counts = job.results().set_index("user")["n"].sort_index()
+    pd.testing.assert_series_equal(counts, good.groupby("user").size().rename("n"), check_dtype=False)
+    letters = job.dead_letters()
+    assert sorted(which[(p, o)] for p, o in zip(letters["partition"], letters["offset"], strict=True)) == sorted(bad)
+    assert letters["error"].str.contains("UTF-8|surrogate").all(), letters["error"].tolist()
+
+    # Without key_by the strings used to reach the Parquet files.
+    stream.write_parquet(str(tmp_path / "out"))
+    written = pq.read_table(tmp_path / "out")
+    written.validate(full=True)
+    assert sorted(written.column("t").to_pylist()) == sorted(good["t"])
+
+    strict = rs.read_kafka(topic, kafka_broker.bootstrap_servers, schema=schema, stop="latest", errors="fail")
+    with pytest.raises(rs.RaystreamError, match=rf"record {topic}/\d at offset \d+ cannot be decoded.*(UTF-8|surr)"):
+        strict.to_pandas()
+
+
+def test_inferred_schema_is_fixed_by_the_first_records_and_a_record_of_another_type_is_a_dead_letter(
+    kafka_broker: Any, new_topic: Any
+) -> None:
+    topic = new_topic(partitions=1)
+    values = [json.dumps({"t": i, "k": i % 3, "v": i}) for i in range(60)]
+    values[41] = json.dumps({"t": "yesterday", "k": 1, "v": 41})  # used to fail: "Unable to merge ... int64 vs string"
+    kafka_broker.produce(topic, values, partition=0)
+    stream = rs.read_kafka(topic, kafka_broker.bootstrap_servers, time_column="t", stop="latest")
+    assert stream.schema == SCHEMA
+    job = stream.key_by("k").agg(n=rs.count(), s=rs.sum("v")).start()
+    job.wait(60)
+    good = pd.DataFrame([json.loads(v) for i, v in enumerate(values) if i != 41])
+    expected = good.groupby("k").agg(n=("v", "size"), s=("v", "sum"))
+    pd.testing.assert_frame_equal(job.results().set_index("k").sort_index(), expected, check_dtype=False)
+    (letter,) = job.dead_letters().to_dict("records")
+    assert letter["offset"] == 41
+    assert letter["error"].startswith("column 't' is string in this record but int64 in the schema")
+
+    # Every reader decodes with the schema inferred on the driver, so a topic with no record yet has none.
+    empty = new_topic(partitions=1)
+    with pytest.raises(rs.PlanError, match=r"cannot infer the JSON schema.*no JSON object yet; pass schema="):
+        rs.read_kafka(empty, kafka_broker.bootstrap_servers)

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from raystream.errors import PlanError
+from raystream.errors import PlanError, RaystreamError
 from raystream.sources.base import Source, Split
 from raystream.sources.files import CsvSource, JsonSource, ParquetSource, TextSource
 
@@ -364,14 +365,134 @@ def test_json_unify_conflict_and_schema(tmp_path: Path) -> None:
         JsonSource(str(tmp_path / "d.json"))
 
 
-def test_json_field_appearing_after_the_first_block_names_the_file(
+def test_json_field_appearing_after_the_first_block_is_a_dead_letter_or_names_the_file_and_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "a.json").write_text('{"x": 1}\n' * 100 + '{"x": 2, "late": true}\n')
+    (tmp_path / "a.json").write_text('{"x": 1}\n' * 100 + '{"x": 2, "late": true}\n{"x": 3}\n')
     monkeypatch.setattr(JsonSource, "_block_bytes", 64)
     source = JsonSource(str(tmp_path))
-    assert source.schema().names == ["x"]
-    with pytest.raises(Exception, match=r"read_json: cannot read '.*a\.json' after row \d+.*pass schema="):
+    assert source.schema().names == ["x"] and source.has_dead_letters
+    rows, letters = read_with_dead_letters(source, 1000)
+    assert rows.column("x").to_pylist() == [1] * 100 + [3]
+    assert [(r["offset"], r["value"], r["split"]) for r in letters] == [(101, b'{"x": 2, "late": true}', "a.json")]
+    assert letters[0]["error"].startswith("field 'late' is not in the schema")
+    strict = JsonSource(str(tmp_path), errors="fail")
+    assert not strict.has_dead_letters
+    with pytest.raises(RaystreamError, match=r"read_json: line 101 of '.*a\.json' cannot be decoded.*'late'"):
+        read_all(strict)
+
+
+# Line by line: which lines of BAD_JSON are rows (from 1), and the others' errors.
+BAD_JSON = [
+    b'{"id": 1, "t": 1000, "name": "a"}',
+    b"",  # blank: skipped
+    b"not json",
+    b'{"id": 2, "t": 2000}{"id": 3, "t": 3000}',  # two values in one line
+    b'{"id": 4, "t": 4000, "name": "bad \xff byte"}',  # not UTF-8
+    b'{"id": "five", "t": 5000}',  # another type
+    b"[6]",
+    b'{"id": 7, "t": 7000, "name": "caf\xc3\xa9"}\r',
+    b"   ",
+    b'{"id": 8, "t": 8000, "name": null}',
+    b'{"id": 9, "t": 9000, "name": "\\ud800"}',  # an unpaired surrogate escape
+    b'{"id": 10, "t": 10000, "name": "z"}',
+]
+BAD_JSON_ERRORS = {
+    3: "not JSON",
+    4: "the record holds more than one JSON value",
+    5: "not valid UTF-8",
+    6: "column 'id' is string in this record but int64 in the schema",
+    7: "the record is an array, not a JSON object",
+    11: "column 'name'",
+}
+JSON_SCHEMA = pa.schema([("id", pa.int64()), ("t", pa.int64()), ("name", pa.string())])
+
+
+def read_with_dead_letters(source: Source, max_rows: int, position: object = None) -> tuple[pa.Table, list[dict]]:
+    """Read a one-file source's split to its end, as a reader actor does: a batch, then its dead letters."""
+    (split,) = source.splits(1)
+    reader = source.open_split(split, position)
+    batches, letters = [], []
+    while (batch := reader.next_batch(max_rows)) is not None:
+        assert batch.num_rows <= max_rows
+        batches.append(batch)
+        if (taken := reader.take_dead_letters()) is not None:
+            letters += taken.to_pylist()
+    if (taken := reader.take_dead_letters()) is not None:
+        letters += taken.to_pylist()
+    reader.close()
+    return pa.concat_tables(batches, promote_options="default") if batches else source.schema().empty_table(), letters
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+@pytest.mark.parametrize("max_rows", [1, 2, 1000])
+def test_json_bad_lines_are_dead_letters_with_their_line_numbers_and_resume_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_rows: int, bounded: bool
+) -> None:
+    (tmp_path / "a.json").write_bytes(b"\n".join(BAD_JSON) + b"\n")
+    monkeypatch.setattr(JsonSource, "_block_bytes", 48)  # several blocks, some lines longer than one
+    window = {"time_column": "t", "start": "1970-01-01T00:00:02", "end": "1970-01-01T00:00:09.5"} if bounded else {}
+    source = JsonSource(str(tmp_path / "a.json"), schema=JSON_SCHEMA, **window)
+    rows, letters = read_with_dead_letters(source, max_rows)
+
+    # The oracle: Python's json on the lines that are rows, then pandas for the time window.
+    good = [json.loads(line) for i, line in enumerate(BAD_JSON, 1) if line.strip() and i not in BAD_JSON_ERRORS]
+    expected = pd.DataFrame(good, columns=JSON_SCHEMA.names)
+    if bounded:
+        expected = expected[(expected["t"] >= 2000) & (expected["t"] < 9500)]
+    pd.testing.assert_frame_equal(rows.to_pandas(), expected.reset_index(drop=True), check_dtype=False)
+    rows.validate(full=True)
+    assert [r["offset"] for r in letters] == list(BAD_JSON_ERRORS)
+    assert [r["value"] for r in letters] == [BAD_JSON[i - 1] for i in BAD_JSON_ERRORS]
+    for letter, error in zip(letters, BAD_JSON_ERRORS.values(), strict=True):
+        assert letter["error"].startswith(error) and letter["split"] == "a.json" and letter["topic"] is None
+
+    # Stopped after any batch and reopened at its position: no row and no dead letter lost or doubled.
+    reader = source.open_split(source.splits(1)[0], None)
+    head, head_letters = [], []
+    while True:
+        position = reader.position()
+        tail, tail_letters = read_with_dead_letters(source, max_rows, position)
+        both = pa.concat_tables([*head, tail], promote_options="default")
+        assert both.equals(rows) and head_letters + tail_letters == letters, position
+        batch = reader.next_batch(max_rows)
+        head_letters += (reader.take_dead_letters() or pa.table({})).to_pylist()
+        if batch is None:
+            break
+        head.append(batch)
+    assert reader.position() == len(BAD_JSON)  # lines consumed
+    reader.close()
+
+
+def test_json_bad_lines_in_the_first_block_do_not_stop_inference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.json").write_bytes(b'oops\n{"x": 1, "y": null}\n{"x": "one"}\n{"x": 2, "y": "b"}\n')
+    (tmp_path / "b.json").write_bytes(b"\n" * 100 + b'{"x": 3, "y": "c"}\n')  # blank blocks first
+    monkeypatch.setattr(JsonSource, "_block_bytes", 64)
+    source = JsonSource(str(tmp_path))
+    assert source.schema() == pa.schema([("x", pa.int64()), ("y", pa.string())])
+    assert read_all(source).to_pydict() == {"x": [1, 2, 3], "y": [None, "b", "c"]}
+    (tmp_path / "c.json").write_bytes(b"[1]\n\xff\n")
+    with pytest.raises(PlanError, match=r"cannot parse '.*c\.json': .*\(line 1: the record is an array"):
+        JsonSource(str(tmp_path / "c.json"))
+
+
+def test_csv_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In the first block the column used to become binary without a word; later, the error named a row.
+    (tmp_path / "a.csv").write_bytes(b"x,y\n1,a\n2,caf\xe9\n3,c\n")
+    with pytest.raises(PlanError, match=r"read_csv: '.*a\.csv' is not valid UTF-8: column 'y' at line 3; .*binary"):
+        CsvSource(str(tmp_path / "a.csv"))
+    raw = pa.schema([("x", pa.int64()), ("y", pa.binary())])
+    assert read_all(CsvSource(str(tmp_path / "a.csv"), schema=raw)).column("y").to_pylist() == [b"a", b"caf\xe9", b"c"]
+    with pytest.raises(PlanError, match=r"read_csv: '.*a\.csv' is not valid UTF-8: at line 3"):
+        CsvSource(str(tmp_path / "a.csv"), schema=pa.schema([("x", pa.int64()), ("y", pa.string())]))
+
+    (tmp_path / "b.csv").write_bytes(b"x,y\n" + b"1,a\n" * 50 + b"2,\xff\n")
+    monkeypatch.setattr(CsvSource, "_block_bytes", 64)
+    source = CsvSource(str(tmp_path / "b.csv"))
+    assert source.schema() == pa.schema([("x", pa.int64()), ("y", pa.string())])
+    with pytest.raises(RaystreamError, match=r"read_csv: cannot read '.*b\.csv' at line 52, which is not valid UTF-8"):
         read_all(source)
 
 
