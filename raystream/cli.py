@@ -19,10 +19,12 @@ import argparse
 import importlib.util
 import sys
 import time
+import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from raystream._fs import redact
 from raystream.config import RunConfig, SinkConfig, SourceConfig, load_yaml, parse_config
 from raystream.errors import ConfigError, RaystreamError
 
@@ -132,11 +134,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
     summary = CheckpointStore(args.dir).describe()
     if summary["latest_epoch"] is None:
-        print(f"{args.dir}: no committed checkpoint")
+        print(f"{redact(args.dir)}: no committed checkpoint")
         return 1
     record = summary["record"]
     watermark = record.get("watermark_ms")
-    print(f"checkpoint dir: {summary['url']}")
+    print(f"checkpoint dir: {redact(summary['url'])}")
     print(f"last committed epoch: {summary['latest_epoch']}")
     print(f"watermark: {_format_ms(watermark)}")
     print("source positions:")
@@ -165,8 +167,20 @@ def _format_ms(value: int | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``raystream`` console script."""
+    """Entry point of the ``raystream`` console script.
+
+    An error that the user can fix (any :class:`~raystream.errors.RaystreamError`, and an ``OSError`` such as a
+    missing or unreadable file, while the job is built or while it runs) is one line on stderr,
+    ``raystream: error: ...``, with exit status 2; ``--traceback`` shows its traceback too. Anything else is a
+    bug, in the job's code or in raystream, and keeps its traceback.
+    """
+    from raystream import __version__
+
     parser = argparse.ArgumentParser(prog="raystream", description="Run raystream jobs.")
+    parser.add_argument("--version", action="version", version=f"raystream {__version__}")
+    parser.add_argument(
+        "--traceback", action="store_true", help="on an error, print its whole traceback instead of one line"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a job file with a YAML config")
     run.add_argument("job", help="a Python file that defines build(config) -> Stream")
@@ -188,8 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except RaystreamError as exc:
-        print(f"raystream: error: {exc}", file=sys.stderr)
+    except (RaystreamError, OSError) as exc:
+        if args.traceback:
+            traceback.print_exc()
+        # The message is the whole report; a URL in it (a path of the job's) is shown without its credentials.
+        print(f"raystream: error: {redact(str(exc) or type(exc).__name__)}", file=sys.stderr)
         return 2
 
 

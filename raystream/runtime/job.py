@@ -14,6 +14,7 @@ import ray
 from raystream.config import RunConfig
 from raystream.errors import ConfigError
 from raystream.runtime.coordinator import Coordinator
+from raystream.runtime.local_ray import start_local_ray
 from raystream.runtime.planner import DEAD_LETTERS, plan
 from raystream.sinks.base import Sink
 from raystream.sinks.memory import MemorySink
@@ -24,11 +25,17 @@ def ensure_ray(config: RunConfig) -> None:
     """Connect to Ray: ``config.address``, else ``RAY_ADDRESS``, else start a local instance.
 
     Does nothing when Ray is already initialized in this process (a notebook
-    or a test may have called ``ray.init`` itself).
+    or a test may have called ``ray.init`` itself). The local instance that
+    raystream starts listens on 127.0.0.1 only (see
+    :mod:`raystream.runtime.local_ray`), and keeps Ray's token authentication
+    unless ``RAY_AUTH_MODE`` says otherwise.
     """
     if ray.is_initialized():
         return
     address = config.address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        start_local_ray(include_dashboard=False, logging_level=logging.WARNING)
+        return
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
