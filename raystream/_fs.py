@@ -54,6 +54,20 @@ _MIN_SECRET_CHARS = 4
 _URL_PASSWORD = re.compile(r"(?<=://)([^/@:?#]*):[^/@?#]*@")
 _URL_SECRET_QUERY = re.compile(r"(?i)([?&](?:sig|signature|token|key|secret|password|x-amz-[a-z-]*)=)[^&#\s'\"]*")
 _MASK = "***"
+#: The protocols whose fsspec filesystems take a password from the URL and keep it out of their paths.
+_URL_PASSWORD_PROTOCOLS = ("ftp", "sftp", "ssh", "smb")
+#: Where each protocol takes its credentials instead, for the message that refuses a password in a URL.
+_CREDENTIAL_OPTIONS = {
+    "s3": "storage_options={'key': ..., 'secret': ...}",
+    "s3a": "storage_options={'key': ..., 'secret': ...}",
+    "gs": "storage_options={'token': ...}",
+    "gcs": "storage_options={'token': ...}",
+    "abfs": "storage_options={'account_name': ..., 'account_key': ...}",
+    "abfss": "storage_options={'account_name': ..., 'account_key': ...}",
+    "az": "storage_options={'account_name': ..., 'account_key': ...}",
+    "http": "storage_options={'client_kwargs': {'auth': aiohttp.BasicAuth(user, password)}}",
+    "https": "storage_options={'client_kwargs': {'auth': aiohttp.BasicAuth(user, password)}}",
+}
 
 
 def url_to_fs(
@@ -75,6 +89,15 @@ def url_to_fs(
     options = dict(storage_options or {})
     chain = [_protocol(part) for part in url.split("::")]  # "simplecache::s3://..." chains filesystems.
     protocol = chain[0]
+    for part, part_protocol in zip(url.split("::"), chain, strict=True):
+        if part_protocol not in (*_URL_PASSWORD_PROTOCOLS, "hdfs") and _URL_PASSWORD.search(part):
+            # s3fs, gcsfs, adlfs would take "user:password@bucket" for a bucket name and quote it in their errors;
+            # an http(s) path keeps it, and paths reach split ids, metrics and checkpoints.
+            where = _CREDENTIAL_OPTIONS.get(part_protocol, "storage_options")
+            raise PlanError(
+                f"{what}: '{redact(url)}' holds a password, and {part_protocol}:// URLs must not (paths reach logs, "
+                f"metrics and checkpoints); give the credentials in {where}"
+            )
     try:
         if chain == ["hdfs"]:
             return _hdfs(url, options)

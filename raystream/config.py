@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from raystream._fs import redact
 from raystream._time import duration_ms
 from raystream.errors import ConfigError, PlanError
 
@@ -189,6 +190,18 @@ class SourceConfig:
 
     #: The file kinds with an event time, which ``raystream backfill`` can run over a time range.
     BACKFILL_KINDS: typing.ClassVar[tuple[str, ...]] = ("parquet", "csv", "json")
+
+    def __repr__(self) -> str:
+        # storage_options and consumer_config hold credentials (keys, SASL passwords): never show them;
+        # path is shown without a URL's password.
+        shown = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("storage_options", "consumer_config")
+        }
+        if self.path is not None:
+            shown["path"] = redact(self.path)
+        return "SourceConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     def arrow_schema(self) -> pa.Schema | None:
         """``schema`` as a pyarrow schema; a ConfigError names a type pyarrow does not know."""

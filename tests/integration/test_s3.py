@@ -16,6 +16,7 @@ from s3_server import S3Server
 
 import raystream as rs
 import raystream.sources.files as files_module
+from raystream.runtime.checkpoint import CheckpointStore
 from raystream.sources.files import ParquetSource
 
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
@@ -159,3 +160,34 @@ def test_missing_bucket_is_named_without_credentials(ray_s3: S3Server) -> None:
     with pytest.raises(FileNotFoundError, match=r"read_parquet: path 's3://no-such-bucket-rs/x' does not exist") as e:
         rs.read_parquet("s3://no-such-bucket-rs/x", storage_options=options)
     assert "not-the-real-s3cr3t" not in str(e.value) and "not-the-real-s3cr3t" not in repr(e.value)
+
+
+def test_credentials_appear_in_no_checkpoint_output_metric_repr_or_log(
+    ray_s3: S3Server, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # moto takes any secret, so a recognizable one shows wherever it would leak.
+    secret = "s3cr3t-" + "never-shown-77"  # Not one literal: tracebacks quote the raising line.
+    options = {**ray_s3.storage_options, "secret": secret}
+    folder = _upload(ray_s3, s3_bucket, "parquet")
+    config = rs.RunConfig(
+        parallelism=2,
+        max_batch_rows=7,
+        checkpoint_dir=f"s3://{s3_bucket}/ck",
+        checkpoint_storage_options=options,
+    )
+    stream = rs.read_parquet(folder, storage_options=options).key_by("user").agg(n=rs.count())
+    out = f"s3://{s3_bucket}/agg"
+    with caplog.at_level("DEBUG"):
+        job = stream.write_parquet(out, config, storage_options=options, wait=False)
+        job.wait()
+        described = CheckpointStore(f"s3://{s3_bucket}/ck", storage_options=options).describe()
+    counts = rs.read_parquet(out, storage_options=options).to_pandas().set_index("user")["n"].sort_index()
+    assert counts.to_dict() == _expected().groupby("user").size().to_dict()
+    fs = ray_s3.filesystem()
+    written = fs.find(s3_bucket)
+    assert any("/ck/" in path for path in written) and any("/agg/" in path for path in written)
+    for path in written:  # every checkpoint record, split list, state file, manifest and output file
+        assert secret.encode() not in fs.cat_file(path), path
+    views = [repr(stream), repr(config), repr(job), json.dumps(job.metrics(), default=str), str(described), caplog.text]
+    for view in views:
+        assert secret not in view
