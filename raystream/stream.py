@@ -594,6 +594,7 @@ class Stream:
         config: RunConfig | None = None,
         wait: bool = True,
         transactional_id: str | None = None,
+        reconnect_timeout: Duration = "1m",
     ) -> Job:
         """Produce each output row to ``topic``, as JSON (or the ``value`` column with ``format="raw"``).
 
@@ -616,12 +617,20 @@ class Stream:
             config: How to run.
             wait: When false, return the running :class:`~raystream.Job` at once.
             transactional_id: Makes the sink transactional, as above; unique per job.
+            reconnect_timeout: How long an epoch waits for unreachable brokers (librdkafka keeps
+                and resends its records; a transaction is made again) before the job fails with an
+                error naming them: ``"1m"``, ``"30s"``...
         """
         from raystream.sinks.kafka import KafkaSink, TransactionalKafkaSink
 
         if key is not None:
             check_columns("write_kafka key", [key], self.schema)
-        options: dict[str, Any] = {"key": key, "format": format, "producer_config": producer_config}
+        options: dict[str, Any] = {
+            "key": key,
+            "format": format,
+            "producer_config": producer_config,
+            "reconnect_timeout": reconnect_timeout,
+        }
         sink = (
             KafkaSink(topic, bootstrap_servers, **options)
             if transactional_id is None

@@ -8,6 +8,10 @@ Fixtures:
   port, waits until it answers Kafka metadata requests, yields a :class:`KafkaBroker`, and kills the broker's
   process group at session end.
 * ``new_topic`` (function): a factory ``new_topic(partitions=4) -> str`` making fresh, uniquely named topics.
+* ``restartable_kafka_broker`` (function): a factory ``restartable_kafka_broker(persistent=True)`` of brokers of
+  the test's own, which :meth:`KafkaBroker.restart` stops and starts again on the same port. ``persistent=True``
+  stores the data in the moto S3 server (``s3_server``), so it survives the restart, as a real Kafka's does;
+  ``persistent=False`` keeps memory storage, which loses everything on restart.
 
 If the binary or ``confluent-kafka`` is missing, or the broker does not come up, the tests using these fixtures
 are skipped, or fail when ``RAYSTREAM_REQUIRE_SERVICES=1``. See DEVELOPERS.md ("The Kafka broker in the tests")
@@ -34,6 +38,7 @@ import pytest
 START_TIMEOUT_S = 20.0
 TOPIC_TIMEOUT_S = 10.0
 LOG_TAIL_CHARS = 4000
+MEMORY_STORAGE = "memory://tansu/"
 
 _SILENT = logging.getLogger("raystream.tests.kafka_broker.silent")
 _SILENT.addHandler(logging.NullHandler())
@@ -65,11 +70,23 @@ def _tail(path: Path, limit: int = LOG_TAIL_CHARS) -> str:
 class KafkaBroker:
     """A running Tansu broker plus small admin/produce helpers (confluent-kafka)."""
 
-    def __init__(self, binary: str, port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    def __init__(
+        self,
+        binary: str,
+        port: int,
+        proc: subprocess.Popen[bytes],
+        log_path: Path,
+        cluster_id: str = "",
+        storage: str = MEMORY_STORAGE,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.binary = binary
         self.port = port
         self.proc = proc
         self.log_path = log_path
+        self.cluster_id = cluster_id
+        self.storage = storage
+        self.env = env
         self.bootstrap_servers = f"127.0.0.1:{port}"
         self._admin: Any = None
         self._producer: Any = None
@@ -194,6 +211,65 @@ class KafkaBroker:
         self._admin = None
         _kill_group(self.proc)
 
+    def kill(self) -> None:
+        """Kill the broker at once (SIGKILL), as a crash would; clients see their connections refused."""
+        self._producer = None
+        self._admin = None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def start_again(self) -> None:
+        """Start the broker again on the same port, with the same cluster id and storage."""
+        if self.alive():
+            raise RuntimeError("the broker is still running; kill() it first")
+        command = _command(self.binary, self.port, self.cluster_id, self.storage)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:  # the port can stay taken for a moment after the kill
+            self.proc = _launch(command, self.log_path, self.env)
+            reason = _wait_ready(self.bootstrap_servers, self.cluster_id, self.proc, START_TIMEOUT_S)
+            if reason is None:
+                return
+            _kill_group(self.proc)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the broker did not start again: {reason}\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def restart(self, down_s: float = 3.0) -> None:
+        """Kill the broker, keep it down ``down_s`` seconds, start it again on the same port."""
+        self.kill()
+        time.sleep(down_s)
+        self.start_again()
+
+
+def _command(binary: str, port: int, cluster_id: str, storage: str) -> list[str]:
+    url = f"tcp://127.0.0.1:{port}"
+    return [
+        str(binary),
+        "broker",
+        "--cluster-id",
+        cluster_id,
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        storage,
+    ]
+
+
+def _launch(command: list[str], log_path: Path, env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=log_path.parent,
+            env=env,
+            start_new_session=True,
+        )
+
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
@@ -237,8 +313,14 @@ def _wait_ready(bootstrap: str, cluster_id: str, proc: subprocess.Popen[bytes], 
     return f"no Kafka metadata from {bootstrap} within {timeout:.0f}s ({last})"
 
 
-def start_broker(log_dir: Path, attempts: int = 3) -> KafkaBroker:
-    """Start Tansu on a free loopback port; call ``_missing_service`` if that is impossible."""
+def start_broker(
+    log_dir: Path, attempts: int = 3, storage: str = MEMORY_STORAGE, env: dict[str, str] | None = None
+) -> KafkaBroker:
+    """Start Tansu on a free loopback port; call ``_missing_service`` if that is impossible.
+
+    ``storage`` is Tansu's ``--storage-engine``; ``env`` the broker's environment (the S3 settings of an
+    ``s3://`` storage), the test process's own when ``None``.
+    """
     try:
         import confluent_kafka  # noqa: F401
     except ImportError as exc:
@@ -253,33 +335,13 @@ def start_broker(log_dir: Path, attempts: int = 3) -> KafkaBroker:
     failures: list[str] = []
     for attempt in range(attempts):  # a new port each time: another process may grab ours in between
         port = free_loopback_port()
-        url = f"tcp://127.0.0.1:{port}"
         cluster_id = f"raystream-tests-{uuid.uuid4().hex[:12]}"
-        cmd = [
-            str(binary),
-            "broker",
-            "--cluster-id",
-            cluster_id,
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ]
+        cmd = _command(str(binary), port, cluster_id, storage)
         log_path = log_dir / f"tansu-{port}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=log_dir,
-                start_new_session=True,
-            )
+        proc = _launch(cmd, log_path, env)
         reason = _wait_ready(f"127.0.0.1:{port}", cluster_id, proc, START_TIMEOUT_S)
         if reason is None:
-            return KafkaBroker(str(binary), port, proc, log_path)
+            return KafkaBroker(str(binary), port, proc, log_path, cluster_id, storage, env)
         _kill_group(proc)
         failures.append(f"attempt {attempt + 1}: {' '.join(cmd)}: {reason}\n--- broker log tail ---\n{_tail(log_path)}")
         log_tail = _tail(log_path)
@@ -316,3 +378,44 @@ def new_topic(kafka_broker: KafkaBroker, request: pytest.FixtureRequest) -> Call
         return kafka_broker.create_topic(f"rs-{stem}-{uuid.uuid4().hex[:8]}", partitions=partitions)
 
     return make
+
+
+@pytest.fixture
+def restartable_kafka_broker(request: pytest.FixtureRequest) -> Iterator[Callable[..., KafkaBroker]]:
+    """Factory: ``restartable_kafka_broker(persistent=True) -> KafkaBroker``, a broker of this test's own.
+
+    ``persistent=True`` stores topics in a fresh bucket of the moto S3 server (Tansu's ``s3://`` storage),
+    so they survive :meth:`KafkaBroker.restart` with every offset, as on a real Kafka. ``persistent=False`` keeps
+    memory storage, which loses all data on restart (a broker that lost its data). Stopped at the test's end.
+    """
+    log_dir = Path(tempfile.mkdtemp(prefix="raystream-tansu-restart-"))
+    brokers: list[KafkaBroker] = []
+
+    def make(persistent: bool = True) -> KafkaBroker:
+        storage, env = MEMORY_STORAGE, None
+        if persistent:
+            from s3_server import KEY, REGION, SECRET
+
+            s3 = request.getfixturevalue("s3_server")
+            bucket = s3.new_bucket("tansu")
+            storage = f"s3://{bucket}/"
+            # Tansu reads its S3 settings from the environment (the object_store crate's AWS_* variables).
+            env = {
+                **os.environ,
+                "AWS_ENDPOINT": s3.endpoint_url,
+                "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET,
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION,
+            }
+        broker = start_broker(log_dir, storage=storage, env=env)
+        brokers.append(broker)
+        return broker
+
+    try:
+        yield make
+    finally:
+        for broker in brokers:
+            broker.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)

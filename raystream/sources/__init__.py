@@ -240,10 +240,14 @@ def read_kafka(
     stop: str | datetime | None = None,
     consumer_config: dict[str, Any] | None = None,
     errors: str = "dead_letter",
+    on_lost_offsets: str = "fail",
+    reconnect_timeout: str | timedelta | int = "1m",
+    empty_partition_timeout: str | timedelta | int | None = "10s",
 ) -> Stream:
     """Read Kafka topics: each partition is a split, read with ``assign()``, its position the next offset.
 
-    Needs the ``kafka`` extra (confluent-kafka).
+    Needs the ``kafka`` extra (confluent-kafka). librdkafka's own log lines go to the
+    ``raystream.kafka`` logger, at most one of the same text per 10 s.
 
     Args:
         topics: A topic or a list of topics. New partitions are picked up while the job runs.
@@ -264,11 +268,26 @@ def read_kafka(
         stop: ``None`` (unbounded), ``"latest"`` (the ends when the job starts), or a datetime:
             a partition is done once it shows a record at or past that time, which is not read.
         consumer_config: librdkafka settings. A ``group.id`` here makes raystream publish its
-            positions to that group after each committed epoch, for monitoring only.
+            positions to that group after each committed epoch, for monitoring only. Credentials
+            (``sasl.password``, ``ssl.key.password``...) never appear in messages, logs or reprs.
         errors: ``"dead_letter"``: records that are not one JSON object (a tombstone, an empty
             value, two values, an array), are not valid UTF-8, or do not fit ``schema`` go to
             ``stream.dead_letters()`` with the error, and the job goes on. ``"fail"``: the job fails
             with the topic, partition and offset of the record and what is wrong with it.
+        on_lost_offsets: What a job does with a partition that no longer holds its position,
+            because the broker lost or deleted the records (a restart without its data, a topic
+            created again, retention): ``"fail"``, an error naming the partition, the position and
+            the partition's offsets, both when a checkpointed job resumes and while it runs; or
+            ``"earliest"``, a warning and a restart of that partition from its earliest offset
+            (Kafka's ``auto.offset.reset=earliest``), without re-reading what it held after the
+            checkpoint.
+        reconnect_timeout: How long a running job waits for unreachable brokers, retrying with
+            backoff, before it fails with an error naming them: ``"1m"``, ``"30s"``... A broker
+            back within it costs nothing: reading goes on from where it was.
+        empty_partition_timeout: A partition that has given no record this long after it was first
+            read stops holding the watermark back, until its first record, so that windows fire
+            although some partitions get no data. A record that arrives later can then be late.
+            ``None``: every partition holds the watermark until its first record.
 
     Raises:
         KafkaError: when the brokers cannot be reached within 10 s, or a topic does not exist.
@@ -286,6 +305,9 @@ def read_kafka(
         stop=stop,
         consumer_config=consumer_config,
         errors=errors,  # type: ignore[arg-type]
+        on_lost_offsets=on_lost_offsets,  # type: ignore[arg-type]
+        reconnect_timeout=reconnect_timeout,
+        empty_partition_timeout=empty_partition_timeout,
     )
     return from_source(source, time_column if time_column is not None else "timestamp")
 

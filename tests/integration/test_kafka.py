@@ -304,14 +304,14 @@ def test_a_delivery_error_fails_the_epoch_with_the_brokers_message(kafka_broker:
         )
 
 
-def test_losing_the_broker_mid_run_fails_the_job_clearly(tmp_path: Path) -> None:
+def test_a_broker_gone_for_longer_than_reconnect_timeout_fails_the_job_naming_it(tmp_path: Path) -> None:
     from kafka_broker import start_broker
 
     broker = start_broker(tmp_path)
     try:
         topic = broker.create_topic("doomed", partitions=1)
         broker.produce(topic, [json.dumps({"t": 1, "k": 1, "v": 1})])
-        stream = rs.read_kafka(topic, broker.bootstrap_servers, schema=SCHEMA, time_column="t")
+        stream = rs.read_kafka(topic, broker.bootstrap_servers, schema=SCHEMA, time_column="t", reconnect_timeout="2s")
         job = stream.key_by("k").agg(n=rs.count()).start(rs.RunConfig(parallelism=1))
         deadline = time.monotonic() + 20
         while len(job.results()) < 1:
@@ -319,7 +319,11 @@ def test_losing_the_broker_mid_run_fails_the_job_clearly(tmp_path: Path) -> None
             time.sleep(0.05)
     finally:
         broker.stop()
-    with pytest.raises(rs.RaystreamError, match=r"read_kafka: lost Kafka at 127\.0\.0\.1:\d+ while reading doomed/0"):
+    with pytest.raises(
+        rs.RaystreamError,
+        match=r"read_kafka: reading doomed/0: Kafka at 127\.0\.0\.1:\d+ has been unreachable for \d+s, longer than "
+        r"reconnect_timeout=2s",
+    ):
         job.wait(timeout=60)
 
 
