@@ -9,33 +9,16 @@ move its actors to the node that is alive and finish with the same output.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import ray
 from ray.cluster_utils import Cluster
 from windows_oracle import normalized, out_of_order_events, windows_sql
 
 import raystream as rs
-from raystream.runtime.job import stop_all
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="ERROR")
-    yield cluster
-    stop_all()
-    ray.shutdown()
-    cluster.shutdown()
 
 
 def slowly(batch: pa.Table) -> pa.Table:
@@ -43,7 +26,7 @@ def slowly(batch: pa.Table) -> pa.Table:
     return batch
 
 
-def test_a_job_survives_losing_a_worker_node(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_job_survives_losing_a_worker_node(two_nodes: Cluster, tmp_path: Path) -> None:
     frame = out_of_order_events(40_000, keys=20, max_disorder_ms=2_000, seed=21)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     events = rs.from_arrow(table, time_column="t").map_batches(slowly, schema=table.schema)
@@ -52,14 +35,14 @@ def test_a_job_survives_losing_a_worker_node(cluster: Cluster, tmp_path: Path) -
     config = rs.RunConfig(parallelism=2, max_batch_rows=1_000, checkpoint_dir=str(tmp_path / "ck"))
     job = stream.write_parquet(str(tmp_path / "out"), config, wait=False)
 
-    worker = next(node for node in cluster.worker_nodes)
+    worker = next(node for node in two_nodes.worker_nodes)
     deadline = time.monotonic() + 120
     while job.metrics()["epochs_completed"] < 5:
         assert time.monotonic() < deadline and job.status() == "running", job.metrics()
         time.sleep(0.02)
     on_worker = [a for a, node in job.metrics()["actor_nodes"].items() if node == worker.node_id]
     assert on_worker, "no actor was placed on the worker node: the test would prove nothing"
-    cluster.remove_node(worker, allow_graceful=False)  # a crash: Ray learns of it only by its health checks
+    two_nodes.remove_node(worker, allow_graceful=False)  # a crash: Ray learns of it only by its health checks
 
     job.wait(timeout=300)
     assert job.status() == "finished"
