@@ -31,6 +31,7 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check raystream tests jobs bench
 	$(VENV)/bin/mypy raystream
+	$(VENV)/bin/lint-imports
 
 # Lint, then every test; the tests start the servers they need (Kafka, S3) themselves. Every Ray they start
 # listens on 127.0.0.1 only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, as raystream's own local Ray does), and runs

@@ -10,18 +10,15 @@ Build a stream from a source, chain operators, then call a terminal::
 
 from raystream import datagen
 from raystream.aggregates import Aggregate, count, count_distinct, max, mean, min, sum
-from raystream.config import RunConfig
 from raystream.errors import ConfigError, JobFailedError, PlanError, RaystreamError, UserFunctionError
-from raystream.runtime.checkpointing import read_state
-from raystream.runtime.job import Job
-from raystream.sinks.base import Sink, SinkContext
-from raystream.sources import (
+from raystream.readers import (
     Source,
     Split,
     SplitReader,
     from_arrow,
     from_pandas,
     from_source,
+    hybrid,
     read_csv,
     read_json,
     read_kafka,
@@ -29,7 +26,10 @@ from raystream.sources import (
     read_socket,
     read_text,
 )
-from raystream.sources.hybrid import hybrid
+from raystream.run_config import RunConfig
+from raystream.runtime.checkpointing import read_state
+from raystream.runtime.job import Job
+from raystream.sinks.base import Sink, SinkContext
 from raystream.stream import KeyedStream, Stream, WindowedStream
 from raystream.windows import Session, Sliding, Tumbling
 

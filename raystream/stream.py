@@ -10,278 +10,57 @@ unknown column is a :class:`~raystream.errors.PlanError` at plan time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from raystream._time import Duration, duration_ms, is_event_time_type
-from raystream.aggregates import Aggregate, Top
+from raystream.aggregates import Aggregate
 from raystream.errors import PlanError
+from raystream.plan.checks import (
+    agg_output_schema,
+    check_aggregates,
+    check_columns,
+    check_time_column,
+    check_top,
+    expr_output_schema,
+    named_aggregates,
+    schema_hint,
+)
+from raystream.plan.logical import (
+    KEYED_NODES,
+    BatchFormat,
+    ColumnExpr,
+    DeadLettersNode,
+    FilterNode,
+    KeyedAggNode,
+    LateEventsNode,
+    MapBatchesNode,
+    MapRowsNode,
+    Node,
+    Predicate,
+    SelectNode,
+    SourceNode,
+    TopNode,
+    WatermarkNode,
+    WindowAggNode,
+    WindowNode,
+    WindowTopNode,
+    WithColumnsNode,
+    check_fires_once,
+    is_bounded,
+    source_nodes,
+    walk,
+    window_origin,
+)
 from raystream.windows import WINDOW_END, WINDOW_START, WINDOW_TIME_SHIFT_MS, Session, Sliding, Tumbling, Window
 
 if TYPE_CHECKING:
-    from raystream.config import RunConfig
+    from raystream.run_config import RunConfig
     from raystream.runtime.job import Job
     from raystream.sinks.base import Sink
-    from raystream.sources.base import Source
-
-BatchFormat = Literal["pyarrow", "pandas"]
-Predicate: TypeAlias = "pc.Expression | Callable[[pa.Table], Any]"
-ColumnExpr: TypeAlias = "pc.Expression | Callable[[pa.Table], Any]"
-
-
-# -- the logical plan ---------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class Node:
-    """A node of the logical plan. ``schema`` is ``None`` when unknown until run time."""
-
-    parent: Node | None
-    schema: pa.Schema | None = field(repr=False)
-
-    @property
-    def time_column(self) -> str | None:
-        """The event-time column at this point of the plan, if any."""
-        return self.parent.time_column if self.parent is not None else None
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class SourceNode(Node):
-    source: Source
-    source_time_column: str | None = None
-
-    @property
-    def time_column(self) -> str | None:
-        return self.source_time_column
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class FilterNode(Node):
-    predicate: Predicate
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class MapBatchesNode(Node):
-    fn: Callable[[Any], Any]
-    batch_format: BatchFormat = "pyarrow"
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class MapRowsNode(Node):
-    fn: Callable[[dict[str, Any]], Any]
-    flat: bool = False
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class SelectNode(Node):
-    columns: tuple[str, ...] = ()
-
-    @property
-    def time_column(self) -> str | None:
-        inherited = super().time_column
-        return inherited if inherited in self.columns else None
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class WithColumnsNode(Node):
-    exprs: tuple[tuple[str, ColumnExpr], ...] = ()
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class WatermarkNode(Node):
-    column: str = ""
-    delay_ms: int = 0
-    idle_timeout_ms: int | None = None
-
-    @property
-    def time_column(self) -> str | None:
-        return self.column
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class KeyedAggNode(Node):
-    """``key_by(...).agg(...)``: running aggregates, or per window when ``per_window`` (keyed by ``window_end``)."""
-
-    keys: tuple[str, ...] = ()
-    aggregates: tuple[tuple[str, Aggregate], ...] = ()
-    emit: Literal["update", "final"] = "final"
-    per_window: bool = False
-    name: str = ""
-
-    @property
-    def time_column(self) -> str | None:
-        return WINDOW_END if self.per_window else None
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class TopNode(Node):
-    """``key_by(...).top(...)``: the rows that rank first per key, running or per window (as for agg)."""
-
-    keys: tuple[str, ...] = ()
-    top: Top
-    emit: Literal["update", "final"] = "final"
-    per_window: bool = False
-    name: str = "top"
-
-    @property
-    def time_column(self) -> str | None:
-        return WINDOW_END if self.per_window else None
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class WindowNode(Node):
-    """What every ``key_by(...).window(...)`` node has. Its rows' event time is ``window_end`` minus 1 ms."""
-
-    keys: tuple[str, ...]
-    window: Window
-    window_time_column: str
-    time_type: pa.DataType
-    allowed_lateness_ms: int = 0
-    late: Literal["drop", "side"] = "drop"
-    emit: Literal["append", "update"] = "append"
-    name: str = "window"
-    #: Added to the input's time: -1 when the input is a window's output (see :func:`window_origin`).
-    time_shift_ms: int = 0
-
-    @property
-    def time_column(self) -> str | None:
-        return WINDOW_END
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class WindowAggNode(WindowNode):
-    aggregates: tuple[tuple[str, Aggregate], ...]
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class WindowTopNode(WindowNode):
-    top: Top
-    name: str = "top"
-
-
-#: The nodes that become a keyed stage of partition actors.
-KEYED_NODES = (KeyedAggNode, TopNode, WindowNode)
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class LateEventsNode(Node):
-    """The late rows of the window operator ``parent``, instead of its windows."""
-
-    @property
-    def time_column(self) -> str | None:
-        assert isinstance(self.parent, WindowNode)
-        return self.parent.window_time_column
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class DeadLettersNode(Node):
-    """The records the source could not decode, instead of the pipeline's output."""
-
-
-def plan_nodes(node: Node) -> list[Node]:
-    """The nodes from the source to ``node``, in order."""
-    nodes: list[Node] = []
-    current: Node | None = node
-    while current is not None:
-        nodes.append(current)
-        current = current.parent
-    return nodes[::-1]
-
-
-def source_of(node: Node) -> Source:
-    first = plan_nodes(node)[0]
-    assert isinstance(first, SourceNode)
-    return first.source
-
-
-def window_origin(node: Node) -> WindowNode | KeyedAggNode | TopNode | None:
-    """The window whose output the rows of ``node`` are, when their event time is still its ``window_end``.
-
-    That is the nearest keyed node upstream, through stateless operators
-    that kept the ``window_end`` column: a window, or a per-window stage
-    (whose rows keep their window's ``window_end``). ``None`` for anything
-    else, such as a source whose time column happens to be named
-    ``window_end``.
-    """
-    if node.time_column != WINDOW_END:
-        return None
-    current: Node | None = node
-    while current is not None:
-        if isinstance(current, WindowNode):
-            return current
-        if isinstance(current, (KeyedAggNode, TopNode)):
-            return current if current.per_window else None
-        if isinstance(current, (SourceNode, WatermarkNode, LateEventsNode, DeadLettersNode)):
-            return None
-        current = current.parent
-    return None
-
-
-def _check_fires_once(origin: Node, operator: str, otherwise: str) -> None:
-    """A stage on a window's output needs each window once: a second copy would count twice."""
-    if not isinstance(origin, WindowNode) or (origin.emit == "append" and origin.allowed_lateness_ms == 0):
-        return
-    reason = "emit='update'" if origin.emit != "append" else f"allowed_lateness={origin.allowed_lateness_ms}ms"
-    raise PlanError(
-        f"{operator}: the window {origin.name!r} may emit a window more than once ({reason}), and a stage on its "
-        f"windows would then count it twice; give that window emit='append' and allowed_lateness='0s'{otherwise}"
-    )
-
-
-# -- plan-time checks -----------------------------------------------------------
-
-
-def check_columns(operator: str, names: Iterable[str], schema: pa.Schema | None) -> None:
-    """Raise a PlanError naming the first of ``names`` that ``schema`` lacks.
-
-    Does nothing when ``schema`` is ``None`` (a user function's output, known
-    only at run time, where the same check runs on the first batch).
-    """
-    if schema is None:
-        return
-    for name in names:
-        if name not in schema.names:
-            raise PlanError(
-                f"{operator}: unknown column {name!r}; the stream has columns: {', '.join(schema.names) or '(none)'}"
-            )
-
-
-def check_time_column(operator: str, column: str, schema: pa.Schema | None) -> None:
-    """Check that ``column`` exists and holds timestamps or int64 epoch milliseconds."""
-    check_columns(operator, [column], schema)
-    if schema is not None and not is_event_time_type(schema.field(column).type):
-        raise PlanError(
-            f"{operator}: time column {column!r} has type {schema.field(column).type}; "
-            "use a timestamp column or an int64 of epoch milliseconds (cast it with with_columns)"
-        )
-
-
-def evaluate_exprs(table: pa.Table, exprs: Mapping[str, pc.Expression]) -> pa.Table:
-    """Evaluate named pyarrow.compute expressions over ``table``, vectorized, with Acero."""
-    import pyarrow.acero as acero
-
-    declaration = acero.Declaration.from_sequence(
-        [
-            acero.Declaration("table_source", acero.TableSourceNodeOptions(table)),
-            acero.Declaration("project", acero.ProjectNodeOptions(list(exprs.values()), list(exprs.keys()))),
-        ]
-    )
-    return declaration.to_table(use_threads=False)
-
-
-def _expr_output_schema(operator: str, schema: pa.Schema | None, exprs: Mapping[str, pc.Expression]) -> pa.Schema:
-    assert schema is not None
-    try:
-        return evaluate_exprs(schema.empty_table(), exprs).schema
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        raise PlanError(
-            f"{operator}: cannot evaluate {', '.join(map(str, exprs.values()))} over columns "
-            f"{', '.join(schema.names)}: {exc}"
-        ) from exc
 
 
 # -- the API -----------------------------------------------------------------------
@@ -309,7 +88,7 @@ class Stream:
         return None if self.schema is None else list(self.schema.names)
 
     def __repr__(self) -> str:
-        steps = " -> ".join(type(n).__name__.removesuffix("Node") for n in plan_nodes(self._node))
+        steps = " -> ".join(type(n).__name__.removesuffix("Node") for n in walk(self._node))
         return f"Stream({steps}; columns={self.columns})"
 
     # -- stateless operators -----------------------------------------------
@@ -332,7 +111,7 @@ class Stream:
                     ) from exc
         elif not callable(predicate):
             raise PlanError(f"filter: expected a pyarrow.compute expression or a function, got {predicate!r}")
-        return Stream(FilterNode(parent=self._node, schema=self.schema, predicate=predicate))
+        return Stream(FilterNode(inputs=(self._node,), schema=self.schema, predicate=predicate))
 
     def map_batches(
         self, fn: Callable[[Any], Any], batch_format: BatchFormat = "pyarrow", schema: pa.Schema | None = None
@@ -351,7 +130,9 @@ class Stream:
             raise PlanError(f"map_batches: batch_format must be 'pyarrow' or 'pandas', got {batch_format!r}")
         if not callable(fn):
             raise PlanError(f"map_batches: expected a function, got {fn!r}")
-        return Stream(MapBatchesNode(parent=self._node, schema=_schema_hint(schema), fn=fn, batch_format=batch_format))
+        return Stream(
+            MapBatchesNode(inputs=(self._node,), schema=schema_hint(schema), fn=fn, batch_format=batch_format)
+        )
 
     def map(self, fn: Callable[[dict[str, Any]], dict[str, Any]], schema: pa.Schema | None = None) -> Stream:
         """Apply ``fn`` to each row, as a dict, returning a dict.
@@ -362,7 +143,7 @@ class Stream:
         """
         if not callable(fn):
             raise PlanError(f"map: expected a function, got {fn!r}")
-        return Stream(MapRowsNode(parent=self._node, schema=_schema_hint(schema), fn=fn, flat=False))
+        return Stream(MapRowsNode(inputs=(self._node,), schema=schema_hint(schema), fn=fn, flat=False))
 
     def flat_map(
         self, fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]], schema: pa.Schema | None = None
@@ -373,7 +154,7 @@ class Stream:
         """
         if not callable(fn):
             raise PlanError(f"flat_map: expected a function, got {fn!r}")
-        return Stream(MapRowsNode(parent=self._node, schema=_schema_hint(schema), fn=fn, flat=True))
+        return Stream(MapRowsNode(inputs=(self._node,), schema=schema_hint(schema), fn=fn, flat=True))
 
     def select(self, *columns: str) -> Stream:
         """Keep only ``columns``, in that order."""
@@ -381,7 +162,7 @@ class Stream:
             raise PlanError("select: name at least one column")
         check_columns("select", columns, self.schema)
         schema = None if self.schema is None else pa.schema([self.schema.field(c) for c in columns])
-        return Stream(SelectNode(parent=self._node, schema=schema, columns=tuple(columns)))
+        return Stream(SelectNode(inputs=(self._node,), schema=schema, columns=tuple(columns)))
 
     def with_columns(self, **exprs: ColumnExpr) -> Stream:
         """Add or replace columns.
@@ -400,10 +181,10 @@ class Stream:
         if self.schema is not None and all(isinstance(e, pc.Expression) for e in exprs.values()):
             projected = {n: pc.field(n) for n in self.schema.names if n not in exprs}
             projected.update(exprs)  # type: ignore[arg-type]
-            out = _expr_output_schema("with_columns", self.schema, projected)
+            out = expr_output_schema("with_columns", self.schema, projected)
             order = [n for n in self.schema.names] + [n for n in exprs if n not in self.schema.names]
             schema = pa.schema([out.field(n) for n in order])
-        return Stream(WithColumnsNode(parent=self._node, schema=schema, exprs=tuple(exprs.items())))
+        return Stream(WithColumnsNode(inputs=(self._node,), schema=schema, exprs=tuple(exprs.items())))
 
     def with_watermark(self, column: str, delay: Duration = "0s", idle_timeout: Duration | None = None) -> Stream:
         """Set the event-time column and how far events may arrive out of order.
@@ -422,12 +203,12 @@ class Stream:
         if delay_ms < 0:
             raise PlanError(f"with_watermark: delay must not be negative, got {delay!r}")
         idle_ms = None if idle_timeout is None else duration_ms(idle_timeout, "with_watermark idle_timeout")
-        for node in plan_nodes(self._node):
+        for node in walk(self._node):
             if isinstance(node, KEYED_NODES):
                 raise PlanError("with_watermark: set the watermark before key_by(...), on the input events")
         return Stream(
             WatermarkNode(
-                parent=self._node, schema=self.schema, column=column, delay_ms=delay_ms, idle_timeout_ms=idle_ms
+                inputs=(self._node,), schema=self.schema, column=column, delay_ms=delay_ms, idle_timeout_ms=idle_ms
             )
         )
 
@@ -459,7 +240,7 @@ class Stream:
                 "late_events: only the output of key_by(...).window(w, late='side').agg(...) (or .top(...)) "
                 "has late events"
             )
-        return Stream(LateEventsNode(parent=node, schema=node.parent.schema if node.parent else None))
+        return Stream(LateEventsNode(inputs=(node,), schema=node.input.schema))
 
     def dead_letters(self) -> Stream:
         """The records that could not become rows, as a stream that can go to any sink.
@@ -476,18 +257,19 @@ class Stream:
         """
         from raystream.sources.base import DEAD_LETTER_SCHEMA
 
-        source = source_of(self._node)
+        sources = [n.source for n in source_nodes(self._node)]
         has_event_time = any(
             isinstance(n, WatermarkNode) or (isinstance(n, SourceNode) and n.source_time_column is not None)
-            for n in plan_nodes(self._node)
+            for n in walk(self._node)
         )
-        if not source.has_dead_letters and not has_event_time:
+        if not any(source.has_dead_letters for source in sources) and not has_event_time:
             raise PlanError(
-                f"dead_letters: {source.name} has no dead letters (it decodes nothing, and the stream has no event "
+                f"dead_letters: {', '.join(s.name for s in sources)} has no dead letters (it decodes nothing, and the "
+                "stream has no event "
                 "time whose nulls would be refused); read_kafka(..., format='json') and read_json(...) route "
                 "malformed records there, unless errors='fail'"
             )
-        return Stream(DeadLettersNode(parent=self._node, schema=DEAD_LETTER_SCHEMA))
+        return Stream(DeadLettersNode(inputs=(self._node,), schema=DEAD_LETTER_SCHEMA))
 
     # -- terminals -----------------------------------------------------------
 
@@ -671,10 +453,10 @@ class Stream:
         return self._run(ForeachBatchSink(fn), config, wait)
 
     def _require_bounded(self, terminal: str) -> None:
-        source = source_of(self._node)
-        if not source.bounded:
+        unbounded = [n.source for n in source_nodes(self._node) if not n.source.bounded]
+        if unbounded:
             raise PlanError(
-                f"{terminal}: {source.name} is unbounded, so it never ends; use start() for a running job "
+                f"{terminal}: {unbounded[0].name} is unbounded, so it never ends; use start() for a running job "
                 "handle, or a writing terminal with wait=False"
             )
 
@@ -725,7 +507,7 @@ class KeyedStream:
         origin = window_origin(self._stream.node)
         if origin is None or WINDOW_END not in self.keys:
             return False
-        _check_fires_once(origin, operator, ", or key by columns other than window_end for a running value")
+        check_fires_once(origin, operator, ", or key by columns other than window_end for a running value")
         schema = self._stream.schema
         if schema is not None and not is_event_time_type(schema.field(WINDOW_END).type):
             raise PlanError(
@@ -786,7 +568,7 @@ class KeyedStream:
         shift_ms = 0
         origin = window_origin(self._stream.node)
         if origin is not None:
-            _check_fires_once(origin, "window", "")
+            check_fires_once(origin, "window", "")
             shift_ms = WINDOW_TIME_SHIFT_MS
         return WindowedStream(self._stream, self.keys, window, time_column, lateness_ms, late, emit, shift_ms)
 
@@ -824,12 +606,12 @@ class KeyedStream:
                     f"pass a dict: agg({{{option!r}: {value!r}}})"
                 )
         schema = self._stream.schema
-        aggregates = _check_aggregates(_named_aggregates(aggregates, named), self.keys, schema)
+        aggregates = check_aggregates(named_aggregates(aggregates, named), self.keys, schema)
         per_window = self._per_window("agg")
         emit = self._emit("agg", emit, per_window)
-        out_schema = None if schema is None else _agg_output_schema(schema, self.keys, aggregates)
+        out_schema = None if schema is None else agg_output_schema(schema, self.keys, aggregates)
         node = KeyedAggNode(
-            parent=self._stream.node,
+            inputs=(self._stream.node,),
             schema=out_schema,
             keys=self.keys,
             aggregates=tuple(aggregates.items()),
@@ -886,7 +668,7 @@ class KeyedStream:
         per_window = self._per_window("top")
         emit = self._emit("top", emit, per_window)
         node = TopNode(
-            parent=self._stream.node,
+            inputs=(self._stream.node,),
             schema=schema,
             keys=self.keys,
             top=spec,
@@ -907,7 +689,7 @@ class KeyedStream:
                 )
             return "final"
         if emit is None:
-            emit = "final" if source_of(self._stream.node).bounded else "update"
+            emit = "final" if is_bounded(self._stream.node) else "update"
         if emit not in ("update", "final"):
             raise PlanError(f"{operator}: emit must be 'update' or 'final', got {emit!r}")
         return emit
@@ -941,7 +723,7 @@ class WindowedStream:
         schema = self._stream.schema
         assert schema is not None
         return {
-            "parent": self._stream.node,
+            "inputs": (self._stream.node,),
             "keys": self.keys,
             "window": self.window,
             "window_time_column": self._time_column,
@@ -967,7 +749,7 @@ class WindowedStream:
             raise PlanError(
                 f"agg: name= is agg's own option; to name an output 'name', pass a dict: agg({{'name': {name!r}}})"
             )
-        aggregates = _check_aggregates(_named_aggregates(aggregates, named), self.keys, self._stream.schema)
+        aggregates = check_aggregates(named_aggregates(aggregates, named), self.keys, self._stream.schema)
         for out in aggregates:
             if out in (WINDOW_START, WINDOW_END):
                 raise PlanError(f"agg: output name {out!r} is taken by the window bounds; choose another name")
@@ -975,7 +757,7 @@ class WindowedStream:
         schema = self._stream.schema
         assert schema is not None
         time_type = options["time_type"]
-        keyed = _agg_output_schema(schema, self.keys, aggregates)
+        keyed = agg_output_schema(schema, self.keys, aggregates)
         bounds = [pa.field(WINDOW_START, time_type), pa.field(WINDOW_END, time_type)]
         out_schema = pa.schema([keyed.field(k) for k in self.keys] + bounds + [keyed.field(n) for n in aggregates])
         return Stream(WindowAggNode(schema=out_schema, aggregates=tuple(aggregates.items()), **options))
@@ -1018,96 +800,3 @@ class WindowedStream:
         bounds = [pa.field(WINDOW_START, options["time_type"]), pa.field(WINDOW_END, options["time_type"])]
         out_schema = pa.schema([*schema, *bounds])
         return Stream(WindowTopNode(schema=out_schema, top=spec, **options))
-
-
-def check_top(
-    operator: str, keys: tuple[str, ...], schema: pa.Schema | None, by: Any, n: Any, ties: Any, descending: Any
-) -> Top:
-    """Check the arguments of ``top`` against the stream's schema.
-
-    Without a schema (after a user function) the column checks run again on
-    the first batch, in the actor that ranks it.
-
-    Raises:
-        PlanError: naming the argument or column, and how to fix it.
-    """
-    from raystream.runtime.keyed import orderable
-
-    if not isinstance(by, str):
-        raise PlanError(f"{operator}: by= must be the name of the column to rank by, got {by!r}")
-    check_columns(f"{operator} by", [by], schema)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise PlanError(f"{operator}: n must be a positive int, how many ranks to keep per key; got {n!r}")
-    for option, value in (("ties", ties), ("descending", descending)):
-        if not isinstance(value, bool):
-            raise PlanError(f"{operator}: {option} must be True or False, got {value!r}")
-    if by in keys:
-        raise PlanError(
-            f"{operator}: by={by!r} is a key column, so all the rows of a key would tie; rank by another column"
-        )
-    if schema is not None:
-        kind = schema.field(by).type
-        if not orderable(kind):
-            raise PlanError(
-                f"{operator}: by={by!r} has type {kind}, which has no order; "
-                "rank by a number, string, boolean or time column"
-            )
-        for key in keys:
-            if not orderable(schema.field(key).type):
-                raise PlanError(
-                    f"{operator}: key column {key!r} has type {schema.field(key).type}, which top cannot sort; "
-                    "key by numbers, strings, booleans or times (convert it with with_columns)"
-                )
-        if not ties:
-            for other in schema:
-                if other.name not in (*keys, by) and not orderable(other.type):
-                    raise PlanError(
-                        f"{operator}: ties=False breaks ties by the other columns, and {other.name!r} has type "
-                        f"{other.type}, which cannot be sorted; drop it with select(...), or keep ties with ties=True"
-                    )
-    return Top(by, n, ties, descending)
-
-
-def _named_aggregates(aggregates: Any, named: dict[str, Aggregate]) -> dict[str, Aggregate]:
-    """``agg``'s positional mapping and keyword aggregates, as one dict; an unnamed aggregate is an error."""
-    if aggregates is None:
-        return dict(named)
-    if isinstance(aggregates, Aggregate):
-        raise PlanError(f"agg: name each aggregate, as agg(n={aggregates!r}): the output column needs a name")
-    if not isinstance(aggregates, Mapping):
-        raise PlanError(
-            f"agg: expected aggregates by name, as agg(n=rs.count()) or agg({{'n': rs.count()}}), "
-            f"got {type(aggregates).__name__}"
-        )
-    return {**aggregates, **named}
-
-
-def _check_aggregates(
-    aggregates: dict[str, Aggregate], keys: tuple[str, ...], schema: pa.Schema | None
-) -> dict[str, Aggregate]:
-    if not aggregates:
-        raise PlanError("agg: name at least one aggregate, as agg(n=rs.count())")
-    for out, agg in aggregates.items():
-        if not isinstance(agg, Aggregate):
-            raise PlanError(f"agg: {out}= must be an aggregate such as rs.count() or rs.sum('price'), got {agg!r}")
-        if out in keys:
-            raise PlanError(f"agg: output name {out!r} is also a key column; choose another name")
-        if agg.column is not None:
-            check_columns(f"agg {out}={agg!r}", [agg.column], schema)
-    return aggregates
-
-
-def _schema_hint(schema: pa.Schema | None) -> pa.Schema | None:
-    if schema is not None and not isinstance(schema, pa.Schema):
-        raise PlanError(f"schema= must be a pyarrow.Schema, got {type(schema).__name__}")
-    return schema
-
-
-def _agg_output_schema(schema: pa.Schema, keys: tuple[str, ...], aggregates: Mapping[str, Aggregate]) -> pa.Schema:
-    from raystream.runtime.keyed import KeyedAggregation
-
-    aggregation = KeyedAggregation(keys, list(aggregates.items()))
-    try:
-        return aggregation.finalize(aggregation.partial(schema.empty_table())).schema
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        raise PlanError(f"agg: {exc}; check the aggregates' column types") from exc

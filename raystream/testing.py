@@ -106,7 +106,7 @@ class TestSource(Source):
 
     def stream(self, time_column: str | None = None) -> Stream:
         """A stream over this script."""
-        from raystream.sources import from_source
+        from raystream.readers import from_source
 
         return from_source(self, time_column)
 

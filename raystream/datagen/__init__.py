@@ -24,7 +24,7 @@ from raystream.datagen._nexmark import (
     events_for,
 )
 from raystream.errors import PlanError
-from raystream.sources import from_source
+from raystream.readers import from_source
 from raystream.stream import Stream
 
 __all__ = [

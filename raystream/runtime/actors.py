@@ -21,14 +21,14 @@ import pyarrow as pa
 import ray
 
 from raystream._time import START_OF_TIME_MS
+from raystream.kernels.hashing import key_groups, key_groups_of_partition, split_by_partition
+from raystream.plan.checks import check_columns
 from raystream.runtime.checkpoint import CheckpointStore, StateFile
 from raystream.runtime.operators import OpContext, StatelessOp, run_chain
 from raystream.runtime.planner import DEAD_LETTERS, KeyedStage
-from raystream.runtime.shuffle import key_groups, key_groups_of_partition, split_by_partition
 from raystream.runtime.stateful import KeyedOperator, OperatorState
 from raystream.sinks.base import Sink
 from raystream.sources.base import Source, Split, SplitReader
-from raystream.stream import check_columns
 
 
 def use_system_allocator() -> None:

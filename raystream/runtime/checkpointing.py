@@ -63,8 +63,8 @@ from typing import Any
 
 from raystream._jsonable import JsonableError
 from raystream._time import duration_ms
-from raystream.config import RunConfig
 from raystream.errors import PlanError, RaystreamError
+from raystream.run_config import RunConfig
 from raystream.runtime.checkpoint import (
     Checkpoint,
     CheckpointError,

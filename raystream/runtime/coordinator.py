@@ -50,8 +50,8 @@ from typing import Any
 import ray
 
 from raystream._time import START_OF_TIME_MS, duration_ms
-from raystream.config import RunConfig
 from raystream.errors import ConfigError, JobFailedError, RaystreamError
+from raystream.run_config import RunConfig
 from raystream.runtime.actors import Downstream, PartitionActor, ReaderActor
 from raystream.runtime.checkpoint import CorruptCheckpointError
 from raystream.runtime.checkpointing import Checkpointing, Recovery

@@ -11,14 +11,14 @@ from typing import Any
 import pandas as pd
 import ray
 
-from raystream.config import RunConfig
 from raystream.errors import ConfigError
+from raystream.plan.logical import Node
+from raystream.run_config import RunConfig
 from raystream.runtime.coordinator import Coordinator
 from raystream.runtime.local_ray import start_local_ray
 from raystream.runtime.planner import DEAD_LETTERS, plan
 from raystream.sinks.base import Sink
 from raystream.sinks.memory import MemorySink
-from raystream.stream import Node
 
 
 def ensure_ray(config: RunConfig) -> None:

@@ -21,8 +21,9 @@ import pyarrow.compute as pc
 
 from raystream._time import to_epoch_ms
 from raystream.errors import UserFunctionError
+from raystream.kernels.exprs import evaluate_exprs
+from raystream.plan.checks import check_columns, check_time_column
 from raystream.sources.base import dead_letter_table
-from raystream.stream import check_columns, check_time_column, evaluate_exprs
 
 
 @dataclass

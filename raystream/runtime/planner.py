@@ -7,7 +7,7 @@ actors, and the stateless operators after it are fused into that stage.
 Every stage sees the job's one watermark. A stage after a window tells the
 window's rows apart by their ``window_end``, which is why the window must
 fire each window once (checked when the plan is built, in
-:mod:`raystream.stream`); see :mod:`raystream.runtime.stateful` for why no
+:mod:`raystream.plan.logical`); see :mod:`raystream.runtime.stateful` for why no
 row is then late between stages.
 """
 
@@ -20,6 +20,25 @@ from typing import Any
 
 import pyarrow as pa
 
+from raystream.plan.logical import (
+    KEYED_NODES,
+    DeadLettersNode,
+    FilterNode,
+    KeyedAggNode,
+    LateEventsNode,
+    MapBatchesNode,
+    MapRowsNode,
+    Node,
+    SelectNode,
+    SourceNode,
+    TopNode,
+    WatermarkNode,
+    WindowAggNode,
+    WindowNode,
+    WindowTopNode,
+    WithColumnsNode,
+    walk,
+)
 from raystream.runtime.operators import (
     EventTimeOp,
     FilterOp,
@@ -40,25 +59,6 @@ from raystream.runtime.stateful import (
     WindowTop,
 )
 from raystream.sources.base import Source
-from raystream.stream import (
-    KEYED_NODES,
-    DeadLettersNode,
-    FilterNode,
-    KeyedAggNode,
-    LateEventsNode,
-    MapBatchesNode,
-    MapRowsNode,
-    Node,
-    SelectNode,
-    SourceNode,
-    TopNode,
-    WatermarkNode,
-    WindowAggNode,
-    WindowNode,
-    WindowTopNode,
-    WithColumnsNode,
-    plan_nodes,
-)
 from raystream.windows import Session
 
 
@@ -128,8 +128,8 @@ _STATELESS: dict[type, Callable[[Any], StatelessOp]] = {
 def plan(node: Node) -> PhysicalPlan:
     """Compile the logical plan that ends at ``node``."""
     output_side = DEAD_LETTERS if isinstance(node, DeadLettersNode) else None
-    late_parent = node.parent if isinstance(node, LateEventsNode) else None
-    nodes = [n for n in plan_nodes(node) if not isinstance(n, (LateEventsNode, DeadLettersNode))]
+    late_parent = node.input if isinstance(node, LateEventsNode) else None
+    nodes = [n for n in walk(node) if not isinstance(n, (LateEventsNode, DeadLettersNode))]
     head = nodes[0]
     assert isinstance(head, SourceNode)
     chain: list[StatelessOp] = []
@@ -225,7 +225,7 @@ def _register_user_modules(node: Node) -> None:
     from ray import cloudpickle
 
     site = tuple(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
-    for current in plan_nodes(node):
+    for current in walk(node):
         for value in vars(current).values():
             for module_name in _defining_modules(value):
                 module = sys.modules.get(module_name)

@@ -40,9 +40,9 @@ import pyarrow.compute as pc
 
 from raystream._time import START_OF_TIME_MS, to_epoch_ms
 from raystream.aggregates import Aggregate, Top
-from raystream.runtime.keyed import TOUCHED, KeyedAggregation, KeyedTop, Partial, same_as_previous
-from raystream.runtime.shuffle import key_groups, partition_of_key_groups, split_by_partition
-from raystream.stream import check_top
+from raystream.kernels.hashing import key_groups, partition_of_key_groups, split_by_partition
+from raystream.kernels.keyed import TOUCHED, KeyedAggregation, KeyedTop, Partial, same_as_previous
+from raystream.plan.checks import check_top
 from raystream.windows import WINDOW_END, WINDOW_START, Session, Sliding, Tumbling
 
 _ISLAND = "__island"

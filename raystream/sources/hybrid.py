@@ -20,18 +20,14 @@ every checkpoint: a job killed in either phase resumes where it was.
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raystream._time import time_ns, to_epoch_ms
+from raystream._time import to_epoch_ms
 from raystream.errors import PlanError
 from raystream.sources.base import Source, Split, SplitReader
-
-if TYPE_CHECKING:
-    from raystream.stream import Stream
 
 _HISTORY = "history"
 _LIVE = "live"
@@ -219,48 +215,3 @@ class _TimeRange(SplitReader):
 
     def close(self) -> None:
         self.inner.close()
-
-
-def hybrid(history: Stream, live: Stream, switch_at: datetime | date | str) -> Stream:
-    """Backfill from history, then hand over to a live source at ``switch_at``, with no gap and no duplicate.
-
-    History events before ``switch_at`` are read first; once every history
-    split is done, live events at or after ``switch_at`` follow. Start the
-    live source at or before ``switch_at`` (``read_kafka(start="earliest")``
-    or a time safely before it): the events both sources hold are read once,
-    whatever the overlap. Keyed state and open windows carry across the
-    switch, and one checkpoint covers both phases.
-
-    Args:
-        history: A bounded source stream, such as ``rs.read_parquet(..., time_column="ts")``.
-        live: A source stream with the same columns and time column, such as ``rs.read_kafka(...)``.
-        switch_at: The hand-over time: a datetime or date (naive means UTC) or an ISO string.
-
-    Raises:
-        PlanError: when a stream is not a plain source, the time columns differ or are missing,
-            the columns do not match, or the history is unbounded.
-    """
-    from raystream.sources import from_source
-    from raystream.stream import SourceNode
-
-    nodes = {}
-    for role, stream in (("history", history), ("live", live)):
-        node = getattr(stream, "node", None)
-        if not isinstance(node, SourceNode):
-            raise PlanError(
-                f"hybrid: {role} must be a source stream, such as rs.read_parquet(...) or rs.read_kafka(...), "
-                "before any operator; apply the job's operators to the stream hybrid() returns"
-            )
-        if node.source_time_column is None:
-            raise PlanError(f"hybrid: {role} needs a time_column, the event time that switch_at is compared with")
-        nodes[role] = node
-    time_column = nodes["history"].source_time_column
-    if nodes["live"].source_time_column != time_column:
-        raise PlanError(
-            f"hybrid: the time columns differ: history {time_column!r}, live "
-            f"{nodes['live'].source_time_column!r}; give both sources the same time_column"
-        )
-    assert time_column is not None
-    switch_at_ms = time_ns(switch_at, "hybrid: switch_at") // 1_000_000
-    source = HybridSource(nodes["history"].source, nodes["live"].source, switch_at_ms, time_column)
-    return from_source(source, time_column)

@@ -19,8 +19,8 @@ import pytest
 import ray
 
 import raystream as rs
-from raystream.runtime.keyed import Partial
-from raystream.runtime.shuffle import key_groups_of_partition
+from raystream.kernels.hashing import key_groups_of_partition
+from raystream.kernels.keyed import Partial
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -10,8 +10,8 @@ import pytest
 import raystream as rs
 from raystream._time import START_OF_TIME_MS
 from raystream.aggregates import Top
-from raystream.runtime.keyed import KeyedAggregation, KeyedTop
-from raystream.runtime.shuffle import key_groups, key_groups_of_partition
+from raystream.kernels.hashing import key_groups, key_groups_of_partition
+from raystream.kernels.keyed import KeyedAggregation, KeyedTop
 from raystream.runtime.stateful import KeyedOperator, PerWindowAggregate, PerWindowTop, RunningTop, WindowTop
 
 AGGREGATES = [

@@ -174,7 +174,7 @@ def test_window_top_needs_fixed_windows_and_free_bound_names() -> None:
 
 
 def test_keyed_by_window_end_after_a_window_is_a_per_window_stage() -> None:
-    from raystream.stream import KeyedAggNode, TopNode
+    from raystream.plan.logical import KeyedAggNode, TopNode
 
     hot = windows().key_by("window_start", "window_end").top("n")
     assert isinstance(hot.node, TopNode) and hot.node.per_window

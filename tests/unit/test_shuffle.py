@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raystream.runtime.shuffle import (
+from raystream.kernels.hashing import (
     hash_keys,
     key_groups,
     key_groups_of_partition,
@@ -45,7 +45,7 @@ def test_hash_is_the_same_in_another_process() -> None:
     """Key groups are saved in checkpoints, so the hash must not be salted per process."""
     here = hash_keys(TABLE, ("s", "i")).tolist()
     code = (
-        "import pyarrow as pa; from raystream.runtime.shuffle import hash_keys;"
+        "import pyarrow as pa; from raystream.kernels.hashing import hash_keys;"
         "t = pa.table({'i': pa.array([1, 2, None, 1, -5], pa.int64()),"
         " 's': ['x', 'y', 'x', None, 'long string key']});"
         "print(hash_keys(t, ('s', 'i')).tolist())"
