@@ -48,7 +48,7 @@ frames = st.integers(min_value=0, max_value=400).flatmap(
 
 # Each example runs a real job, so shrinking a failure would take many minutes: report it unshrunk.
 @settings(
-    max_examples=25,
+    max_examples=12,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
