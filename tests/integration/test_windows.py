@@ -75,7 +75,7 @@ def test_the_events_really_are_out_of_order() -> None:
 
 # Each example runs a real job, so shrinking a failure would take many minutes: report it unshrunk.
 @settings(
-    max_examples=15,
+    max_examples=8,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
