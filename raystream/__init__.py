@@ -11,6 +11,7 @@ Build a stream from a source, chain operators, then call a terminal::
 from raystream import datagen
 from raystream.aggregates import Aggregate, count, count_distinct, max, mean, min, sum
 from raystream.errors import ConfigError, JobFailedError, PlanError, RaystreamError, UserFunctionError
+from raystream.outputs import Outputs
 from raystream.readers import (
     Source,
     Split,
@@ -30,7 +31,7 @@ from raystream.run_config import RunConfig
 from raystream.runtime.checkpointing import read_state
 from raystream.runtime.job import Job
 from raystream.sinks.base import Sink, SinkContext
-from raystream.stream import KeyedStream, Stream, WindowedStream
+from raystream.stream import KeyedStream, Stream, WindowedStream, union
 from raystream.windows import Session, Sliding, Tumbling
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "Job",
     "JobFailedError",
     "KeyedStream",
+    "Outputs",
     "PlanError",
     "RaystreamError",
     "RunConfig",
@@ -73,4 +75,5 @@ __all__ = [
     "read_state",
     "read_text",
     "sum",
+    "union",
 ]

@@ -1,14 +1,16 @@
 """The ``raystream`` command line.
 
 ``raystream run JOB.py --config CONFIG.yaml`` loads a job module, validates
-the YAML against it, builds the stream and runs it into the configured sink.
+the YAML against it, builds the stream and runs it into the configured sink
+(or its streams into the sinks that the config names under ``sinks``).
 
 ``raystream backfill JOB.py --config CONFIG.yaml --from T1 --to T2`` runs the
 same job over the history of its source (``job.source``, or the ``history``
 of a hybrid source) between two times, into the same sink, with a progress
 bar.
 
-A job module defines ``build(config) -> Stream`` and, to take settings from
+A job module defines ``build(config) -> Stream`` (or a dict of streams by
+output name, for a config with ``sinks``) and, to take settings from
 the ``job:`` section of the YAML, a dataclass named ``Config``; ``build``
 then receives an instance of it.
 """
@@ -25,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from raystream._fs import redact
-from raystream.config import RunConfig, SinkConfig, SourceConfig, load_yaml, parse_config
+from raystream.config import RunConfig, SinkConfig, SourceConfig, load_yaml, parse_config, parse_sinks, run_sinks
 from raystream.errors import ConfigError, RaystreamError
 
 
@@ -54,10 +56,11 @@ def load_job(path: str | Path) -> ModuleType:
 
 def prepare_job(
     job_path: str | Path, config_path: str | Path, data: dict[str, Any] | None = None
-) -> tuple[Any, RunConfig, SinkConfig]:
-    """Load a job and its YAML config; return (stream, run config, sink config). Nothing runs yet.
+) -> tuple[Any, RunConfig, dict[str, SinkConfig]]:
+    """Load a job and its YAML config; return (what ``build`` returned, run config, sinks by output name).
 
-    ``data``, when given, is the config already loaded (and changed, by ``backfill``).
+    Nothing runs yet. ``build`` returns a stream, or a dict of streams by output name when the config names its
+    outputs under ``sinks``. ``data``, when given, is the config already loaded (and changed, by ``backfill``).
     """
     module = load_job(job_path)
     data = load_yaml(config_path) if data is None else data
@@ -69,14 +72,14 @@ def prepare_job(
     else:
         job_config = None
     run_config = parse_config(RunConfig, data.get("run"), "run")
-    sink_config = parse_config(SinkConfig, data.get("sink"), "sink")
-    stream = module.build(job_config) if job_config_class is not None else module.build()
-    return stream, run_config, sink_config
+    sinks = parse_sinks(data)
+    streams = module.build(job_config) if job_config_class is not None else module.build()
+    return streams, run_config, sinks
 
 
 def _run(args: argparse.Namespace) -> int:
-    stream, run_config, sink_config = prepare_job(args.job, args.config)
-    job = sink_config.run(stream, run_config, wait=False)
+    streams, run_config, sinks = prepare_job(args.job, args.config)
+    job = run_sinks(streams, sinks, run_config, wait=False)
     try:
         while job.status() == "running":
             time.sleep(0.1)
@@ -113,8 +116,8 @@ def _backfill(args: argparse.Namespace) -> int:
             f"history of kind {', '.join(SourceConfig.BACKFILL_KINDS)}; backfill reads timed history from files"
         )
     job_section["source"] = {**source, "start": args.start, "end": args.end, "watch": False}
-    stream, run_config, sink_config = prepare_job(args.job, args.config, {**data, "job": job_section})
-    job = sink_config.run(stream, run_config, wait=False)
+    streams, run_config, sinks = prepare_job(args.job, args.config, {**data, "job": job_section})
+    job = run_sinks(streams, sinks, run_config, wait=False)
     progress = BackfillProgress(start_ms, end_ms)
     try:
         while job.status() == "running":

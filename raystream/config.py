@@ -9,6 +9,14 @@ A YAML job config has up to three sections::
     sink:  # where the output goes
       kind: print
 
+A job with several outputs names each under ``sinks`` instead of ``sink``,
+and its ``build`` returns a mapping from those names to streams (a single
+stream goes to every sink)::
+
+    sinks:
+      alerts: {kind: kafka, topic: alerts, transactional_id: alerts-1}
+      per_minute: {kind: parquet, path: out/per-minute}
+
 An unknown key or a value of the wrong type is a :class:`ConfigError` that
 names the key, such as ``run.parallelism``.
 """
@@ -31,6 +39,7 @@ from raystream.errors import ConfigError
 from raystream.run_config import RunConfig
 
 if typing.TYPE_CHECKING:
+    from raystream.outputs import Outputs
     from raystream.runtime.job import Job
     from raystream.stream import Stream
 
@@ -243,6 +252,33 @@ class SinkConfig:
         }
         return "SinkConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
+    def add_to(self, outputs: Outputs, stream: Stream, name: str) -> Outputs:
+        """Add ``stream`` into this sink to ``outputs``, as the output ``name``."""
+        if self.kind == "print":
+            return outputs.print(stream, name, num_rows=self.num_rows, sort_by=self.sort_by or None)
+        if self.kind == "kafka":
+            assert self.topic is not None  # checked in __post_init__
+            return outputs.write_kafka(
+                stream,
+                self.topic,
+                self.bootstrap_servers,
+                name,
+                key=self.key,
+                format=self.format,
+                producer_config=self.producer_config or None,
+                transactional_id=self.transactional_id,
+            )
+        assert self.path is not None  # checked in __post_init__
+        return outputs.write_parquet(
+            stream,
+            self.path,
+            name,
+            partition_by=self.partition_by or None,
+            storage_options=self.storage_options or None,
+            compression=self.compression,
+            mode=self.mode,
+        )
+
     def run(self, stream: Stream, config: RunConfig, wait: bool = True) -> Job:
         """Run ``stream`` into this sink; with ``wait``, until it ends."""
         if self.kind == "print":
@@ -373,10 +409,74 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config: {str(path)!r} must hold a mapping with keys job, run and sink")
-    unknown = set(data) - {"job", "run", "sink"}
+        raise ConfigError(f"config: {str(path)!r} must hold a mapping with keys job, run and sink (or sinks)")
+    unknown = set(data) - {"job", "run", "sink", "sinks"}
     if unknown:
         raise ConfigError(
-            f"config: unknown top-level key '{sorted(unknown)[0]}' in {str(path)!r}; the keys are: job, run, sink"
+            f"config: unknown top-level key '{sorted(unknown)[0]}' in {str(path)!r}; the keys are: job, run, sink, "
+            "sinks"
+        )
+    if "sink" in data and "sinks" in data:
+        raise ConfigError(
+            f"config: {str(path)!r} has both 'sink' and 'sinks'; keep 'sink' for one output, or name every output "
+            "under 'sinks'"
         )
     return data
+
+
+def parse_sinks(data: dict[str, Any]) -> dict[str, SinkConfig]:
+    """The outputs a loaded YAML config names: ``sinks`` by name, or its one ``sink`` as ``output``."""
+    if "sinks" not in data:
+        return {"output": parse_config(SinkConfig, data.get("sink"), "sink")}
+    sinks = data["sinks"]
+    if not isinstance(sinks, dict) or not sinks:
+        raise ConfigError(
+            f"config: 'sinks' must map each output's name to its sink, as sinks: {{alerts: {{kind: print}}}}; "
+            f"got {_describe(sinks)}"
+        )
+    parsed = {}
+    for name, sink in sinks.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"config: the output name {name!r} under 'sinks' must be a non-empty string")
+        try:
+            parsed[name] = parse_config(SinkConfig, sink, f"sinks.{name}")
+        except ConfigError as exc:  # SinkConfig's own checks say 'sink.<key>': say which of the sinks
+            raise ConfigError(str(exc).replace("'sink.", f"'sinks.{name}.")) from None
+    return parsed
+
+
+def run_sinks(
+    streams: Stream | Mapping[str, Stream], sinks: dict[str, SinkConfig], config: RunConfig, wait: bool = True
+) -> Job:
+    """Run a job's streams into the sinks of its YAML config, as one job.
+
+    Args:
+        streams: What the job module's ``build`` returned: one stream, written to every sink, or a mapping from
+            each sink's name to its stream.
+        sinks: :func:`parse_sinks`'s result.
+        config: How to run.
+        wait: When false, return the running job at once.
+    """
+    from raystream.outputs import Outputs
+    from raystream.stream import Stream
+
+    if isinstance(streams, Stream):
+        if list(sinks) == ["output"]:  # the single 'sink': the one-output path, with its early checks
+            return sinks["output"].run(streams, config, wait=wait)
+        streams = dict.fromkeys(sinks, streams)
+    if not isinstance(streams, Mapping) or not all(isinstance(s, Stream) for s in streams.values()):
+        raise ConfigError(
+            "raystream run: build(config) must return a raystream.Stream, or a dict from each output's name "
+            f"under 'sinks' to its Stream; got {type(streams).__name__}"
+        )
+    missing, extra = sorted(set(sinks) - set(streams)), sorted(set(streams) - set(sinks))
+    if missing or extra:
+        named = "'sinks'" if list(sinks) != ["output"] else "'sink' (the output named 'output')"
+        raise ConfigError(
+            f"raystream run: build(config) returned the outputs {sorted(streams)}, but the config names {named} "
+            f"{sorted(sinks)}; give each returned stream a sink under 'sinks', by the same name"
+        )
+    outputs = Outputs()
+    for name, sink in sinks.items():
+        sink.add_to(outputs, streams[name], name)
+    return outputs.run(config, wait=wait)

@@ -49,6 +49,15 @@ class RunConfig:
         watermark_stall_warning: Log a warning naming the split that alone
             has held the watermark back this long (a Kafka partition that
             receives nothing, a stuck file), such as ``"1m"``; ``None``: never.
+        broadcast_join_max_bytes: A ``join``'s table whose sources hold at
+            most this many bytes (10 MiB by default, Spark's
+            ``autoBroadcastJoinThreshold``) is sent whole to the stream's
+            actors and joined there; a larger one, or one whose size its
+            sources cannot tell, is hash-partitioned with the stream. 0
+            turns broadcasting off.
+        max_join_table_bytes: The most bytes of a ``join``'s table that one
+            actor may hold (1 GiB by default); more is an error that names
+            the join, not an out-of-memory kill.
     """
 
     parallelism: int = 2
@@ -65,6 +74,8 @@ class RunConfig:
     checkpoint_key: str | None = None
     max_recoveries: int = 3
     watermark_stall_warning: str | None = "1m"
+    broadcast_join_max_bytes: int = 10 << 20
+    max_join_table_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         for name in ("parallelism", "max_batch_rows", "max_in_flight_epochs", "num_key_groups"):
@@ -99,10 +110,13 @@ class RunConfig:
                 duration_ms(self.checkpoint_interval, "RunConfig.checkpoint_interval")
             except PlanError as exc:
                 raise ConfigError(str(exc)) from exc
-        for name in ("checkpoints_to_keep",):
+        for name in ("checkpoints_to_keep", "max_join_table_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"RunConfig.{name} must be a positive int, got {value!r}")
+        value = self.broadcast_join_max_bytes
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"RunConfig.broadcast_join_max_bytes must be an int >= 0, got {value!r}")
         if self.checkpoint_key is not None and (not isinstance(self.checkpoint_key, str) or not self.checkpoint_key):
             raise ConfigError("RunConfig.checkpoint_key must be a non-empty string (a secret), or None")
         if self.watermark_stall_warning is not None:

@@ -35,6 +35,7 @@ from raystream.plan.logical import (
     ColumnExpr,
     DeadLettersNode,
     FilterNode,
+    JoinHow,
     KeyedAggNode,
     LateEventsNode,
     MapBatchesNode,
@@ -43,7 +44,9 @@ from raystream.plan.logical import (
     Predicate,
     SelectNode,
     SourceNode,
+    TableJoinNode,
     TopNode,
+    UnionNode,
     WatermarkNode,
     WindowAggNode,
     WindowNode,
@@ -271,6 +274,106 @@ class Stream:
             )
         return Stream(DeadLettersNode(inputs=(self._node,), schema=DEAD_LETTER_SCHEMA))
 
+    # -- several inputs --------------------------------------------------------
+
+    def union(self, *others: Stream) -> Stream:
+        """The rows of this stream and of ``others``: see :func:`union`."""
+        return union(self, *others)
+
+    def join(
+        self,
+        table: Stream,
+        on: str | list[str] | None = None,
+        *,
+        how: JoinHow = "inner",
+        left_on: str | list[str] | None = None,
+        right_on: str | list[str] | None = None,
+        suffix: str = "_right",
+        name: str = "join",
+    ) -> Stream:
+        """Enrich each row with the matching rows of a bounded ``table``, as SQL's ``JOIN ... ON`` does.
+
+        A row per match (duplicate table keys multiply the row), null keys
+        never match, and ``how="left"`` keeps the rows that match nothing,
+        with nulls in the table's columns. The table's key columns are not
+        repeated in the output (their values equal the stream's); another
+        table column whose name the stream has too gets ``suffix``.
+
+        The table is read to its end before the stream's first row. One whose
+        sources hold at most ``RunConfig.broadcast_join_max_bytes`` is sent
+        whole to the actors that run the stream and joined there; a larger
+        one is hash-partitioned by the key with the stream. Either way it is
+        state: in the checkpoints, and restored with the job.
+
+        Args:
+            table: A bounded stream: ``rs.from_pandas``, ``rs.read_parquet``...
+            on: The key column(s), named alike on both sides.
+            how: ``"inner"`` or ``"left"``.
+            left_on: Or the stream's key column(s)...
+            right_on: ... and the table's, in the same order.
+            suffix: Added to a table column's name that the stream has too.
+            name: The operator's name (in metrics and checkpoints).
+
+        Raises:
+            PlanError: the table is unbounded, a key is missing on a side or
+                has types that cannot match, or a column name still clashes.
+        """
+        if not isinstance(table, Stream):
+            raise PlanError(f"join: expected a raystream Stream as the table, got {type(table).__name__}")
+        if how not in ("inner", "left"):
+            raise PlanError(f"join: how must be 'inner' or 'left', got {how!r}")
+        if not is_bounded(table.node):
+            raise PlanError(
+                "join: the table is unbounded (it never ends, so it can never be read before the stream); bound it "
+                "(a file read without watch, read_kafka(..., stop='latest')), or join two streams with the "
+                "two-stream joins"
+            )
+        left, right = _join_keys(on, left_on, right_on)
+        stream_schema, table_schema = self.schema, table.schema
+        check_columns("join (the stream)", left, stream_schema)
+        check_columns("join (the table)", right, table_schema)
+        if stream_schema is not None and table_schema is not None:
+            for lk, rk in zip(left, right, strict=True):
+                a, b = stream_schema.field(lk).type, table_schema.field(rk).type
+                if not _joinable(a, b):
+                    raise PlanError(
+                        f"join: key {lk!r} is {a} in the stream and {rk!r} is {b} in the table, which a join does "
+                        "not compare; cast one side (with_columns) to the other's type"
+                    )
+        output_names: list[tuple[str, str]] = []
+        if table_schema is not None:
+            taken = set(stream_schema.names) if stream_schema is not None else set()
+            for column in table_schema.names:
+                if column in right:
+                    continue
+                output = column + suffix if column in taken else column
+                if output in taken:
+                    raise PlanError(
+                        f"join: the table's column {column!r} becomes {output!r}, which the stream has too; "
+                        "choose another suffix= or rename the column"
+                    )
+                taken.add(output)
+                output_names.append((column, output))
+        elif table_schema is None:
+            raise PlanError(
+                "join: the table's columns are unknown until run time (it went through map or map_batches "
+                "without schema=); give that step a schema"
+            )
+        schema = None
+        if stream_schema is not None and table_schema is not None:
+            payload = [pa.field(out, table_schema.field(col).type) for col, out in output_names]
+            schema = pa.schema([*stream_schema, *payload])
+        node = TableJoinNode(
+            inputs=(self._node, table.node),
+            schema=schema,
+            left_on=left,
+            right_on=right,
+            how=how,
+            output_names=tuple(output_names),
+            name=name,
+        )
+        return Stream(node)
+
     # -- terminals -----------------------------------------------------------
 
     def write(self, sink: Sink, config: RunConfig | None = None, wait: bool = True) -> Job:
@@ -353,15 +456,7 @@ class Stream:
             PlanError: an invalid argument, or (``mode="error"``, no
                 ``checkpoint_dir``) a folder that holds files.
         """
-        from raystream.sinks.parquet import ParquetSink
-
-        if partition_by:
-            check_columns("write_parquet partition_by", partition_by, self.schema)
-        if isinstance(use_dictionary, list):
-            check_columns("write_parquet use_dictionary", use_dictionary, self.schema)
-        sink = ParquetSink(
-            path, partition_by, storage_options, compression=compression, use_dictionary=use_dictionary, mode=mode
-        )
+        sink = parquet_sink(self.schema, path, partition_by, storage_options, compression, use_dictionary, mode)
         if getattr(config, "checkpoint_dir", None) is None:  # no resume possible: the folder can be judged now
             sink.check_destination()
         return self._run(sink, config, wait)
@@ -403,20 +498,8 @@ class Stream:
                 and resends its records; a transaction is made again) before the job fails with an
                 error naming them: ``"1m"``, ``"30s"``...
         """
-        from raystream.sinks.kafka import KafkaSink, TransactionalKafkaSink
-
-        if key is not None:
-            check_columns("write_kafka key", [key], self.schema)
-        options: dict[str, Any] = {
-            "key": key,
-            "format": format,
-            "producer_config": producer_config,
-            "reconnect_timeout": reconnect_timeout,
-        }
-        sink = (
-            KafkaSink(topic, bootstrap_servers, **options)
-            if transactional_id is None
-            else TransactionalKafkaSink(topic, bootstrap_servers, transactional_id=transactional_id, **options)
+        sink = kafka_sink(
+            self.schema, topic, bootstrap_servers, key, format, producer_config, transactional_id, reconnect_timeout
         )
         return self._run(sink, config, wait)
 
@@ -800,3 +883,128 @@ class WindowedStream:
         bounds = [pa.field(WINDOW_START, options["time_type"]), pa.field(WINDOW_END, options["time_type"])]
         out_schema = pa.schema([*schema, *bounds])
         return Stream(WindowTopNode(schema=out_schema, top=spec, **options))
+
+
+def union(*streams: Stream) -> Stream:
+    """The rows of all ``streams``, whose columns match by name and type (SQL's ``UNION ALL``).
+
+    Each input keeps its own splits and watermark; the union's watermark is
+    the smallest of theirs, so no window fires before every input has
+    passed it. A bounded input that ends stops holding it back, and a union
+    with an unbounded input is unbounded. Columns may come in another order:
+    they are matched by name.
+
+    Raises:
+        PlanError: fewer than two streams, or columns that differ (the
+            message names them and both types).
+    """
+    if len(streams) < 2 or not all(isinstance(s, Stream) for s in streams):
+        raise PlanError("union: give two or more raystream Streams, such as rs.union(clicks, views)")
+    first = streams[0].schema
+    nodes = [streams[0].node]
+    for index, stream in enumerate(streams[1:], start=2):
+        schema = stream.schema
+        if first is None or schema is None:
+            raise PlanError(
+                f"union: the columns of input {1 if first is None else index} are unknown until run time (a map "
+                "or map_batches without schema=); give that step a schema so that the inputs can be matched"
+            )
+        missing, extra = set(first.names) - set(schema.names), set(schema.names) - set(first.names)
+        if missing or extra:
+            what = "; ".join(
+                part
+                for part in (
+                    f"input {index} lacks {sorted(missing)}" if missing else "",
+                    f"input {index} has {sorted(extra)} that input 1 lacks" if extra else "",
+                )
+                if part
+            )
+            raise PlanError(f"union: the inputs' columns differ: {what}; select or add columns so that they match")
+        for field in first:
+            other = schema.field(field.name).type
+            if other != field.type:
+                raise PlanError(
+                    f"union: column {field.name!r} is {field.type} in input 1 and {other} in input {index}; cast "
+                    "one of them (with_columns) so that the types match"
+                )
+        node = stream.node
+        if schema.names != first.names:  # the same columns in another order: put them in the first's order
+            node = SelectNode(inputs=(node,), schema=first, columns=tuple(first.names))
+        nodes.append(node)
+    return Stream(UnionNode(inputs=tuple(nodes), schema=first))
+
+
+def _join_keys(
+    on: str | list[str] | None, left_on: str | list[str] | None, right_on: str | list[str] | None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def names(value: str | list[str]) -> tuple[str, ...]:
+        return (value,) if isinstance(value, str) else tuple(value)
+
+    if on is not None:
+        if left_on is not None or right_on is not None:
+            raise PlanError("join: give on=, or left_on= and right_on=, not both")
+        return names(on), names(on)
+    if left_on is None or right_on is None:
+        raise PlanError("join: give the key columns: on='user', or left_on='user' and right_on='user_id'")
+    left, right = names(left_on), names(right_on)
+    if len(left) != len(right) or not left:
+        raise PlanError(f"join: left_on {list(left)} and right_on {list(right)} must name as many columns")
+    return left, right
+
+
+def _joinable(a: pa.DataType, b: pa.DataType) -> bool:
+    """Whether keys of these types can be equal (the table's are cast to the stream's)."""
+    if a == b:
+        return True
+    kinds = (pa.types.is_integer, pa.types.is_floating, pa.types.is_string, pa.types.is_large_string)
+    strings = (pa.types.is_string, pa.types.is_large_string)
+    if any(k(a) for k in strings) and any(k(b) for k in strings):
+        return True
+    return any(kind(a) and kind(b) for kind in kinds[:2])
+
+
+def parquet_sink(
+    schema: pa.Schema | None,
+    path: str,
+    partition_by: list[str] | None,
+    storage_options: dict[str, Any] | None,
+    compression: str = "snappy",
+    use_dictionary: bool | list[str] | None = None,
+    mode: Literal["error", "overwrite", "append"] = "error",
+) -> Any:
+    """A :class:`~raystream.sinks.parquet.ParquetSink` for a stream of ``schema``, its options checked."""
+    from raystream.sinks.parquet import ParquetSink
+
+    if partition_by:
+        check_columns("write_parquet partition_by", partition_by, schema)
+    if isinstance(use_dictionary, list):
+        check_columns("write_parquet use_dictionary", use_dictionary, schema)
+    return ParquetSink(
+        path, partition_by, storage_options, compression=compression, use_dictionary=use_dictionary, mode=mode
+    )
+
+
+def kafka_sink(
+    schema: pa.Schema | None,
+    topic: str,
+    bootstrap_servers: str,
+    key: str | None = None,
+    format: str = "json",  # noqa: A002 - the public name
+    producer_config: dict[str, Any] | None = None,
+    transactional_id: str | None = None,
+    reconnect_timeout: Duration = "1m",
+) -> Any:
+    """A Kafka sink (transactional with a ``transactional_id``) for a stream of ``schema``, its key checked."""
+    from raystream.sinks.kafka import KafkaSink, TransactionalKafkaSink
+
+    if key is not None:
+        check_columns("write_kafka key", [key], schema)
+    options: dict[str, Any] = {
+        "key": key,
+        "format": format,
+        "producer_config": producer_config,
+        "reconnect_timeout": reconnect_timeout,
+    }
+    if transactional_id is None:
+        return KafkaSink(topic, bootstrap_servers, **options)
+    return TransactionalKafkaSink(topic, bootstrap_servers, transactional_id=transactional_id, **options)

@@ -27,7 +27,7 @@ import pyarrow as pa
 from bench.nexmark.generate import write_parquet
 from bench.nexmark.queries import QUERIES, WATERMARK_DELAY, bid_stream
 from raystream._time import duration_ms
-from raystream.runtime.actors import Downstream, ReaderActor, use_system_allocator
+from raystream.runtime.actors import Layout, ReaderActor, Route, use_system_allocator
 from raystream.runtime.planner import plan
 from raystream.sinks.base import SinkContext
 from raystream.sinks.parquet import ParquetSink
@@ -50,15 +50,19 @@ def main() -> None:
     query = QUERIES[args.query]
     physical = plan(query.build(bid_stream(str(data / "bid"), query))._node)
     out = tempfile.mkdtemp(prefix="raystream-profile-")
-    if physical.stages:
-        downstream = Downstream(operator=physical.stages[0].operator, num_partitions=args.readers)
+    (source,) = physical.sources
+    (edge,) = physical.edges_from(source.name)
+    if edge.exchange == "hash":
+        operator = physical.stage(edge.consumer).operator
+        route = Route(0, edge.chain, operator, edge.input, num_partitions=args.readers)
     else:
         sink = ParquetSink(out)
-        sink.on_start(SinkContext(physical.output_schema, None, True))
-        downstream = Downstream(sink=sink)
-    reader = ReaderActor(0, physical.source, physical.reader_chain, downstream, False)  # the class, not an actor
-    reader.assign([(split, None) for split in physical.source.splits(args.readers)[:: args.readers]])
-    batch_rows = args.max_batch_rows or physical.source.batch_rows
+        sink.on_start(SinkContext(physical.outputs[0].schema, None, True))
+        route = Route(0, edge.chain, output=edge.consumer, sink=sink)
+    layout = Layout((route,))
+    reader = ReaderActor(0, source.name, source.source, source.chain, layout)  # the class, not an actor
+    reader.assign([(split, None) for split in source.source.splits(args.readers)[:: args.readers]])
+    batch_rows = args.max_batch_rows or source.source.batch_rows
 
     delay_ms = duration_ms(WATERMARK_DELAY, "watermark delay")
     profile = cProfile.Profile()
@@ -66,7 +70,7 @@ def main() -> None:
     started, cpu_started = time.perf_counter(), time.process_time()
     profile.enable()
     while True:
-        result = reader.run_epoch(epoch, batch_rows, watermark)
+        result = reader.run_epoch(epoch, batch_rows, {0: watermark})
         meta = result[0] if isinstance(result, list) else result
         rows += meta["rows_in"]
         latest = [p["max_event_time_ms"] for p in meta["splits"].values() if p["max_event_time_ms"] is not None]

@@ -1,19 +1,21 @@
 """Reader and partition actors: where rows live and are processed.
 
-Both kinds return ``[metadata, *outputs, late]`` from each epoch call (just
-the metadata when the output is written in the actor and no late rows can
-come). ``late`` is ``{operator name: late rows}`` or ``None``. The
-metadata is a small dict the coordinator reads; the outputs are tables or
-partials that stay in the Ray object store and are handed, as object refs,
-to the next stage's actors or to a driver-side sink. A distributed sink
-writes inside the actor, and only its small result rides in the metadata.
+Each epoch call returns the values its :class:`Layout` lays out: first a
+small metadata dict that the coordinator reads, then, for each out-edge of
+the stage, its parts (one per partition of a keyed stage, one table for a
+driver-side output, none for a distributed sink, which writes inside the
+actor), then the side outputs (``{tag: rows}``) when the stage has any.
+Tables stay in the Ray object store and are handed, as object refs, to the
+next stage's actors or to a driver-side sink; the coordinator reads only
+the metadata.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ from raystream._time import START_OF_TIME_MS
 from raystream.kernels.hashing import key_groups, key_groups_of_partition, split_by_partition
 from raystream.plan.checks import check_columns
 from raystream.runtime.checkpoint import CheckpointStore, StateFile
+from raystream.runtime.joins import TABLE, BroadcastJoinOp
 from raystream.runtime.operators import OpContext, StatelessOp, run_chain
 from raystream.runtime.planner import DEAD_LETTERS, KeyedStage
 from raystream.runtime.stateful import KeyedOperator, OperatorState
@@ -45,67 +48,157 @@ def use_system_allocator() -> None:
 
 
 @dataclass(frozen=True)
-class Downstream:
-    """Where an actor's output goes.
+class Route:
+    """Where one out-edge of a stage sends the stage's output.
 
-    At most one of ``operator`` (the next keyed stage: prepare and shuffle
-    over ``num_partitions`` actors) and ``sink`` (a distributed sink: write
-    here) is set; with neither, the table is returned for a driver-side
-    sink, unless ``discard`` (the job outputs late rows instead).
+    A ``hash`` edge has the consumer's ``operator``: its rows are prepared
+    for it and cut over ``num_partitions`` actors. A ``forward`` edge ends in
+    output ``output``: written here by a distributed ``sink`` (as writer
+    ``writer_offset`` + the actor's index), or returned for a driver-side one.
     """
 
+    edge: int
+    chain: tuple[StatelessOp, ...] = ()
     operator: KeyedOperator | None = None
+    input: int = 0
     num_partitions: int = 1
     num_key_groups: int = 128
+    output: str | None = None
     sink: Sink | None = None
-    discard: bool = False
+    writer_offset: int = 0
 
     @property
-    def num_outputs(self) -> int:
-        """How many output refs an epoch call returns after the metadata (before a late slot)."""
+    def slots(self) -> int:
+        """How many values the route adds to an epoch call's return."""
         if self.operator is not None:
             return self.num_partitions
-        return 0 if self.sink is not None or self.discard else 1
+        return 0 if self.sink is not None else 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The values an epoch call of a stage returns: metadata, each route's parts, then side outputs.
+
+    ``broadcast``: the stage is a broadcast table's source, and its output
+    table is returned whole, right after the metadata.
+    """
+
+    routes: tuple[Route, ...] = ()
+    sides: bool = False
+    broadcast: bool = False
+
+    @property
+    def num_returns(self) -> int:
+        return 1 + int(self.broadcast) + sum(route.slots for route in self.routes) + int(self.sides)
+
+    def pack(
+        self, meta: dict[str, Any], table: pa.Table | None, parts: dict[int, list[Any]], sides: dict[str, Any]
+    ) -> Any:
+        values: list[Any] = [meta]
+        if self.broadcast:
+            values.append(table if table is not None and table.num_rows else None)
+        for route in self.routes:
+            values += parts.get(route.edge, [])
+        if self.sides:
+            values.append(sides or None)
+        return values if len(values) > 1 else meta
+
+    def _start(self, edge: int) -> int:
+        position = 1 + int(self.broadcast)
+        for route in self.routes:
+            if route.edge == edge:
+                return position
+            position += route.slots
+        raise KeyError(edge)
+
+    def parts(self, refs: Sequence[Any], edge: int) -> list[Any]:
+        """The refs of edge ``edge``'s parts among the refs an epoch call returned."""
+        route = next(route for route in self.routes if route.edge == edge)
+        start = self._start(edge)
+        return list(refs[start : start + route.slots])
+
+    def side_ref(self, refs: Sequence[Any]) -> Any:
+        return refs[-1] if self.sides else None
+
+    def table_ref(self, refs: Sequence[Any]) -> Any:
+        return refs[1] if self.broadcast else None
 
 
 @dataclass
 class _Routed:
-    outputs: list[Any]
-    late: dict[str, pa.Table]
-    late_count: int
-    sink_result: Any
+    parts: dict[int, list[Any]] = field(default_factory=dict)
+    late: dict[str, pa.Table] = field(default_factory=dict)
+    late_count: int = 0
+    #: For each output: the rows sent to it, and the distributed sink's write result.
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _route(table: pa.Table, downstream: Downstream, epoch: int, writer: int, watermark_ms: int) -> _Routed:
-    """Send ``table`` on, to the next stage (prepared and split), a sink, or the driver."""
-    operator = downstream.operator
-    if operator is not None:
-        if table.num_rows == 0:
-            return _Routed([None] * downstream.num_partitions, {}, 0, None)
-        check_columns(f"key_by ({operator.name})", operator.keys, table.schema)
-        prepared = operator.prepare(table, watermark_ms)
-        outputs = (
-            [None] * downstream.num_partitions
-            if prepared.payload is None
-            else operator.split(prepared.payload, downstream.num_key_groups, downstream.num_partitions)
-        )
-        late = {operator.name: prepared.late} if prepared.late is not None else {}
-        return _Routed(outputs, late, prepared.late_count, None)
-    if downstream.sink is not None:
-        result = downstream.sink.write(table, epoch, writer) if table.num_rows else None
-        return _Routed([], {}, 0, result)
-    if downstream.discard:
-        return _Routed([], {}, 0, None)
-    return _Routed([table if table.num_rows else None], {}, 0, None)
+def _route(
+    table: pa.Table, routes: Sequence[Route], epoch: int, writer: int, watermarks: dict[int, int], ctx: OpContext
+) -> _Routed:
+    """Send ``table`` on every route: to the next stages (prepared and split), to sinks, or to the driver."""
+    routed = _Routed()
+    for route in routes:
+        rows = run_chain(route.chain, table, ctx) if route.chain and table.num_rows else table
+        operator = route.operator
+        if operator is not None:
+            if rows.num_rows == 0:
+                routed.parts[route.edge] = [None] * route.num_partitions
+                continue
+            check_columns(f"key_by ({operator.name})", operator.input_keys(route.input), rows.schema)
+            prepared = operator.prepare_input(route.input, rows, watermarks.get(route.edge, START_OF_TIME_MS))
+            routed.parts[route.edge] = (
+                [None] * route.num_partitions
+                if prepared.payload is None
+                else operator.split(prepared.payload, route.num_key_groups, route.num_partitions)
+            )
+            if prepared.late is not None:
+                routed.late[operator.name] = prepared.late
+            routed.late_count += prepared.late_count
+            continue
+        assert route.output is not None
+        result = None
+        if route.sink is not None:
+            if rows.num_rows:
+                result = route.sink.write(rows, epoch, route.writer_offset + writer)
+        else:
+            routed.parts[route.edge] = [rows if rows.num_rows else None]
+        entry = routed.outputs.setdefault(route.output, {"rows": 0, "results": []})
+        entry["rows"] += rows.num_rows
+        if result is not None:
+            entry["results"].append(result)
+    return routed
 
 
-def _returns(meta: dict[str, Any], routed: _Routed, side_slot: bool, extra_late: dict[str, pa.Table]) -> Any:
-    """Lay out an epoch call's return: ``[meta, *outputs, late]``, or the metadata alone."""
-    values: list[Any] = [meta, *routed.outputs]
-    if side_slot:
-        late = {**extra_late, **routed.late}
-        values.append(late or None)
-    return values if len(values) > 1 else meta
+def _broadcast_joins(chains: Sequence[Sequence[StatelessOp]]) -> dict[str, BroadcastJoinOp]:
+    """The broadcast joins in an actor's chains, by name."""
+    return {op.name: op for chain in chains for op in chain if isinstance(op, BroadcastJoinOp)}
+
+
+class _HoldsBroadcastTables:
+    """What reader and partition actors share: the broadcast tables of the joins in their chains."""
+
+    joins: dict[str, BroadcastJoinOp]
+
+    def set_broadcast(self, name: str, blocks: list[Any]) -> bool:
+        """Keep join ``name``'s table, from the refs of its blocks (read before the stream's first epoch)."""
+        tables = ray.get(blocks) if blocks else []
+        self.joins[name].set_table(tables)
+        return True
+
+    def snapshot_broadcast(self, epoch: int, store: CheckpointStore, name: str) -> list[StateFile]:
+        """Save join ``name``'s table with the checkpoint of ``epoch`` (one actor of the job does it)."""
+        table = self.joins[name].table
+        if table is None or table.num_rows == 0:
+            return []
+        return [store.write_state(epoch, name, TABLE, 0, [(0, table)])]
+
+    def restore_broadcast(self, store: CheckpointStore, files: list[StateFile]) -> bool:
+        """Take the broadcast tables back from a checkpoint."""
+        for name, join in self.joins.items():
+            tables = [store.read_state(entry) for entry in files if entry.stage == name]
+            join.set_table(tables, prepared=True)
+        return True
 
 
 @dataclass
@@ -115,23 +208,22 @@ class _SplitState:
     done: bool = False
 
 
-class ReaderActor:
-    """Reads its splits, runs the fused stateless chain and routes the result.
+class ReaderActor(_HoldsBroadcastTables):
+    """Reads its splits, runs the source stage's fused stateless chain and routes the result.
 
     Each epoch it reads up to ``max_rows`` rows in all from its splits, in
     split order (a split is read until it is exhausted before the next one
     starts), so that an epoch's size is bounded whatever the number of splits.
     """
 
-    def __init__(
-        self, index: int, source: Source, chain: tuple[StatelessOp, ...], downstream: Downstream, side_slot: bool
-    ) -> None:
+    def __init__(self, index: int, stage: str, source: Source, chain: tuple[StatelessOp, ...], layout: Layout) -> None:
         use_system_allocator()
         self.index = index
+        self.stage = stage
         self.source = source
         self.chain = chain
-        self.downstream = downstream
-        self.side_slot = side_slot
+        self.layout = layout
+        self.joins = _broadcast_joins([chain, *(route.chain for route in layout.routes)])
         self.splits: list[_SplitState] = []
         self.node_id = ray.get_runtime_context().get_node_id()
 
@@ -151,16 +243,16 @@ class ReaderActor:
         self,
         epoch: int,
         max_rows: int,
-        watermark_ms: int,
+        watermarks: dict[int, int],
         phase: int = 0,
         replay: dict[str, dict[str, Any]] | None = None,
     ) -> list[Any] | dict[str, Any]:
-        """Read, transform and route one epoch. Returns ``[metadata, *outputs, side outputs]``, or the metadata alone.
+        """Read, transform and route one epoch; returns what ``self.layout`` lays out.
 
         Args:
             epoch: The epoch id.
             max_rows: The most rows to read, over all splits.
-            watermark_ms: The watermark before this epoch, to tell late rows.
+            watermarks: For each out-edge, its consumer's watermark before this epoch, to tell late rows.
             phase: Read only splits of this phase or earlier (see ``Split.phase``).
             replay: When the epoch is replayed from the write-ahead log:
                 for each split the epoch read, the ``position`` it reached
@@ -209,11 +301,13 @@ class ReaderActor:
                 **state.reader.metrics(),
             }
         table = _concat(outputs)
-        routed = _route(table, self.downstream, epoch, self.index, watermark_ms)
+        ctx = OpContext(epoch, f"reader {self.index} of {self.stage!r}")
+        routed = _route(table, self.layout.routes, epoch, self.index, watermarks, ctx)
         meta = {
             "kind": "reader",
-            "actor": f"reader-{self.index}",
+            "actor": f"{self.stage}-reader-{self.index}" if self.stage != "source" else f"reader-{self.index}",
             "node_id": self.node_id,
+            "stage": self.stage,
             "index": self.index,
             "rows_in": rows_in,
             "rows_out": table.num_rows,
@@ -224,69 +318,77 @@ class ReaderActor:
             "late_count": routed.late_count,
             "dead_letters": sum(t.num_rows for t in dead_letters),
             "null_time_rows": null_time_rows,
-            "sink_result": routed.sink_result,
+            "outputs": routed.outputs,
             "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu_started,
         }
-        sides = {DEAD_LETTERS: pa.concat_tables(dead_letters)} if dead_letters else {}
-        return _returns(meta, routed, self.side_slot, sides)
+        sides: dict[str, Any] = dict(routed.late)
+        if dead_letters:
+            sides[DEAD_LETTERS] = pa.concat_tables(dead_letters)
+        return self.layout.pack(meta, table, routed.parts, sides)
 
     def ping(self) -> bool:
         return True
 
 
-class PartitionActor:
+class PartitionActor(_HoldsBroadcastTables):
     """Holds the keyed state of the key groups it owns and applies a keyed stage to it."""
 
-    def __init__(
-        self,
-        stage: KeyedStage,
-        index: int,
-        num_partitions: int,
-        num_key_groups: int,
-        downstream: Downstream,
-        side_slot: bool,
-    ) -> None:
+    def __init__(self, stage: KeyedStage, index: int, num_partitions: int, num_key_groups: int, layout: Layout) -> None:
         use_system_allocator()
         self.stage = stage
         self.index = index
         self.num_partitions = num_partitions
         self.num_key_groups = num_key_groups
-        self.downstream = downstream
-        self.side_slot = side_slot
+        self.layout = layout
+        self.joins = _broadcast_joins([stage.chain, *(route.chain for route in layout.routes)])
         self.state: OperatorState = stage.operator.new_state()
-        self.previous_watermark_ms = START_OF_TIME_MS
         self.node_id = ray.get_runtime_context().get_node_id()
 
-    def process(self, epoch: int, watermark_ms: int, end_of_input: bool, *parts: Any) -> list[Any] | dict[str, Any]:
+    def process(
+        self,
+        epoch: int,
+        watermark_ms: int,
+        end_of_input: bool,
+        watermarks: dict[int, int],
+        parts_per_input: tuple[int, ...],
+        *parts: Any,
+    ) -> list[Any] | dict[str, Any]:
         """Merge this epoch's payloads into the state, fire by the watermark, and route the output.
 
-        Returns ``[metadata, *outputs, late]``, or the metadata alone.
+        Args:
+            watermark_ms: This stage's watermark after the epoch.
+            watermarks: For each out-edge, its consumer's watermark before this epoch, to tell late rows.
+            parts_per_input: How many of ``parts`` belong to each input, in input order.
         """
         started, cpu_started = time.perf_counter(), time.process_time()
-        incoming = [p for p in parts if p is not None]
-        emitted = self.state.process(incoming, watermark_ms, end_of_input)
+        grouped: list[list[Any]] = []
+        offset = 0
+        for count in parts_per_input:
+            grouped.append([p for p in parts[offset : offset + count] if p is not None])
+            offset += count
+        emitted = self.state.process_inputs(grouped, watermark_ms, end_of_input)
         ctx = OpContext(epoch, f"partition {self.index} of {self.stage.name!r}")
         table = run_chain(self.stage.chain, emitted.table, ctx) if emitted.table is not None else pa.table({})
-        # The next stage tells late rows by the watermark before this epoch, as the readers do.
-        routed = _route(table, self.downstream, epoch, self.index, self.previous_watermark_ms)
-        self.previous_watermark_ms = watermark_ms
-        own_late = {self.stage.name: emitted.late} if emitted.late is not None else {}
+        routed = _route(table, self.layout.routes, epoch, self.index, watermarks, ctx)
+        sides: dict[str, Any] = dict(routed.late)
+        if emitted.late is not None:
+            sides[self.stage.name] = emitted.late
         meta = {
             "kind": "partition",
             "actor": f"{self.stage.name}-{self.index}",
             "node_id": self.node_id,
             "stage": self.stage.name,
             "index": self.index,
-            "rows_in": sum(getattr(p, "num_rows", 0) for p in incoming),
+            "rows_in": sum(getattr(p, "num_rows", 0) for group in grouped for p in group),
             "rows_out": table.num_rows,
             "state_rows": self.state.num_rows,
             "late_count": emitted.late_count + routed.late_count,
-            "sink_result": routed.sink_result,
+            "outputs": routed.outputs,
             "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu_started,
         }
-        return _returns(meta, routed, self.side_slot, own_late)
+        return self.layout.pack(meta, None, routed.parts, sides)
 
     def snapshot(self, epoch: int, store: CheckpointStore) -> list[StateFile]:
         """Save the state after ``epoch``: one Arrow IPC file per state table, a record batch per key group.
@@ -326,7 +428,6 @@ class PartitionActor:
             elif owned.intersection(entry.key_groups):
                 tables.setdefault(entry.table, []).append(store.read_state(entry, owned))
         self.state.restore({name: pa.concat_tables(parts) for name, parts in tables.items()}, watermark_ms)
-        self.previous_watermark_ms = watermark_ms
         return self.state.num_rows
 
     def state_key_groups(self) -> list[int]:

@@ -649,11 +649,16 @@ class CheckpointStore:
         checkpoint = self.latest()
         if checkpoint is None:
             return {"url": self.url, "latest_epoch": None, "record": {}, "state": {}, "split_ids": []}
-        split_ids = []
+        found: list[tuple[str, str]] = []  # (source stage, split id)
         stored = checkpoint.record.get("splits")
         for epoch, sha256 in sorted(stored.items() if isinstance(stored, dict) else []):
-            for split in self.read_splits(int(epoch), str(sha256)):
-                split_ids.append(str(split.get("split_id")) if isinstance(split, dict) else "?")
+            for entry in self.read_splits(int(epoch), str(sha256)):
+                split = entry.get("split") if isinstance(entry, dict) else None
+                stage = str(entry.get("source")) if isinstance(entry, dict) else "?"
+                found.append((stage, str(split.get("split_id")) if isinstance(split, dict) else "?"))
+        # Split ids carry their source stage's name when the job has several sources, as the coordinator's do.
+        several = len({stage for stage, _ in found}) > 1
+        split_ids = [f"{stage}/{split_id}" if several else split_id for stage, split_id in found]
         state: dict[str, dict[str, int]] = {}
         for entry in checkpoint.state_files:
             totals = state.setdefault(entry.stage, {"files": 0, "rows": 0, "bytes": 0})

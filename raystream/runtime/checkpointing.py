@@ -79,13 +79,15 @@ from raystream.sources.base import Source, Split
 
 _log = logging.getLogger("raystream")
 #: The layout of the commit record; a checkpoint of another layout is refused, never guessed at.
-FORMAT = 2
+FORMAT = 3
 #: The commit record's fields that recovery reads, and their JSON types.
 _RECORD_FIELDS: dict[str, type] = {
     "job_id": str,
     "complete": bool,
     "num_key_groups": int,
     "watermark_ms": int,
+    "watermarks": dict,
+    "broadcast_ready": list,
     "positions": dict,
     "done": list,
     "clocks": dict,
@@ -94,15 +96,22 @@ _RECORD_FIELDS: dict[str, type] = {
 
 
 def plan_shape(plan: PhysicalPlan) -> dict[str, Any]:
-    """What the state means: the source, the operators and their keys and windows, as JSON.
+    """What the state means: the sources, the operators and their keys and windows, the edges, as JSON.
 
     User functions count by their kind only, so that a fixed function body
     (how users ship fixes, as in Flink) resumes; the parallelism does not
     count either, so that a job can be restored with another one.
     """
     return {
-        "source": [plan.source.name, plan.event_time.column if plan.event_time else None],
-        "reader_chain": [type(op).__name__ for op in plan.reader_chain],
+        "sources": [
+            {
+                "name": stage.name,
+                "source": stage.source.name,
+                "event_time": stage.event_time.column if stage.event_time else None,
+                "chain": [type(op).__name__ for op in stage.chain],
+            }
+            for stage in plan.sources
+        ],
         "stages": [
             {
                 "operator": type(stage.operator).__name__,
@@ -116,6 +125,10 @@ def plan_shape(plan: PhysicalPlan) -> dict[str, Any]:
                 "chain": [type(op).__name__ for op in stage.chain],
             }
             for stage in plan.stages
+        ],
+        "edges": [
+            [edge.producer, edge.consumer, edge.exchange, edge.input, [type(op).__name__ for op in edge.chain]]
+            for edge in plan.edges
         ],
     }
 
@@ -149,11 +162,15 @@ class Recovery:
     """Where a job resumes: the checkpoint's epoch, splits, positions and state, and the epochs to replay."""
 
     epoch: int
-    splits: list[Split]
+    #: By source stage.
+    splits: dict[str, list[Split]]
     positions: dict[str, Any]
     done: set[str]
-    watermark_ms: int
+    #: By source stage.
+    watermarks: dict[str, int]
     clocks: dict[str, Any]
+    #: The broadcast joins whose table the checkpoint holds.
+    broadcast_ready: set[str]
     state_files: list[StateFile]
     job_id: str
     #: The job ended: its bounded input was read to the end and its last output committed.
@@ -168,18 +185,19 @@ class Checkpointing:
 
     def __init__(self, plan: PhysicalPlan, config: RunConfig) -> None:
         assert config.checkpoint_dir is not None
-        if not plan.source.replayable:
-            raise PlanError(
-                f"checkpoint_dir: {plan.source.name} is not replayable, so a restart cannot re-read what it lost; "
-                "use a replayable source (files, Kafka) or run without checkpoints"
-            )
+        for stage in plan.sources:
+            if not stage.source.replayable:
+                raise PlanError(
+                    f"checkpoint_dir: {stage.source.name} is not replayable, so a restart cannot re-read what it "
+                    "lost; use a replayable source (files, Kafka) or run without checkpoints"
+                )
         self.store = CheckpointStore(
             config.checkpoint_dir,
             config.checkpoint_storage_options,
             keep=config.checkpoints_to_keep,
             key=config.checkpoint_key,
         )
-        self.source: Source = plan.source
+        self.sources: dict[str, Source] = {stage.name: stage.source for stage in plan.sources}
         self.shape = plan_shape(plan)
         self.fingerprint = fingerprint(plan)
         self.num_key_groups = config.num_key_groups
@@ -227,8 +245,9 @@ class Checkpointing:
             splits=self._read_splits(),
             positions=record["positions"],
             done=set(record["done"]),
-            watermark_ms=record["watermark_ms"],
+            watermarks=record["watermarks"],
             clocks=record["clocks"],
+            broadcast_ready=set(record["broadcast_ready"]),
             state_files=list(checkpoint.state_files),
             job_id=record["job_id"],
             complete=bool(record["complete"]),
@@ -257,39 +276,53 @@ class Checkpointing:
                 f"{where} was written by a different pipeline ({found}): restoring its state and positions into "
                 "this pipeline would give wrong results; use a new checkpoint_dir, or run the pipeline that wrote it"
             )
-        other_input = _difference(record.get("source"), self.source.identity())
+        saved, running = record.get("sources"), self._identities()
+        if isinstance(saved, dict) and len(running) == 1 and list(saved) == list(running):
+            saved, running = saved[next(iter(running))], next(iter(running.values()))  # name no stage: there is one
+        other_input = _difference(saved, running)
         if other_input is not None:
             raise CheckpointMismatchError(
                 f"{where} was written by a job reading other input ({other_input}): its positions do not fit this "
                 "source; use a new checkpoint_dir, or read what the checkpointed job read"
             )
 
-    def _read_splits(self) -> list[Split]:
-        splits: list[Split] = []
+    def _identities(self) -> dict[str, Any]:
+        return {name: source.identity() for name, source in self.sources.items()}
+
+    def _read_splits(self) -> dict[str, list[Split]]:
+        splits: dict[str, list[Split]] = {name: [] for name in self.sources}
         for epoch, sha256 in sorted(self.splits_files.items()):
             for data in self.store.read_splits(int(epoch), sha256):
+                stage = data.get("source") if isinstance(data, dict) else None
+                source = self.sources.get(stage) if isinstance(stage, str) else None
                 try:
-                    splits.append(self.source.decode_split(data))
+                    if source is None:
+                        raise JsonableError(f"no source stage {stage!r} in this job")
+                    splits[str(stage)].append(source.decode_split(data["split"]))
                 except JsonableError as exc:
                     raise CorruptCheckpointError(
                         f"checkpoint {self.store.url}: the stored splits of epoch {int(epoch)} do not fit "
-                        f"{self.source.name} ({exc}); the checkpoint is damaged or was written by another source: "
-                        "use a new checkpoint_dir"
+                        f"{source.name if source else stage!r} ({exc}); the checkpoint is damaged or was written "
+                        "by another source: use a new checkpoint_dir"
                     ) from exc
         return splits
 
     # -- the protocol ----------------------------------------------------------
 
-    def record_splits(self, epoch: int, splits: list[Split]) -> None:
-        """Step 0: store splits found by ``epoch`` (all of them at the job's start), once."""
+    def record_splits(self, epoch: int, stage: str, splits: list[Split]) -> None:
+        """Step 0: store the splits of source stage ``stage`` found by ``epoch`` (all of them at the start), once."""
+        source = self.sources[stage]
         try:
-            encoded = [self.source.encode_split(split) for split in splits]
+            encoded = [{"source": stage, "split": source.encode_split(split)} for split in splits]
         except JsonableError as exc:
             raise CheckpointError(
                 f"checkpoint_dir: {exc}; a checkpoint stores every split as JSON, so override "
-                f"{type(self.source).__name__}.encode_payload and decode_payload (see raystream.Source)"
+                f"{type(source).__name__}.encode_payload and decode_payload (see raystream.Source)"
             ) from exc
-        self.splits_files[f"{epoch:010d}"] = self.store.write_splits(epoch, encoded)
+        key = f"{epoch:010d}"
+        if key in self.splits_files:  # another source's splits found by the same epoch: one file for both
+            encoded = [*self.store.read_splits(epoch, self.splits_files[key]), *encoded]
+        self.splits_files[key] = self.store.write_splits(epoch, encoded)
 
     def log_epoch(self, epoch: int, record: dict[str, Any]) -> None:
         """Step 1: the write-ahead log of what epoch ``epoch`` read."""
@@ -312,10 +345,11 @@ class Checkpointing:
         epoch: int,
         positions: dict[str, Any],
         done: set[str],
-        watermark_ms: int,
+        watermarks: dict[str, int],
         clocks: dict[str, Any],
         state_files: list[StateFile],
         job_id: str,
+        broadcast_ready: set[str],
         complete: bool = False,
     ) -> None:
         """Step 6: write ``commits/<epoch>``; the store then prunes old checkpoints."""
@@ -323,11 +357,14 @@ class Checkpointing:
             "format": FORMAT,
             "fingerprint": self.fingerprint,
             "plan": self.shape,
-            "source": self.source.identity(),
+            "sources": self._identities(),
             "num_key_groups": self.num_key_groups,
             "job_id": job_id,
             "complete": complete,
-            "watermark_ms": watermark_ms,
+            # The smallest of the sources' watermarks (read_state's), and each source's own.
+            "watermark_ms": min(watermarks.values()),
+            "watermarks": watermarks,
+            "broadcast_ready": sorted(broadcast_ready),
             # A finished split needs no position: it is never read again.
             "positions": {split_id: p for split_id, p in positions.items() if split_id not in done},
             "done": sorted(done),

@@ -52,9 +52,10 @@ import ray
 from raystream._time import START_OF_TIME_MS, duration_ms
 from raystream.errors import ConfigError, JobFailedError, RaystreamError
 from raystream.run_config import RunConfig
-from raystream.runtime.actors import Downstream, PartitionActor, ReaderActor
+from raystream.runtime.actors import Layout, PartitionActor, ReaderActor, Route
 from raystream.runtime.checkpoint import CorruptCheckpointError
 from raystream.runtime.checkpointing import Checkpointing, Recovery
+from raystream.runtime.joins import BroadcastJoinOp
 from raystream.runtime.planner import PhysicalPlan
 from raystream.runtime.sink_runner import SideOutputRouter, SinkRunner
 from raystream.runtime.watermarks import WatermarkTracker
@@ -79,7 +80,7 @@ class _Checkpoint:
 
     positions: dict[str, Any]
     done: set[str]
-    watermark_ms: int
+    watermarks: dict[str, int]
     clocks: dict[str, Any]
     snapshot_refs: list[ray.ObjectRef]
 
@@ -88,7 +89,8 @@ class _Checkpoint:
 class _EpochInFlight:
     epoch: int
     meta_refs: list[ray.ObjectRef]
-    output_refs: list[ray.ObjectRef]
+    #: For each output, the refs of its rows for a driver-side sink.
+    output_refs: dict[str, list[ray.ObjectRef]]
     side_refs: list[ray.ObjectRef]
     reader_metas: list[dict[str, Any]]
     started: float
@@ -122,6 +124,7 @@ class Metrics:
     splits_total: int = 0
     splits_done: int = 0
     state_rows: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, dict[str, int]] = field(default_factory=dict)
     peak_state_rows: dict[str, int] = field(default_factory=dict)
     actor_nodes: dict[str, str] = field(default_factory=dict)
     busy_seconds: dict[str, float] = field(default_factory=dict)
@@ -147,6 +150,7 @@ class Metrics:
             "splits_total": self.splits_total,
             "splits_done": self.splits_done,
             "state_rows": dict(self.state_rows),
+            "outputs": {name: dict(counts) for name, counts in self.outputs.items()},
             "peak_state_rows": dict(self.peak_state_rows),
             "busy_seconds": dict(self.busy_seconds),
             "cpu_seconds": dict(self.cpu_seconds),
@@ -159,30 +163,38 @@ def _refs(result: Any) -> list[ray.ObjectRef]:
 
 
 class Coordinator:
-    """Runs one physical plan into one sink until the source ends or ``stop`` is called."""
+    """Runs one physical plan into its sinks (one per output) until the sources end or ``stop`` is called."""
 
-    def __init__(self, plan: PhysicalPlan, sink: Sink, config: RunConfig) -> None:
+    def __init__(self, plan: PhysicalPlan, sinks: dict[str, Sink], config: RunConfig) -> None:
         self.plan = plan
-        self.sink = sink
+        self.sinks = sinks
         self.config = config
         self.metrics = Metrics()
-        self.readers: list[Any] = []
-        self.stage_actors: list[list[Any]] = []
-        self.watermarks = self._new_tracker()
-        # Each side output (late rows, dead letters) is the job's output, or kept for the Job to show.
+        self.readers: dict[str, list[Any]] = {}
+        self.stage_actors: dict[str, list[Any]] = {}
+        self.layouts = {stage: self._layout(stage) for stage in self._stage_names()}
+        #: Split ids carry their source stage's name ("source-2/part-0.parquet") when there are several sources.
+        self.qualified = len(plan.sources) > 1
+        self.trackers = self._new_trackers()
+        # Each side output (late rows, dead letters) is an output of the job, or kept for the Job to show.
+        side_of = {output.side: output.name for output in plan.outputs if output.side is not None}
         self.side_sinks: dict[str, Sink] = {
-            tag: sink if tag == plan.output_side else MemorySink() for tag in plan.side_outputs
+            tag: sinks[side_of[tag]] if tag in side_of else MemorySink() for tag in plan.side_outputs
         }
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._blocked_seconds = 0.0
-        self._last_discovery = time.monotonic()
+        self._last_discovery = dict.fromkeys((s.name for s in plan.sources), time.monotonic())
         self.checkpointing = Checkpointing(plan, config) if config.checkpoint_dir is not None else None
-        self.splits: list[Split] = []
+        self.splits: dict[str, list[Split]] = {s.name: [] for s in plan.sources}
         self._corrupt_epochs: set[int] = set()
         self._restoring: int | None = None
+        #: By qualified split id.
         self.positions: dict[str, Any] = {}
         self.done_splits: set[str] = set()
+        #: Broadcast joins whose table has been handed to the actors that join.
+        self.broadcast_ready: set[str] = set()
+        self._broadcast_blocks: dict[str, list[ray.ObjectRef]] = {}
         self.recoveries = 0
         #: Names this run; a job resumed from a checkpoint keeps the id of the run that wrote it.
         self.job_id = uuid.uuid4().hex
@@ -213,22 +225,24 @@ class Coordinator:
     def run(self) -> None:
         """Run the job to its end. Raises the job's error, if any."""
         side_runners = {tag: SinkRunner(sink) for tag, sink in self.side_sinks.items()}
-        runners = [SinkRunner(self.sink)] if self.plan.output_side is None else []
-        runners += side_runners.values()
+        runners = {o.name: SinkRunner(self.sinks[o.name]) for o in self.plan.outputs if o.side is None}
+        everything = [*runners.values(), *side_runners.values()]
         try:
             started = time.perf_counter()
             first_epoch, replay = self._start_actors()
             self.metrics.startup_seconds = time.perf_counter() - started
-            for runner in runners:
-                upsert = self.plan.upsert_keys if runner.sink is self.sink else None
-                runner.start(
-                    SinkContext(self.plan.output_schema, upsert, self.plan.source.bounded, self.job_id, self.resumed)
-                )
+            side_schemas = {o.side: o for o in self.plan.outputs if o.side is not None}
+            for name, runner in runners.items():
+                output = self.plan.output(name)
+                runner.start(SinkContext(output.schema, output.upsert_keys, output.bounded, self.job_id, self.resumed))
+            for tag, runner in side_runners.items():
+                side = side_schemas.get(tag)
+                schema, bounded = (side.schema, side.bounded) if side is not None else (None, self.plan.bounded)
+                runner.start(SinkContext(schema, None, bounded, self.job_id, self.resumed))
             started = time.perf_counter()
-            main = runners[0] if self.plan.output_side is None else None
             while not self.already_complete:
                 try:
-                    self._loop(main, SideOutputRouter(side_runners), first_epoch, replay)
+                    self._loop(runners, SideOutputRouter(side_runners), first_epoch, replay)
                     break
                 except ActorDiedError as error:
                     if self.checkpointing is None:
@@ -247,11 +261,11 @@ class Coordinator:
                         error,
                     )
                     first_epoch, replay = self._restart_actors()
-            for runner in runners:
+            for runner in everything:
                 runner.finish()
             self.metrics.run_seconds = time.perf_counter() - started
         except BaseException as error:
-            for runner in runners:
+            for runner in everything:
                 runner.fail(error)
             raise
         finally:
@@ -259,36 +273,50 @@ class Coordinator:
 
     # -- set-up ----------------------------------------------------------------
 
-    def _downstream(self, stage_index: int) -> Downstream:
-        """Where the output of layer ``stage_index`` goes (-1: the readers)."""
-        stages = self.plan.stages
-        if stage_index + 1 < len(stages):
-            return Downstream(
-                operator=stages[stage_index + 1].operator,
-                num_partitions=self.config.parallelism,
-                num_key_groups=self.config.num_key_groups,
+    def _stage_names(self) -> list[str]:
+        return [s.name for s in self.plan.sources] + [s.name for s in self.plan.stages]
+
+    def _layout(self, stage: str) -> Layout:
+        """What an epoch call of ``stage`` returns: a route per out-edge, then its side outputs."""
+        plan, config = self.plan, self.config
+        routes = []
+        for edge in plan.edges_from(stage):
+            index = plan.edges.index(edge)
+            if edge.exchange == "hash":
+                operator = plan.stage(edge.consumer).operator
+                routes.append(Route(index, edge.chain, operator, edge.input, config.parallelism, config.num_key_groups))
+                continue
+            sink = self.sinks[edge.consumer]
+            # Each producer of an output writes as writers of its own: a stage has at most `parallelism` actors.
+            ordinal = plan.edges_into(edge.consumer).index(edge)
+            routes.append(
+                Route(
+                    index,
+                    edge.chain,
+                    output=edge.consumer,
+                    sink=None if sink.on_driver else sink,
+                    writer_offset=ordinal * config.parallelism,
+                )
             )
-        if self.plan.output_side is not None:
-            return Downstream(discard=True)
-        return Downstream(sink=None if self.sink.on_driver else self.sink)
+        broadcast = any(s.name == stage and s.broadcast_to for s in plan.sources)
+        return Layout(tuple(routes), sides=bool(plan.side_tags(stage)), broadcast=broadcast)
 
-    def _side_slot(self, stage_index: int) -> bool:
-        """Whether layer ``stage_index`` (-1: the readers) returns side outputs.
+    def _new_trackers(self) -> dict[str, WatermarkTracker]:
+        return {s.name: WatermarkTracker(s.event_time, s.source.new_split_idle_timeout_ms) for s in self.plan.sources}
 
-        Readers return the source's dead letters; any layer returns the late
-        rows of its own window and of the window it feeds.
-        """
-        stages = self.plan.stages
-        own = stage_index >= 0 and stages[stage_index].operator.late_side_output
-        feeding = stage_index + 1 < len(stages) and stages[stage_index + 1].operator.late_side_output
-        dead_letters = stage_index == -1 and self.plan.has_dead_letters
-        return own or feeding or dead_letters
+    def _qualify(self, stage: str, split_id: str) -> str:
+        return f"{stage}/{split_id}" if self.qualified else split_id
 
-    def _num_returns(self, stage_index: int) -> int:
-        return 1 + self._downstream(stage_index).num_outputs + int(self._side_slot(stage_index))
+    def _own(self, stage: str, by_split: dict[str, Any]) -> dict[str, Any]:
+        """The entries of ``stage``'s splits in a dict keyed by qualified split id, by their own ids."""
+        if not self.qualified:
+            return dict(by_split)
+        prefix = f"{stage}/"
+        return {key[len(prefix) :]: value for key, value in by_split.items() if key.startswith(prefix)}
 
-    def _new_tracker(self) -> WatermarkTracker:
-        return WatermarkTracker(self.plan.event_time, self.plan.source.new_split_idle_timeout_ms)
+    def stage_watermark(self, stage: str) -> int:
+        """A stage's watermark: the smallest of the sources upstream of it."""
+        return min(self.trackers[source].current for source in self.plan.upstream[stage])
 
     def _restart_actors(self) -> tuple[int, list[dict[str, Any]]]:
         """Kill the job's actors and start them again from the last checkpoint.
@@ -334,12 +362,13 @@ class Coordinator:
                 self._kill_actors()
 
     def _start_actors_once(self) -> tuple[int, list[dict[str, Any]]]:
-        config = self.config
-        source = self.plan.source
+        config, plan = self.config, self.plan
         self._restoring = None
         recovery = self._recover() if self.checkpointing is not None else None
         self._restoring = None if recovery is None else recovery.epoch
         now = time.monotonic()
+        self._broadcast_blocks = {}
+        self.broadcast_ready = set()
         if recovery is not None and recovery.complete:
             _log.warning(
                 "the job checkpointed in %s is already complete (its input was read to the end and its last output "
@@ -349,24 +378,31 @@ class Coordinator:
             )
             self.already_complete, self.job_id, self.resumed = True, recovery.job_id, True
             return recovery.epoch + 1, []
+        self.trackers = self._new_trackers()
         if recovery is not None:
-            # Recovery step 3, checked first: the source can resume at the positions (a topic that lost data).
-            source.check_resume({s: p for s, p in recovery.positions.items() if s not in recovery.done})
-            self.splits, self.positions, self.done_splits = (
-                recovery.splits,
-                dict(recovery.positions),
-                set(recovery.done),
-            )
-            self.watermarks = self._new_tracker()
-            self.watermarks.restore(recovery.clocks, recovery.watermark_ms, now)
+            # Recovery step 3, checked first: each source can resume at its positions (a topic that lost data).
+            for stage in plan.sources:
+                positions = self._own(stage.name, recovery.positions)
+                done = set(self._own(stage.name, dict.fromkeys(recovery.done)))
+                stage.source.check_resume({s: p for s, p in positions.items() if s not in done})
+            self.splits = {s.name: recovery.splits.get(s.name, []) for s in plan.sources}
+            self.positions, self.done_splits = dict(recovery.positions), set(recovery.done)
+            for name, tracker in self.trackers.items():
+                clocks = {k: v for k, v in recovery.clocks.items() if k in self._qualified_ids(name)}
+                tracker.restore(clocks, recovery.watermarks.get(name, START_OF_TIME_MS), now)
+            self.broadcast_ready = set(recovery.broadcast_ready)
             self.job_id, self.resumed = recovery.job_id, True
             _log.info("resuming from checkpoint %d; replaying %d logged epochs", recovery.epoch, len(recovery.replay))
         else:
-            self.splits, self.positions, self.done_splits = source.splits(config.parallelism), {}, set()
-            self.watermarks = self._new_tracker()
-        splits = self.splits
-        num_readers = max(1, min(config.parallelism, len(splits))) if source.bounded else config.parallelism
-        num_actors = num_readers + config.parallelism * len(self.plan.stages)
+            self.splits = {s.name: s.source.splits(config.parallelism) for s in plan.sources}
+            self.positions, self.done_splits = {}, set()
+        num_readers = {
+            s.name: max(1, min(config.parallelism, len(self.splits[s.name])))
+            if s.source.bounded
+            else config.parallelism
+            for s in plan.sources
+        }
+        num_actors = sum(num_readers.values()) + config.parallelism * len(plan.stages)
         available = ray.cluster_resources().get("CPU", 0.0)
         if num_actors * config.actor_cpus > available:
             raise ConfigError(
@@ -376,23 +412,23 @@ class Coordinator:
             )
         options = {"num_cpus": config.actor_cpus, "scheduling_strategy": "SPREAD", "max_restarts": 0}
         reader_class = ray.remote(ReaderActor).options(**options)
-        shared_source = ray.put(source)  # one copy in the object store for all readers (an in-memory table, say)
-        self.readers = [
-            reader_class.remote(i, shared_source, self.plan.reader_chain, self._downstream(-1), self._side_slot(-1))
-            for i in range(num_readers)
-        ]
+        self.readers = {}
+        for stage in plan.sources:
+            shared_source = ray.put(stage.source)  # one copy in the object store for all readers (a table, say)
+            self.readers[stage.name] = [
+                reader_class.remote(i, stage.name, shared_source, stage.chain, self.layouts[stage.name])
+                for i in range(num_readers[stage.name])
+            ]
         partition_class = ray.remote(PartitionActor).options(**options)
-        self.stage_actors = [
-            [
-                partition_class.remote(
-                    stage, p, config.parallelism, config.num_key_groups, self._downstream(s), self._side_slot(s)
-                )
+        self.stage_actors = {
+            stage.name: [
+                partition_class.remote(stage, p, config.parallelism, config.num_key_groups, self.layouts[stage.name])
                 for p in range(config.parallelism)
             ]
-            for s, stage in enumerate(self.plan.stages)
-        ]
-        ready = self._assign(splits, first=0)
-        ready += [actor.ping.remote() for layer in self.stage_actors for actor in layer]
+            for stage in plan.stages
+        }
+        ready = [ref for stage in plan.sources for ref in self._assign(stage.name, self.splits[stage.name], 0)]
+        ready += [actor.ping.remote() for actors in self.stage_actors.values() for actor in actors]
         try:
             self._get_metadata(ready, timeout=_ACTOR_START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError as exc:
@@ -405,21 +441,53 @@ class Coordinator:
         store = self.checkpointing.store
         if recovery is not None:  # recovery step 2
             saved = recovery.num_key_groups
-            self._get_metadata(
-                [
-                    actor.restore.remote(store, recovery.state_files, recovery.watermark_ms, saved)
-                    for layer in self.stage_actors
-                    for actor in layer
-                ]
-            )
+            refs = [
+                actor.restore.remote(store, recovery.state_files, self._saved_watermark(stage, recovery), saved)
+                for stage, actors in self.stage_actors.items()
+                for actor in actors
+            ]
+            refs += [
+                actor.restore_broadcast.remote(store, recovery.state_files)
+                for join in self.broadcast_ready
+                for actor in self._broadcast_holders(join)
+            ]
+            self._get_metadata(refs)
             return recovery.epoch + 1, recovery.replay
         # Checkpoint 0: the splits as they are now (protocol step 0), so a replay reads the same input.
-        self.checkpointing.record_splits(0, splits)
-        self.checkpointing.commit(0, {}, set(), self.watermarks.current, self.watermarks.clocks(), [], self.job_id)
+        for stage in plan.sources:
+            self.checkpointing.record_splits(0, stage.name, self.splits[stage.name])
+        self.checkpointing.commit(0, {}, set(), self._watermarks(), self._clocks(), [], self.job_id, set())
         return 1, []
 
-    def _assign(self, splits: list[Split], first: int) -> list[ray.ObjectRef]:
-        """Deal splits round-robin to the readers, at their known positions (or from their start).
+    def _saved_watermark(self, stage: str, recovery: Recovery) -> int:
+        return min(recovery.watermarks.get(s, START_OF_TIME_MS) for s in self.plan.upstream[stage])
+
+    def _qualified_ids(self, stage: str) -> set[str]:
+        return {self._qualify(stage, split.split_id) for split in self.splits[stage]}
+
+    def _watermarks(self) -> dict[str, int]:
+        return {name: tracker.current for name, tracker in self.trackers.items()}
+
+    def _clocks(self) -> dict[str, Any]:
+        return {k: v for tracker in self.trackers.values() for k, v in tracker.clocks().items()}
+
+    def _broadcast_holders(self, join: str) -> list[Any]:
+        """The actors whose chains run broadcast join ``join``."""
+
+        def runs(chains: list[tuple[Any, ...]]) -> bool:
+            return any(isinstance(op, BroadcastJoinOp) and op.name == join for chain in chains for op in chain)
+
+        holders: list[Any] = []
+        for stage in self.plan.sources:
+            if runs([stage.chain, *(e.chain for e in self.plan.edges_from(stage.name))]):
+                holders += self.readers[stage.name]
+        for keyed in self.plan.stages:
+            if runs([keyed.chain, *(e.chain for e in self.plan.edges_from(keyed.name))]):
+                holders += self.stage_actors[keyed.name]
+        return holders
+
+    def _assign(self, stage: str, splits: list[Split], first: int) -> list[ray.ObjectRef]:
+        """Deal a source stage's splits round-robin to its readers, at their known positions (or from their start).
 
         Splits whose smallest event time is known are dealt in event-time
         order, so that readers, each reading its splits one after another,
@@ -427,84 +495,114 @@ class Coordinator:
 
         Args:
             splits: The splits to hand out.
-            first: The index of ``splits[0]`` in ``self.splits``, so that new splits continue the deal.
+            first: The index of ``splits[0]`` among the stage's splits, so that new splits continue the deal.
         """
+        readers = self.readers[stage]
         ordered = sorted(splits, key=lambda s: (s.phase, s.min_event_time_ms is None, s.min_event_time_ms or 0))
-        assignments: list[list[Any]] = [[] for _ in self.readers]
-        unread = [split for split in ordered if split.split_id not in self.done_splits]  # a checkpoint's done splits
+        assignments: list[list[Any]] = [[] for _ in readers]
+        unread = [s for s in ordered if self._qualify(stage, s.split_id) not in self.done_splits]
         for i, split in enumerate(unread):
-            position = self.positions.get(split.split_id)
-            assignments[(first + i) % len(self.readers)].append((split, position))
+            position = self.positions.get(self._qualify(stage, split.split_id))
+            assignments[(first + i) % len(readers)].append((split, position))
         now = time.monotonic()
-        phase = self._phase()
+        phase = self._phase(stage)
         for split in unread:
-            self.watermarks.add_split(split.split_id, now, split.min_event_time_ms, pending=split.phase > phase)
-        return [reader.assign.remote(chunk) for reader, chunk in zip(self.readers, assignments, strict=True) if chunk]
+            qualified = self._qualify(stage, split.split_id)
+            self.trackers[stage].add_split(qualified, now, split.min_event_time_ms, pending=split.phase > phase)
+        return [reader.assign.remote(chunk) for reader, chunk in zip(readers, assignments, strict=True) if chunk]
 
-    def _phase(self) -> int:
-        """The phase being read: the earliest one with a split not done (see ``Split.phase``)."""
-        return min((s.phase for s in self.splits if s.split_id not in self.done_splits), default=0)
+    def _phase(self, stage: str) -> int:
+        """The phase a source stage reads: the earliest one with a split not done (see ``Split.phase``)."""
+        splits = self.splits[stage]
+        return min((s.phase for s in splits if self._qualify(stage, s.split_id) not in self.done_splits), default=0)
 
     def _discover_splits(self, epoch: int) -> None:
         """Pick up splits that appeared since the job started (new partitions of a topic), before ``epoch``."""
-        source = self.plan.source
-        if source.bounded or not source.discovers_splits:
-            return
-        if time.monotonic() - self._last_discovery < source.discovery_interval_s:
-            return
-        self._last_discovery = time.monotonic()
-        known = {split.split_id for split in self.splits}
-        try:
-            listed = source.splits(self.config.parallelism)
-        except RaystreamError as error:
-            # Discovery is best effort: the splits already assigned go on (and report a lost broker or store
-            # themselves); new ones are looked for again at the next interval.
-            _log.warning("%s: looking for new splits failed, will retry: %s", source.name, error)
-            return
-        new = [s for s in listed if s.split_id not in known]
-        if new:
-            if self.checkpointing is not None:  # protocol step 0, for the splits found now
-                self.checkpointing.record_splits(epoch, new)
-            first = len(self.splits)
-            self.splits = [*self.splits, *new]
-            self._get_metadata(self._assign(new, first))
+        for stage in self.plan.sources:
+            source = stage.source
+            if source.bounded or not source.discovers_splits:
+                continue
+            if time.monotonic() - self._last_discovery[stage.name] < source.discovery_interval_s:
+                continue
+            self._last_discovery[stage.name] = time.monotonic()
+            known = {split.split_id for split in self.splits[stage.name]}
+            try:
+                listed = source.splits(self.config.parallelism)
+            except RaystreamError as error:
+                # Discovery is best effort: the splits already assigned go on (and report a lost broker or store
+                # themselves); new ones are looked for again at the next interval.
+                _log.warning("%s: looking for new splits failed, will retry: %s", source.name, error)
+                continue
+            new = [s for s in listed if s.split_id not in known]
+            if new:
+                if self.checkpointing is not None:  # protocol step 0, for the splits found now
+                    self.checkpointing.record_splits(epoch, stage.name, new)
+                first = len(self.splits[stage.name])
+                self.splits[stage.name] = [*self.splits[stage.name], *new]
+                self._get_metadata(self._assign(stage.name, new, first))
 
     def _kill_actors(self) -> None:
-        for actor in [*self.readers, *(a for layer in self.stage_actors for a in layer)]:
+        actors = [a for group in [*self.readers.values(), *self.stage_actors.values()] for a in group]
+        for actor in actors:
             ray.kill(actor, no_restart=True)
 
     # -- the epoch loop --------------------------------------------------------
 
+    def _edge_watermarks(self, producer: str, watermarks: dict[str, int]) -> dict[int, int]:
+        """For each out-edge of ``producer``, its consumer's watermark (from ``watermarks`` by stage)."""
+        return {
+            self.plan.edges.index(edge): watermarks.get(edge.consumer, START_OF_TIME_MS)
+            for edge in self.plan.edges_from(producer)
+        }
+
     def _loop(
-        self, runner: SinkRunner | None, side_router: SideOutputRouter, epoch: int, replay: list[dict[str, Any]]
+        self,
+        runners: dict[str, SinkRunner],
+        side_router: SideOutputRouter,
+        epoch: int,
+        replay: list[dict[str, Any]],
     ) -> None:
-        config = self.config
-        bounded = self.plan.source.bounded
-        active = list(range(len(self.readers)))
+        config, plan = self.config, self.plan
+        active = {(stage, i) for stage, readers in self.readers.items() for i in range(len(readers))}
         in_flight: deque[_EpochInFlight] = deque()
         to_replay = deque(replay)
         idle_sleep = _IDLE_SLEEP_S
-        batch_rows = config.max_batch_rows or self.plan.source.batch_rows
+        rank_of = {s.name: s.rank for s in plan.sources}
         unsaved = False  # whether the last epoch that ran ended without a checkpoint
+        stage_names = [s.name for s in plan.stages]
         while active and not self._stop.is_set():
             self._discover_splits(epoch)
             loop_started = time.perf_counter()
             blocked_before = self._blocked_seconds
             logged = to_replay.popleft() if to_replay else None
-            previous_watermark = logged["watermark_before"] if logged else self.watermarks.current
-            phase = self._phase()
-            calls = {
-                i: _refs(
-                    self.readers[i]
-                    .run_epoch.options(num_returns=self._num_returns(-1))
-                    .remote(epoch, batch_rows, previous_watermark, phase, logged["splits"] if logged else None)
-                )
-                for i in active
+            before = logged["watermarks_before"] if logged else self._watermarks()
+            before_by_stage = {
+                name: min(before.get(s, START_OF_TIME_MS) for s in plan.upstream[name])
+                for name in [*stage_names, *(s.name for s in plan.sources)]
             }
+            rank = min(rank_of[stage] for stage, _ in active)
+            calls: dict[tuple[str, int], list[ray.ObjectRef]] = {}
+            for stage, i in sorted(active):
+                if logged is None and rank_of[stage] != rank:
+                    continue  # a table is read to its end before the streams it joins start
+                source = plan.source_stage(stage).source
+                calls[(stage, i)] = _refs(
+                    self.readers[stage][i]
+                    .run_epoch.options(num_returns=self.layouts[stage].num_returns)
+                    .remote(
+                        epoch,
+                        config.max_batch_rows or source.batch_rows,
+                        self._edge_watermarks(stage, before_by_stage),
+                        self._phase(stage),
+                        self._own(stage, logged["splits"]) if logged else None,
+                    )
+                )
+            phases = {stage: self._phase(stage) for stage in self.readers}
             # While the readers read, complete the epochs before: their stages ran during the previous read.
             while in_flight and len(in_flight) >= config.max_in_flight_epochs - 1:
-                self._complete(in_flight.popleft(), runner, side_router)
-            reader_metas = self._get_metadata([calls[i][0] for i in active])
+                self._complete(in_flight.popleft(), runners, side_router)
+            keys = list(calls)
+            reader_metas = self._get_metadata([calls[key][0] for key in keys])
             now = time.monotonic()
             rows = 0
             # Whether anything happened that an idle epoch would not show: a position moved, a split ended,
@@ -512,33 +610,47 @@ class Coordinator:
             moved = False
             read: dict[str, dict[str, Any]] = {}
             for meta in reader_metas:
+                stage = meta["stage"]
                 rows += meta["rows_in"]
                 moved = moved or meta["dead_letters"] > 0 or meta["null_time_rows"] > 0
                 for split_id, progress in meta["splits"].items():
-                    self.watermarks.observe(split_id, progress, now)
-                    read[split_id] = {"position": progress["position"], "budget": progress["budget"]}
-                    ended = progress["done"] and split_id not in self.done_splits
-                    moved = moved or ended or self.positions.get(split_id) != progress["position"]
-                    self.positions[split_id] = progress["position"]
+                    qualified = self._qualify(stage, split_id)
+                    self.trackers[stage].observe(qualified, progress, now)
+                    read[qualified] = {"position": progress["position"], "budget": progress["budget"]}
+                    ended = progress["done"] and qualified not in self.done_splits
+                    moved = moved or ended or self.positions.get(qualified) != progress["position"]
+                    self.positions[qualified] = progress["position"]
                     if progress["done"]:
-                        self.done_splits.add(split_id)
+                        self.done_splits.add(qualified)
                 if meta["done"]:
-                    active.remove(meta["index"])
+                    active.discard((stage, meta["index"]))
+            sources_done = {s.name for s in plan.sources if not any(stage == s.name for stage, _ in active)}
             end_of_input = not active
-            if self._phase() > phase:  # the next phase's splits start now: only from now may they go idle
-                self.watermarks.activate([s.split_id for s in self.splits if s.phase == self._phase()], now)
+            for stage, phase in phases.items():
+                if self._phase(stage) > phase:  # the next phase's splits start now: only from now may they go idle
+                    begun = self._phase(stage)
+                    self.trackers[stage].activate(
+                        [self._qualify(stage, s.split_id) for s in self.splits[stage] if s.phase == begun], now
+                    )
             if logged is not None:
-                watermark = self.watermarks.current = logged["watermark"]
+                for name, value in logged["watermarks"].items():
+                    self.trackers[name].current = value
             else:
-                watermark = self.watermarks.advance(now, end_of_input)
+                for name, tracker in self.trackers.items():
+                    tracker.advance(now, name in sources_done)
                 self._warn_if_stalled(now)
-            checkpoint_due = self.checkpointing is not None and self.checkpointing.due(epoch, end_of_input)
-            idle = logged is None and rows == 0 and not moved and not end_of_input and watermark == previous_watermark
+            watermarks = self._watermarks()
+            checkpoint_due = (
+                self.checkpointing is not None
+                and self._broadcasts_settled()
+                and self.checkpointing.due(epoch, end_of_input)
+            )
+            idle = logged is None and rows == 0 and not moved and not end_of_input and watermarks == before
             if idle and not (checkpoint_due and unsaved):
                 # An idle epoch (protocol step 1): nothing to run, log or commit; its number goes to the next one.
                 # Once a checkpoint falls due, one empty epoch saves what the epochs before it left unsaved.
                 while in_flight:
-                    self._complete(in_flight.popleft(), runner, side_router)
+                    self._complete(in_flight.popleft(), runners, side_router)
                 with self._lock:
                     self._record_splits(reader_metas)
                 self.metrics.coordinator_seconds += (time.perf_counter() - loop_started) - (
@@ -551,33 +663,70 @@ class Coordinator:
             if self.checkpointing is not None:
                 if logged is None:  # step 1 of the protocol: log what this epoch read before it makes output
                     self.checkpointing.log_epoch(
-                        epoch, {"watermark_before": previous_watermark, "watermark": watermark, "splits": read}
+                        epoch, {"watermarks_before": before, "watermarks": watermarks, "splits": read}
                     )
                 if checkpoint_due:
                     checkpoint = _Checkpoint(
-                        dict(self.positions), set(self.done_splits), watermark, self.watermarks.clocks(), []
+                        dict(self.positions), set(self.done_splits), watermarks, self._clocks(), []
                     )
-            side_refs = [c[-1] for c in calls.values()] if self._side_slot(-1) else []
-            layer = [c[1 : 1 + self._downstream(-1).num_outputs] for c in calls.values()]
+            # The refs each actor returned, by producer stage, in actor order.
+            returned: dict[str, list[list[ray.ObjectRef]]] = {}
+            for key in keys:
+                returned.setdefault(key[0], []).append(calls[key])
+            side_refs = [
+                self.layouts[stage].side_ref(refs)
+                for stage, groups in returned.items()
+                if self.layouts[stage].sides
+                for refs in groups
+            ]
+            self._gather_broadcasts(returned, sources_done)
             meta_refs: list[ray.ObjectRef] = []
-            for s, actors in enumerate(self.stage_actors):
-                stage_calls = [
-                    _refs(
-                        actor.process.options(num_returns=self._num_returns(s)).remote(
-                            epoch, watermark, end_of_input, *[outputs[p] for outputs in layer]
+            after_by_stage = {name: min(watermarks[s] for s in plan.upstream[name]) for name in stage_names}
+            for keyed in plan.stages:
+                edges_in = plan.edges_into(keyed.name)
+                num_inputs = keyed.operator.num_inputs
+                stage_end = all(s in sources_done for s in plan.upstream[keyed.name])
+                stage_calls = []
+                for p, actor in enumerate(self.stage_actors[keyed.name]):
+                    per_input: list[list[ray.ObjectRef]] = [[] for _ in range(num_inputs)]
+                    for edge in edges_in:
+                        index = plan.edges.index(edge)
+                        layout = self.layouts[edge.producer]
+                        for refs in returned.get(edge.producer, []):
+                            per_input[edge.input].append(layout.parts(refs, index)[p])
+                    stage_calls.append(
+                        _refs(
+                            actor.process.options(num_returns=self.layouts[keyed.name].num_returns).remote(
+                                epoch,
+                                after_by_stage[keyed.name],
+                                stage_end,
+                                self._edge_watermarks(keyed.name, before_by_stage),
+                                tuple(len(refs) for refs in per_input),
+                                *[ref for refs in per_input for ref in refs],
+                            )
                         )
                     )
-                    for p, actor in enumerate(actors)
-                ]
+                returned[keyed.name] = stage_calls
                 meta_refs += [c[0] for c in stage_calls]
-                if self._side_slot(s):
-                    side_refs += [c[-1] for c in stage_calls]
-                layer = [c[1 : 1 + self._downstream(s).num_outputs] for c in stage_calls]
+                if self.layouts[keyed.name].sides:
+                    side_refs += [self.layouts[keyed.name].side_ref(c) for c in stage_calls]
                 if checkpoint is not None:  # actor calls run in order: this sees the state right after the epoch
                     assert self.checkpointing is not None
                     store = self.checkpointing.store
-                    checkpoint.snapshot_refs += [actor.snapshot.remote(epoch, store) for actor in actors]
-            output_refs = [outputs[0] for outputs in layer if outputs]
+                    checkpoint.snapshot_refs += [a.snapshot.remote(epoch, store) for a in self.stage_actors[keyed.name]]
+            if checkpoint is not None:
+                assert self.checkpointing is not None
+                for join in sorted(self.broadcast_ready):  # the broadcast tables are state too: one copy each
+                    holder = self._broadcast_holders(join)[0]
+                    checkpoint.snapshot_refs.append(
+                        holder.snapshot_broadcast.remote(epoch, self.checkpointing.store, join)
+                    )
+            output_refs: dict[str, list[ray.ObjectRef]] = {}
+            for output in plan.outputs:
+                for edge in plan.edges_into(output.name):
+                    index = plan.edges.index(edge)
+                    for refs in returned.get(edge.producer, []):
+                        output_refs.setdefault(output.name, []).extend(self.layouts[edge.producer].parts(refs, index))
             unsaved = checkpoint is None
             in_flight.append(
                 _EpochInFlight(
@@ -586,27 +735,50 @@ class Coordinator:
             )
             with self._lock:
                 self.metrics.rows_read += rows
-                self.metrics.watermark_ms = None if watermark <= START_OF_TIME_MS else watermark
-                self.metrics.watermark_held_by = self.watermarks.held_by
+                low = min(watermarks.values()) if watermarks else START_OF_TIME_MS
+                self.metrics.watermark_ms = None if low <= START_OF_TIME_MS else low
+                self.metrics.watermark_held_by = next(
+                    (t.held_by for t in self.trackers.values() if t.held_by is not None and t.current == low), None
+                )
             while in_flight and (len(in_flight) >= config.max_in_flight_epochs or end_of_input):
-                self._complete(in_flight.popleft(), runner, side_router)
+                self._complete(in_flight.popleft(), runners, side_router)
             epoch += 1
             self.metrics.coordinator_seconds += (time.perf_counter() - loop_started) - (
                 self._blocked_seconds - blocked_before
             )
-            if not bounded and rows == 0:
+            if not plan.bounded and rows == 0:
                 time.sleep(idle_sleep)
                 idle_sleep = min(2 * idle_sleep, _MAX_IDLE_SLEEP_S)
             else:
                 idle_sleep = _IDLE_SLEEP_S
         while in_flight:
-            self._complete(in_flight.popleft(), runner, side_router)
+            self._complete(in_flight.popleft(), runners, side_router)
+
+    def _broadcasts_settled(self) -> bool:
+        """Whether every broadcast table has been read and handed over (no checkpoint is taken before)."""
+        return all(join in self.broadcast_ready for s in self.plan.sources for join in s.broadcast_to)
+
+    def _gather_broadcasts(self, returned: dict[str, list[list[ray.ObjectRef]]], sources_done: set[str]) -> None:
+        """Collect the blocks of broadcast tables; once a table's source has ended, hand it to its joins."""
+        for stage in self.plan.sources:
+            for join in stage.broadcast_to:
+                if join in self.broadcast_ready:
+                    continue
+                layout = self.layouts[stage.name]
+                blocks = self._broadcast_blocks.setdefault(join, [])
+                blocks += [layout.table_ref(refs) for refs in returned.get(stage.name, [])]
+                if stage.name in sources_done:
+                    holders = self._broadcast_holders(join)
+                    self._get_metadata([actor.set_broadcast.remote(join, blocks) for actor in holders])
+                    self.broadcast_ready.add(join)
+                    del self._broadcast_blocks[join]
 
     def _warn_if_stalled(self, now: float) -> None:
         """Say which split holds the watermark back, once it has done so for ``watermark_stall_warning``."""
         if self.stall_warning_s is None:
             return
-        for split_id, held_s, value in self.watermarks.stalled(now, self.stall_warning_s):
+        stalled = [row for tracker in self.trackers.values() for row in tracker.stalled(now, self.stall_warning_s)]
+        for split_id, held_s, value in stalled:
             seen = "has produced no event yet" if value is None else f"is at {value} ms"
             _log.warning(
                 "split %r has held the watermark back for %.0fs: it %s while the other splits are ahead, so no "
@@ -622,22 +794,27 @@ class Coordinator:
         metrics = self.metrics
         for meta in reader_metas:
             for split_id, progress in meta["splits"].items():
-                entry = metrics.splits.setdefault(split_id, {"rows": 0})
+                qualified = self._qualify(meta["stage"], split_id)
+                entry = metrics.splits.setdefault(qualified, {"rows": 0})
                 entry["rows"] += progress["rows"]
                 entry.update({k: v for k, v in progress.items() if k not in ("rows", "max_event_time_ms")})
-                entry["watermark_ms"] = self.watermarks.split_watermark(split_id)
+                entry["watermark_ms"] = self.trackers[meta["stage"]].split_watermark(qualified)
                 seconds = max(time.time() - metrics.started_at, 1e-9)
                 entry["rows_per_second"] = entry["rows"] / seconds
 
-    def _complete(self, epoch: _EpochInFlight, runner: SinkRunner | None, side_router: SideOutputRouter) -> None:
+    def _complete(self, epoch: _EpochInFlight, runners: dict[str, SinkRunner], side_router: SideOutputRouter) -> None:
         metas = self._get_metadata(epoch.meta_refs) if epoch.meta_refs else []
-        final_layer = metas[-self.config.parallelism :] if self.stage_actors else epoch.reader_metas
-        results = [m["sink_result"] for m in final_layer if m["sink_result"] is not None]
+        everyone = [*epoch.reader_metas, *metas]
         state_files = []
         if epoch.checkpoint is not None:  # step 4 of the protocol: the state snapshot is durable
             state_files = [f for files in self._get_metadata(epoch.checkpoint.snapshot_refs) for f in files]
         # Step 5: commit the sinks (idempotently: a replayed epoch replaces its own output).
-        written = runner.complete_epoch(epoch.epoch, epoch.output_refs, results) if runner is not None else 0
+        written: dict[str, int] = {}
+        for name, runner in runners.items():
+            sent = [meta["outputs"][name] for meta in everyone if name in meta["outputs"]]
+            results = [result for entry in sent for result in entry["results"]]
+            on_driver = runner.complete_epoch(epoch.epoch, epoch.output_refs.get(name, []), results)
+            written[name] = on_driver or sum(entry["rows"] for entry in sent)
         side_router.complete_epoch(epoch.epoch, epoch.side_refs)
         if epoch.checkpoint is not None:  # step 6: commits/<epoch>, last
             assert self.checkpointing is not None
@@ -646,35 +823,41 @@ class Coordinator:
                 epoch.epoch,
                 point.positions,
                 point.done,
-                point.watermark_ms,
+                point.watermarks,
                 point.clocks,
                 state_files,
                 self.job_id,
+                self.broadcast_ready,
                 epoch.end_of_input,
             )
         with self._lock:
             metrics = self.metrics
             metrics.epochs_completed += 1
-            metrics.rows_written += written or sum(m["rows_out"] for m in final_layer)
-            metrics.late_rows += sum(m["late_count"] for m in [*epoch.reader_metas, *metas])
+            metrics.rows_written += sum(written.values())
+            for name, rows in written.items():
+                counts = metrics.outputs.setdefault(name, {"rows_written": 0})
+                counts["rows_written"] += rows
+            metrics.late_rows += sum(m["late_count"] for m in everyone)
             metrics.last_epoch_seconds = time.perf_counter() - epoch.started
             metrics.null_time_rows += sum(m["null_time_rows"] for m in epoch.reader_metas)
             self._record_splits(epoch.reader_metas)
-            for meta in [*epoch.reader_metas, *metas]:
+            for meta in everyone:
                 metrics.actor_nodes[meta["actor"]] = meta["node_id"]
             metrics.dead_letters += sum(m["dead_letters"] for m in epoch.reader_metas)
             for stage in self.plan.stages:
                 rows = sum(m["state_rows"] for m in metas if m.get("stage") == stage.name)
                 metrics.state_rows[stage.name] = rows
                 metrics.peak_state_rows[stage.name] = max(rows, metrics.peak_state_rows.get(stage.name, 0))
-            for meta in [*epoch.reader_metas, *metas]:
-                layer = meta.get("stage", "readers")
+            for meta in everyone:
+                layer = meta["stage"] if meta["kind"] == "partition" else "readers"
                 metrics.busy_seconds[layer] = metrics.busy_seconds.get(layer, 0.0) + meta["seconds"]
                 metrics.cpu_seconds[layer] = metrics.cpu_seconds.get(layer, 0.0) + meta["cpu_seconds"]
-            metrics.splits_total, metrics.splits_done = len(self.splits), len(self.done_splits)
+            metrics.splits_total = sum(len(splits) for splits in self.splits.values())
+            metrics.splits_done = len(self.done_splits)
             positions = {split_id: entry["position"] for split_id, entry in metrics.splits.items()}
-        # This epoch's output is committed: the source may now publish positions, for information.
-        self.plan.source.on_epoch_complete(positions)
+        # This epoch's output is committed: the sources may now publish positions, for information.
+        for source_stage in self.plan.sources:
+            source_stage.source.on_epoch_complete(self._own(source_stage.name, positions))
 
     def _get_metadata(self, refs: Sequence[ray.ObjectRef], timeout: float | None = None) -> list[Any]:
         """Fetch actor metadata (never rows), turning actor errors into clear job errors."""

@@ -16,7 +16,7 @@ from raystream.plan.logical import Node
 from raystream.run_config import RunConfig
 from raystream.runtime.coordinator import Coordinator
 from raystream.runtime.local_ray import start_local_ray
-from raystream.runtime.planner import DEAD_LETTERS, plan
+from raystream.runtime.planner import DEAD_LETTERS, OUTPUT, OutputRequest, plan
 from raystream.sinks.base import Sink
 from raystream.sinks.memory import MemorySink
 
@@ -61,9 +61,9 @@ class Job:
     script stays free while it runs.
     """
 
-    def __init__(self, coordinator: Coordinator, sink: Sink) -> None:
+    def __init__(self, coordinator: Coordinator, sinks: dict[str, Sink]) -> None:
         self._coordinator = coordinator
-        self._sink = sink
+        self._sinks = sinks
         self._error: BaseException | None = None
         self._status = "running"
         self._thread = threading.Thread(target=self._run, name="raystream-coordinator", daemon=True)
@@ -78,18 +78,34 @@ class Job:
             self._error = error
             self._status = "failed"
 
-    def results(self) -> pd.DataFrame:
+    @property
+    def outputs(self) -> list[str]:
+        """The names of the job's outputs (``["output"]`` for a job with one)."""
+        return list(self._sinks)
+
+    def results(self, name: str | None = None) -> pd.DataFrame:
         """The output that has arrived so far, as a pandas DataFrame.
 
         For running aggregates this is the latest value of each key. Only
-        jobs started with ``start()`` (or ``to_pandas``) collect results.
+        outputs that collect (``start()``, ``to_pandas``, ``Outputs.collect``)
+        have results here.
+
+        Args:
+            name: The output, needed only when the job has several.
         """
-        if not isinstance(self._sink, MemorySink):
+        if name is None:
+            if len(self._sinks) > 1:
+                raise TypeError(f"results(): name one of the job's outputs: {', '.join(self._sinks)}")
+            name = next(iter(self._sinks))
+        sink = self._sinks.get(name)
+        if sink is None:
+            raise TypeError(f"results(): the job has no output {name!r}; its outputs are: {', '.join(self._sinks)}")
+        if not isinstance(sink, MemorySink):
             raise TypeError(
-                f"results() is for jobs started with start(); this job writes to {self._sink.name}, "
-                "so read its output there"
+                f"results() is for outputs that collect (start(), Outputs.collect); {name!r} writes to "
+                f"{sink.name}, so read its output there"
             )
-        return self._sink.table().to_pandas()
+        return sink.table().to_pandas()
 
     def late_events(self, name: str | None = None) -> pd.DataFrame:
         """The rows that windows with ``late="side"`` found late so far.
@@ -154,12 +170,21 @@ class Job:
 
 def run_pipeline(node: Node, sink: Sink, config: RunConfig | None, wait: bool) -> Job:
     """Plan ``node``, start it into ``sink`` and return its Job (after it ends when ``wait``)."""
+    return run_outputs([(OUTPUT, node, sink)], config, wait)
+
+
+def run_outputs(outputs: list[tuple[str, Node, Sink]], config: RunConfig | None, wait: bool) -> Job:
+    """Plan a job of several outputs (name, node, sink), start it and return its Job (after it ends when ``wait``).
+
+    The outputs share their sources (each event is read once), the epochs and the checkpoint.
+    """
     config = config or RunConfig()
     if not isinstance(config, RunConfig):
         raise ConfigError(f"config must be a raystream.RunConfig, got {type(config).__name__}")
-    physical = plan(node)
+    physical = plan([OutputRequest(name, node) for name, node, _ in outputs], config)
+    sinks = {name: sink for name, _, sink in outputs}
     ensure_ray(config)
-    job = Job(Coordinator(physical, sink, config), sink)
+    job = Job(Coordinator(physical, sinks, config), sinks)
     if wait:
         job.wait()
     return job

@@ -172,8 +172,11 @@ class WithColumnsOp(StatelessOp):
 class EventTimeOp(StatelessOp):
     """Records the largest event time of each batch, for the watermark. Passes rows through."""
 
-    def __init__(self, column: str) -> None:
+    def __init__(self, column: str, delay_ms: int = 0, idle_timeout_ms: int | None = None) -> None:
         self.column = column
+        #: How the source's watermark follows this column (``with_watermark``'s options).
+        self.delay_ms = delay_ms
+        self.idle_timeout_ms = idle_timeout_ms
         self.label = f"event time({column})"
 
     def apply(self, table: pa.Table, ctx: OpContext) -> pa.Table:

@@ -1,27 +1,44 @@
 """From the logical plan (what to compute) to the physical plan (how to run it).
 
-Stateless operators between the source and the first ``key_by`` are fused
-into the reader actors. Each keyed operator becomes a stage of partition
-actors, and the stateless operators after it are fused into that stage.
+The logical plan is a graph of nodes (:mod:`raystream.plan.logical`); the
+physical plan is a graph of stages and the edges between them:
 
-Every stage sees the job's one watermark. A stage after a window tells the
-window's rows apart by their ``window_end``, which is why the window must
-fire each window once (checked when the plan is built, in
-:mod:`raystream.plan.logical`); see :mod:`raystream.runtime.stateful` for why no
-row is then late between stages.
+- a **source stage** is a source, read by reader actors, and the stateless
+  chain fused after it (the event-time operator first, when it has one);
+- a **keyed stage** is a keyed operator (an aggregate, a window, a top, a
+  table join), run by partition actors, and the stateless chain fused
+  after it;
+- an **edge** carries a stage's output to the input of a keyed stage
+  (``hash``: prepared and hash-partitioned by the key) or to an output
+  (``forward``), through the stateless operators of that path alone.
+
+Planning is two passes. :func:`_build` walks the logical graph once, inputs
+first, and turns each node into a vertex through the :data:`BUILDERS`
+registry (one builder per node type, as Ray Data's planner maps logical
+operators to physical ones). :func:`_fuse` then folds the stateless
+vertices (and unions, which only merge edges) into the edges they sit on,
+and moves the operators that every edge out of a stage shares into that
+stage's own chain, so that they run once.
+
+Each source has its own event time and watermark. A keyed stage sees the
+smallest watermark of the sources upstream of it. A stage after a window
+tells the window's rows apart by their ``window_end``, which is why the
+window must fire each window once (checked when the plan is built, in
+:mod:`raystream.plan.logical`); see :mod:`raystream.runtime.stateful` for
+why no row is then late between stages.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import pyarrow as pa
 
+from raystream.errors import PlanError
 from raystream.plan.logical import (
-    KEYED_NODES,
     DeadLettersNode,
     FilterNode,
     KeyedAggNode,
@@ -31,14 +48,19 @@ from raystream.plan.logical import (
     Node,
     SelectNode,
     SourceNode,
+    TableJoinNode,
     TopNode,
+    UnionNode,
     WatermarkNode,
     WindowAggNode,
     WindowNode,
     WindowTopNode,
     WithColumnsNode,
+    is_bounded,
     walk,
 )
+from raystream.run_config import RunConfig
+from raystream.runtime.joins import BroadcastJoinOp, TableJoin
 from raystream.runtime.operators import (
     EventTimeOp,
     FilterOp,
@@ -61,14 +83,41 @@ from raystream.runtime.stateful import (
 from raystream.sources.base import Source
 from raystream.windows import Session
 
+#: The side output of a source's malformed records.
+DEAD_LETTERS = "dead_letters"
+#: The name of a job's output when it has one.
+OUTPUT = "output"
+
+Exchange = Literal["forward", "hash"]
+
 
 @dataclass(frozen=True)
 class EventTime:
-    """How the watermark is made: from which column, with what delay."""
+    """How a source's watermark is made: from which column, with what delay."""
 
     column: str
     delay_ms: int = 0
     idle_timeout_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class SourceStage:
+    """A source, read by reader actors, and the stateless chain fused after it.
+
+    Attributes:
+        rank: Sources are read in rank order: a stage of rank 1 starts once
+            every stage of rank 0 has ended (the table of a table join is
+            read before the stream).
+        broadcast_to: The table joins (by operator name) that this source's
+            output is broadcast to whole, instead of being sent on edges.
+    """
+
+    name: str
+    source: Source
+    chain: tuple[StatelessOp, ...]
+    event_time: EventTime | None
+    rank: int = 0
+    broadcast_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,113 +133,224 @@ class KeyedStage:
 
 
 @dataclass(frozen=True)
-class PhysicalPlan:
-    """What the coordinator runs.
+class Edge:
+    """Rows from stage ``producer`` to input ``input`` of keyed stage or output ``consumer``.
 
-    Attributes:
-        output_side: When set, the job's output is this side output (a
-            window's name for its late rows, or ``DEAD_LETTERS``), and the
-            pipeline's own output is discarded.
+    ``chain`` runs on the producer's output before it is sent: the stateless
+    operators of this path that other edges out of the producer do not share.
     """
 
-    source: Source
-    reader_chain: tuple[StatelessOp, ...]
-    event_time: EventTime | None
-    stages: tuple[KeyedStage, ...]
-    output_schema: pa.Schema | None
+    producer: str
+    consumer: str
+    exchange: Exchange
+    input: int = 0
+    chain: tuple[StatelessOp, ...] = ()
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a job's rows end: a sink, fed by the edges into it.
+
+    Attributes:
+        side: When set, the output is this side output (a window's late
+            rows, or ``DEAD_LETTERS``) instead of rows from edges.
+    """
+
+    name: str
+    schema: pa.Schema | None
     upsert_keys: tuple[str, ...] | None
-    output_side: str | None = None
+    bounded: bool
+    side: str | None = None
+
+
+@dataclass(frozen=True)
+class PhysicalPlan:
+    """What the coordinator runs: source stages, keyed stages (inputs first), the edges, the outputs."""
+
+    sources: tuple[SourceStage, ...]
+    stages: tuple[KeyedStage, ...]
+    edges: tuple[Edge, ...]
+    outputs: tuple[Output, ...]
+    #: For each stage (source or keyed), the source stages upstream of it, itself included for a source.
+    upstream: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def edges_from(self, producer: str) -> list[Edge]:
+        return [edge for edge in self.edges if edge.producer == producer]
+
+    def edges_into(self, consumer: str) -> list[Edge]:
+        return [edge for edge in self.edges if edge.consumer == consumer]
+
+    def stage(self, name: str) -> KeyedStage:
+        return next(stage for stage in self.stages if stage.name == name)
+
+    def source_stage(self, name: str) -> SourceStage:
+        return next(stage for stage in self.sources if stage.name == name)
+
+    def output(self, name: str) -> Output:
+        return next(output for output in self.outputs if output.name == name)
 
     @property
-    def side_outputs(self) -> list[str]:
-        """Every side output the job produces: windows' late rows, then the source's dead letters."""
-        tags = [stage.name for stage in self.stages if stage.operator.late_side_output]
-        return tags + ([DEAD_LETTERS] if self.has_dead_letters else [])
+    def source(self) -> Source:
+        """The source of a plan with one (tools and tests of single-source jobs)."""
+        assert len(self.sources) == 1, f"the plan has {len(self.sources)} sources"
+        return self.sources[0].source
 
     @property
     def has_dead_letters(self) -> bool:
         """Whether readers may refuse records: malformed ones (the source's), or rows without an event time."""
-        return self.source.has_dead_letters or self.event_time is not None
+        return any(s.source.has_dead_letters or s.event_time is not None for s in self.sources)
+
+    @property
+    def side_outputs(self) -> list[str]:
+        """Every side output the job produces: windows' late rows, then the sources' dead letters."""
+        tags = [stage.name for stage in self.stages if stage.operator.late_side_output]
+        return tags + ([DEAD_LETTERS] if self.has_dead_letters else [])
+
+    @property
+    def bounded(self) -> bool:
+        return all(stage.source.bounded for stage in self.sources)
+
+    def side_tags(self, stage: str) -> list[str]:
+        """The side outputs stage ``stage`` returns: its window's late rows, the late rows of the windows it feeds,
+        and, for a source, its dead letters."""
+        tags = []
+        if any(s.name == stage for s in self.stages) and self.stage(stage).operator.late_side_output:
+            tags.append(stage)
+        for edge in self.edges_from(stage):
+            if edge.exchange == "hash" and self.stage(edge.consumer).operator.late_side_output:
+                tags.append(edge.consumer)
+        if any(s.name == stage for s in self.sources) and self.has_dead_letters:
+            tags.append(DEAD_LETTERS)
+        return list(dict.fromkeys(tags))
 
 
-#: The side output of a source's malformed records.
-DEAD_LETTERS = "dead_letters"
+@dataclass(frozen=True)
+class OutputRequest:
+    """An output the user asked for: the node whose rows it gets, under a name."""
 
-_STATELESS: dict[type, Callable[[Any], StatelessOp]] = {
-    FilterNode: lambda n: FilterOp(n.predicate),
-    MapBatchesNode: lambda n: MapBatchesOp(n.fn, n.batch_format),
-    MapRowsNode: lambda n: MapRowsOp(n.fn, n.flat),
-    SelectNode: lambda n: SelectOp(n.columns),
-    WithColumnsNode: lambda n: WithColumnsOp(n.exprs),
-}
+    name: str
+    node: Node
 
 
-def plan(node: Node) -> PhysicalPlan:
-    """Compile the logical plan that ends at ``node``."""
-    output_side = DEAD_LETTERS if isinstance(node, DeadLettersNode) else None
-    late_parent = node.input if isinstance(node, LateEventsNode) else None
-    nodes = [n for n in walk(node) if not isinstance(n, (LateEventsNode, DeadLettersNode))]
-    head = nodes[0]
-    assert isinstance(head, SourceNode)
-    chain: list[StatelessOp] = []
-    stages: list[KeyedStage] = []
-    event_time: EventTime | None = None
-    if head.source_time_column is not None and not any(isinstance(n, WatermarkNode) for n in nodes):
-        event_time = EventTime(head.source_time_column)
-        chain.append(EventTimeOp(head.source_time_column))
-    reader_chain: list[StatelessOp] | None = None
-    pending: KeyedOperator | None = None
-    names: set[str] = {DEAD_LETTERS}
-    for current in nodes[1:]:
-        if isinstance(current, WatermarkNode):
-            event_time = EventTime(current.column, current.delay_ms, current.idle_timeout_ms)
-            chain.append(EventTimeOp(current.column))
-        elif isinstance(current, KEYED_NODES):
-            if pending is None:
-                reader_chain = chain
-            else:
-                stages.append(KeyedStage(pending, tuple(chain)))
-            pending, chain = _keyed_operator(current, names), []
-            if current is late_parent:
-                output_side = pending.name
-        else:
-            chain.append(_STATELESS[type(current)](current))
-    if pending is None:
-        reader_chain = chain
+# -- pass 1: a vertex per logical node -------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Vertex:
+    """A node of the physical graph before fusion.
+
+    ``kind`` is ``source``, ``keyed``, ``stateless`` (one operator, fused
+    away in pass 2) or ``union`` (merges its inputs' edges, fused away too).
+    """
+
+    kind: Literal["source", "keyed", "stateless", "union"]
+    inputs: list[_Vertex]
+    source: SourceNode | None = None
+    operator: KeyedOperator | None = None
+    op: StatelessOp | None = None
+    node: Node | None = None
+
+
+@dataclass
+class _Context:
+    config: RunConfig
+    names: set[str] = field(default_factory=lambda: {DEAD_LETTERS})
+    #: Table joins to broadcast: operator name -> the table's vertex.
+    broadcasts: dict[str, _Vertex] = field(default_factory=dict)
+
+    def unique(self, name: str) -> str:
+        """A stage name unique in the plan ("window", "window-2"...)."""
+        candidate, suffix = name, 2
+        while candidate in self.names:
+            candidate, suffix = f"{name}-{suffix}", suffix + 1
+        self.names.add(candidate)
+        return candidate
+
+
+_Builder = Callable[[Any, list[_Vertex], _Context], _Vertex]
+#: Logical node type -> the builder of its vertex.
+BUILDERS: dict[type[Node], _Builder] = {}
+
+
+def builds(*types: type[Node]) -> Callable[[_Builder], _Builder]:
+    def register(builder: _Builder) -> _Builder:
+        for node_type in types:
+            BUILDERS[node_type] = builder
+        return builder
+
+    return register
+
+
+def _stateless(op: StatelessOp, inputs: list[_Vertex], node: Node) -> _Vertex:
+    return _Vertex("stateless", inputs, op=op, node=node)
+
+
+@builds(SourceNode)
+def _build_source(node: SourceNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    return _Vertex("source", [], source=node, node=node)
+
+
+@builds(FilterNode)
+def _build_filter(node: FilterNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    return _stateless(FilterOp(node.predicate), inputs, node)
+
+
+@builds(MapBatchesNode)
+def _build_map_batches(node: MapBatchesNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    return _stateless(MapBatchesOp(node.fn, node.batch_format), inputs, node)
+
+
+@builds(MapRowsNode)
+def _build_map_rows(node: MapRowsNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    return _stateless(MapRowsOp(node.fn, node.flat), inputs, node)
+
+
+@builds(SelectNode)
+def _build_select(node: SelectNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    return _stateless(SelectOp(node.columns), inputs, node)
+
+
+@builds(WithColumnsNode)
+def _build_with_columns(node: WithColumnsNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    return _stateless(WithColumnsOp(node.exprs), inputs, node)
+
+
+@builds(WatermarkNode)
+def _build_watermark(node: WatermarkNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    return _stateless(EventTimeOp(node.column, node.delay_ms, node.idle_timeout_ms), inputs, node)
+
+
+@builds(UnionNode)
+def _build_union(node: UnionNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    return _Vertex("union", inputs, node=node)
+
+
+@builds(KeyedAggNode)
+def _build_keyed_agg(node: KeyedAggNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    name = ctx.unique(node.name)
+    operator: KeyedOperator
+    if node.per_window:
+        operator = PerWindowAggregate(name, node.keys, node.aggregates)
     else:
-        stages.append(KeyedStage(pending, tuple(chain)))
-    assert reader_chain is not None
-    _register_user_modules(node)
-    return PhysicalPlan(
-        source=head.source,
-        reader_chain=tuple(reader_chain),
-        event_time=event_time,
-        stages=tuple(stages),
-        output_schema=node.schema,
-        upsert_keys=None if output_side else _upsert_keys(stages),
-        output_side=output_side,
-    )
+        operator = RunningAggregate(name, node.keys, node.aggregates, node.emit)
+    return _Vertex("keyed", inputs, operator=operator, node=node)
 
 
-def _keyed_operator(node: Node, names: set[str]) -> KeyedOperator:
-    """The physical operator of a keyed node, with a name unique in the plan ("window", "window-2"...)."""
-    assert isinstance(node, KEYED_NODES)
-    name = node.name
-    suffix = 2
-    while name in names:
-        name, suffix = f"{node.name}-{suffix}", suffix + 1
-    names.add(name)
-    if isinstance(node, KeyedAggNode):
-        if node.per_window:
-            return PerWindowAggregate(name, node.keys, node.aggregates)
-        return RunningAggregate(name, node.keys, node.aggregates, node.emit)
-    if isinstance(node, TopNode):
-        if node.per_window:
-            return PerWindowTop(name, node.keys, node.top)
-        return RunningTop(name, node.keys, node.top, node.emit)
-    assert isinstance(node, WindowNode)
+@builds(TopNode)
+def _build_top(node: TopNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    name = ctx.unique(node.name)
+    operator: KeyedOperator
+    if node.per_window:
+        operator = PerWindowTop(name, node.keys, node.top)
+    else:
+        operator = RunningTop(name, node.keys, node.top, node.emit)
+    return _Vertex("keyed", inputs, operator=operator, node=node)
+
+
+@builds(WindowAggNode, WindowTopNode)
+def _build_window(node: WindowNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
     options: dict[str, Any] = {
-        "name": name,
+        "name": ctx.unique(node.name),
         "keys": node.keys,
         "time_column": node.window_time_column,
         "time_type": node.time_type,
@@ -199,20 +359,258 @@ def _keyed_operator(node: Node, names: set[str]) -> KeyedOperator:
         "emit": node.emit,
         "time_shift_ms": node.time_shift_ms,
     }
+    operator: KeyedOperator
     if isinstance(node, WindowTopNode):
         assert not isinstance(node.window, Session)  # refused when the plan was built
-        return WindowTop(node.window, node.top, **options)
-    assert isinstance(node, WindowAggNode)
-    if isinstance(node.window, Session):
-        return SessionAggregate(node.window, aggregates=node.aggregates, **options)
-    return WindowAggregate(node.window, aggregates=node.aggregates, **options)
+        operator = WindowTop(node.window, node.top, **options)
+    elif isinstance(node.window, Session):
+        assert isinstance(node, WindowAggNode)
+        operator = SessionAggregate(node.window, aggregates=node.aggregates, **options)
+    else:
+        assert isinstance(node, WindowAggNode)
+        operator = WindowAggregate(node.window, aggregates=node.aggregates, **options)
+    return _Vertex("keyed", inputs, operator=operator, node=node)
 
 
-def _upsert_keys(stages: list[KeyedStage]) -> tuple[str, ...] | None:
-    """The output's upsert keys: those of a final keyed stage with no operator after it."""
-    if not stages or stages[-1].chain:
+@builds(TableJoinNode)
+def _build_table_join(node: TableJoinNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    """A small table is broadcast and joined where the stream is; a large one is a keyed stage."""
+    name = ctx.unique(node.name)
+    stream, table = node.inputs[0].schema, node.inputs[1].schema
+    key_types = None if stream is None else tuple(stream.field(k).type for k in node.left_on)
+    payload = pa.schema(
+        [(output, pa.null() if table is None else table.field(column).type) for column, output in node.output_names]
+    )
+    options = {
+        "left_on": node.left_on,
+        "right_on": node.right_on,
+        "how": node.how,
+        "output_names": node.output_names,
+        "key_types": key_types,
+        "payload": payload,
+        "max_table_bytes": ctx.config.max_join_table_bytes,
+    }
+    estimate = _estimated_bytes(node.inputs[1])
+    if estimate is not None and estimate <= ctx.config.broadcast_join_max_bytes:
+        ctx.broadcasts[name] = inputs[1]
+        return _stateless(BroadcastJoinOp(name, **options), [inputs[0]], node)
+    return _Vertex("keyed", inputs, operator=TableJoin(name, **options), node=node)
+
+
+def _estimated_bytes(node: Node) -> int | None:
+    """What a bounded table's sources say they hold, in bytes (``None``: they cannot tell)."""
+    sizes = [n.source.estimated_bytes() for n in walk(node) if isinstance(n, SourceNode)]
+    return None if any(size is None for size in sizes) else sum(s for s in sizes if s is not None)
+
+
+def _build(requests: Sequence[OutputRequest], ctx: _Context) -> dict[int, _Vertex]:
+    """Pass 1: one vertex per logical node, inputs before the nodes that use them."""
+    vertices: dict[int, _Vertex] = {}
+    for request in requests:
+        for node in walk(request.node):
+            if id(node) in vertices or isinstance(node, (LateEventsNode, DeadLettersNode)):
+                continue
+            builder = BUILDERS.get(type(node))
+            if builder is None:
+                raise PlanError(f"the planner has no builder for {type(node).__name__}; this is a raystream bug")
+            vertices[id(node)] = builder(node, [vertices[id(child)] for child in node.inputs], ctx)
+    return vertices
+
+
+# -- pass 2: fusion ------------------------------------------------------------------------
+
+
+def _paths(vertex: _Vertex) -> list[tuple[_Vertex, tuple[StatelessOp, ...]]]:
+    """The stages (sources, keyed) whose rows reach ``vertex``, each with the stateless ops on the way."""
+    if vertex.kind in ("source", "keyed"):
+        return [(vertex, ())]
+    if vertex.kind == "union":
+        return [path for child in vertex.inputs for path in _paths(child)]
+    assert vertex.op is not None
+    return [(producer, (*chain, vertex.op)) for producer, chain in _paths(vertex.inputs[0])]
+
+
+@dataclass
+class _Fused:
+    sources: list[SourceStage]
+    stages: list[KeyedStage]
+    edges: list[Edge]
+
+
+def _fuse(
+    vertices: dict[int, _Vertex], requests: Sequence[OutputRequest], ctx: _Context
+) -> tuple[_Fused, dict[str, str]]:
+    """Pass 2: edges through the stateless vertices, and each stage's shared prefix fused into the stage.
+
+    Returns the fused graph, and for each output request the side output it is, if any.
+    """
+    names: dict[int, str] = {}
+    source_number = 0
+    for vertex in vertices.values():
+        if vertex.kind == "source":
+            source_number += 1
+            names[id(vertex)] = "source" if source_number == 1 else f"source-{source_number}"
+        elif vertex.kind == "keyed":
+            assert vertex.operator is not None
+            names[id(vertex)] = vertex.operator.name
+    raw: list[tuple[_Vertex, str, Exchange, int, tuple[StatelessOp, ...]]] = []
+    for vertex in vertices.values():
+        if vertex.kind != "keyed":
+            continue
+        for index, child in enumerate(vertex.inputs):
+            for producer, chain in _paths(child):
+                raw.append((producer, names[id(vertex)], "hash", index, chain))
+    sides: dict[str, str] = {}
+    for request in requests:
+        node = request.node
+        if isinstance(node, DeadLettersNode):
+            sides[request.name] = DEAD_LETTERS
+            continue
+        if isinstance(node, LateEventsNode):
+            late_of = vertices[id(node.input)]
+            assert late_of.operator is not None
+            sides[request.name] = late_of.operator.name
+            continue
+        for producer, chain in _paths(vertices[id(node)]):
+            raw.append((producer, request.name, "forward", 0, chain))
+    broadcast_sources: dict[str, tuple[str, tuple[StatelessOp, ...]]] = {}
+    for join, table in ctx.broadcasts.items():
+        for producer, chain in _paths(table):
+            name = names[id(producer)]
+            if producer.kind != "source" or name in broadcast_sources or any(e[0] is producer for e in raw):
+                raise PlanError(
+                    f"join ({join}): a broadcast table must come from sources of its own, through stateless "
+                    "operators only; give this table a source that nothing else reads"
+                )
+            broadcast_sources[name] = (join, chain)
+
+    sources: list[SourceStage] = []
+    stages: list[KeyedStage] = []
+    edges: list[Edge] = []
+    for vertex in vertices.values():
+        if vertex.kind not in ("source", "keyed"):
+            continue
+        name = names[id(vertex)]
+        out = [edge for edge in raw if edge[0] is vertex]
+        prefix = _common_prefix([edge[4] for edge in out]) if out else ()
+        if name in broadcast_sources:  # a broadcast table's rows go whole to its join, not on edges
+            prefix = broadcast_sources[name][1]
+        for _, consumer, exchange, index, chain in out:
+            rest = chain[len(prefix) :]
+            if any(isinstance(op, EventTimeOp) for op in rest):
+                raise PlanError(
+                    f"with_watermark: the stream of {name!r} is used by several operators before with_watermark; "
+                    "call with_watermark once, right after the source, before the stream is shared"
+                )
+            edges.append(Edge(name, consumer, exchange, index, rest))
+        if vertex.kind == "source":
+            assert vertex.source is not None
+            joins = (broadcast_sources[name][0],) if name in broadcast_sources else ()
+            sources.append(_source_stage(name, vertex.source, prefix, joins))
+        else:
+            assert vertex.operator is not None
+            if any(isinstance(op, EventTimeOp) for op in prefix):
+                raise PlanError(
+                    f"with_watermark: the stream after {name!r} cannot get a new watermark; a keyed operator's "
+                    "rows keep the event time of their input (window_end for a window)"
+                )
+            stages.append(KeyedStage(vertex.operator, prefix))
+    return _Fused(sources, stages, edges), sides
+
+
+def _source_stage(
+    name: str, node: SourceNode, chain: tuple[StatelessOp, ...], broadcast_to: tuple[str, ...]
+) -> SourceStage:
+    """A source stage; its event time is the last ``with_watermark`` fused into it, else the source's time column."""
+    marks = [op for op in chain if isinstance(op, EventTimeOp)]
+    if marks:
+        mark = marks[-1]
+        event_time = EventTime(mark.column, mark.delay_ms, mark.idle_timeout_ms)
+        return SourceStage(name, node.source, chain, event_time, broadcast_to=broadcast_to)
+    if node.source_time_column is not None:
+        chain = (EventTimeOp(node.source_time_column), *chain)
+        return SourceStage(name, node.source, chain, EventTime(node.source_time_column), broadcast_to=broadcast_to)
+    return SourceStage(name, node.source, chain, None, broadcast_to=broadcast_to)
+
+
+def _common_prefix(chains: list[tuple[StatelessOp, ...]]) -> tuple[StatelessOp, ...]:
+    """The operators (the same objects) that every chain starts with."""
+    prefix: list[StatelessOp] = []
+    for ops in zip(*chains, strict=False):
+        if any(op is not ops[0] for op in ops):
+            break
+        prefix.append(ops[0])
+    return tuple(prefix)
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+
+def plan(outputs: Sequence[OutputRequest] | Node, config: RunConfig | None = None) -> PhysicalPlan:
+    """Compile the logical plan that ends at the outputs (or at one node, the output ``"output"``)."""
+    requests = [OutputRequest(OUTPUT, outputs)] if isinstance(outputs, Node) else list(outputs)
+    ctx = _Context(config or RunConfig())
+    vertices = _build(requests, ctx)
+    fused, sides = _fuse(vertices, requests, ctx)
+    sources = _ranked(fused, vertices)
+    upstream = _upstream(sources, fused)
+    planned = [
+        Output(
+            name=request.name,
+            schema=request.node.schema,
+            upsert_keys=None if request.name in sides else _upsert_keys(request.name, fused),
+            bounded=is_bounded(request.node),
+            side=sides.get(request.name),
+        )
+        for request in requests
+    ]
+    for request in requests:
+        _register_user_modules(request.node)
+    return PhysicalPlan(tuple(sources), tuple(fused.stages), tuple(fused.edges), tuple(planned), upstream)
+
+
+def _ranked(fused: _Fused, vertices: dict[int, _Vertex]) -> list[SourceStage]:
+    """Sources that feed a table join's table (input 1), or are broadcast, are read first (rank 0)."""
+    tables: set[str] = {s.name for s in fused.sources if s.broadcast_to}
+    changed = True
+    table_stages: set[str] = set()
+    for edge in fused.edges:
+        if edge.exchange == "hash" and edge.input == 1:
+            table_stages.add(edge.producer)
+    while changed:  # every stage upstream of a table input is part of the table
+        changed = False
+        for edge in fused.edges:
+            if edge.consumer in table_stages and edge.producer not in table_stages:
+                table_stages.add(edge.producer)
+                changed = True
+    tables |= {s.name for s in fused.sources if s.name in table_stages}
+    if not tables:
+        return fused.sources
+    return [
+        SourceStage(s.name, s.source, s.chain, s.event_time, 0 if s.name in tables else 1, s.broadcast_to)
+        for s in fused.sources
+    ]
+
+
+def _upstream(sources: list[SourceStage], fused: _Fused) -> dict[str, tuple[str, ...]]:
+    found: dict[str, set[str]] = {s.name: {s.name} for s in sources}
+    for stage in fused.stages:  # stages come inputs first
+        found[stage.name] = set()
+        for edge in fused.edges:
+            if edge.consumer == stage.name:
+                found[stage.name] |= found[edge.producer]
+    return {name: tuple(sorted(names)) for name, names in found.items()}
+
+
+def _upsert_keys(output: str, fused: _Fused) -> tuple[str, ...] | None:
+    """An output's upsert keys: those of the one keyed stage that feeds it directly, with no operator after it."""
+    into = [edge for edge in fused.edges if edge.consumer == output]
+    if len(into) != 1 or into[0].chain:
         return None
-    return stages[-1].operator.upsert_keys
+    stage = next((s for s in fused.stages if s.name == into[0].producer), None)
+    if stage is None or stage.chain:
+        return None
+    return stage.operator.upsert_keys
 
 
 def _register_user_modules(node: Node) -> None:

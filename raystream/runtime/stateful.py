@@ -73,6 +73,10 @@ class OperatorState(ABC):
     def process(self, payloads: Sequence[Any], watermark_ms: int, end_of_input: bool) -> Emitted:
         """Merge an epoch's payloads, then fire and free by ``watermark_ms``. Called once per epoch, in order."""
 
+    def process_inputs(self, payloads: Sequence[Sequence[Any]], watermark_ms: int, end_of_input: bool) -> Emitted:
+        """As :meth:`process`, with the payloads of each input apart (operators of several inputs override it)."""
+        return self.process(payloads[0], watermark_ms, end_of_input)
+
     @property
     @abstractmethod
     def num_rows(self) -> int:
@@ -106,10 +110,20 @@ class KeyedOperator(ABC):
     name: str
     keys: tuple[str, ...]
     late_side_output: bool = False
+    #: How many inputs the operator has (a table join has two: the stream and the table).
+    num_inputs: int = 1
 
     @abstractmethod
     def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:
         """Turn a batch into a shuffle payload. Runs upstream of the shuffle, once per batch."""
+
+    def prepare_input(self, index: int, table: pa.Table, watermark_ms: int) -> Prepared:
+        """:meth:`prepare` for a batch of input ``index``."""
+        return self.prepare(table, watermark_ms)
+
+    def input_keys(self, index: int) -> tuple[str, ...]:
+        """The key columns a batch of input ``index`` must have."""
+        return self.keys
 
     @abstractmethod
     def split(self, payload: Any, num_key_groups: int, num_partitions: int) -> list[Any | None]:

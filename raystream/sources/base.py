@@ -267,6 +267,14 @@ class Source(ABC):
         Called on the driver at plan time to check column names.
         """
 
+    def estimated_bytes(self) -> int | None:
+        """About how many bytes the source holds, when it can tell cheaply (``None``: it cannot).
+
+        The planner broadcasts a join's table whose sources are small enough
+        (``RunConfig.broadcast_join_max_bytes``).
+        """
+        return None
+
     @abstractmethod
     def splits(self, parallelism: int) -> list[Split]:
         """Return the splits to read. Called on the driver when a job starts.

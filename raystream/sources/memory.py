@@ -30,6 +30,9 @@ class TableSource(Source):
     def schema(self) -> pa.Schema:
         return self._table.schema
 
+    def estimated_bytes(self) -> int | None:
+        return int(self._table.nbytes)
+
     def splits(self, parallelism: int) -> list[Split]:
         blocks = max(1, -(-self._table.num_rows // self.block_rows))
         count = max(1, min(parallelism, blocks))

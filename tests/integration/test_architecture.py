@@ -69,11 +69,11 @@ def test_partition_actors_own_their_key_groups() -> None:
         while job.metrics()["rows_read"] < EVENTS.num_rows or len(job.results()) < 997:
             assert time.time() < deadline, job.metrics()
             time.sleep(0.1)
-        actors = job._coordinator.stage_actors
-        assert len(actors) == 1 and len(actors[0]) == 4
-        assert len(job._coordinator.readers) == 4
+        stages = job._coordinator.stage_actors
+        assert len(stages) == 1 and len(stages["agg"]) == 4
+        assert len(job._coordinator.readers["source"]) == 4
         total_keys = 0
-        for index, actor in enumerate(actors[0]):
+        for index, actor in enumerate(stages["agg"]):
             owned = set(key_groups_of_partition(index, 128, 4))
             groups = ray.get(actor.state_key_groups.remote())
             assert groups and set(groups) <= owned

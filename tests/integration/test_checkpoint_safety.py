@@ -286,7 +286,7 @@ def test_exhausted_recoveries_say_so_not_to_add_a_checkpoint_dir(tmp_path: Path)
     while job.metrics()["epochs_completed"] < 2:
         assert time.monotonic() < deadline and job.status() == "running"
         time.sleep(0.01)
-    ray.kill(job._coordinator.stage_actors[0][0], no_restart=True)
+    ray.kill(next(iter(job._coordinator.stage_actors.values()))[0], no_restart=True)
     with pytest.raises(rs.JobFailedError) as failure:
         job.wait(timeout=120)
     message = str(failure.value)

@@ -95,7 +95,7 @@ def test_a_killed_partition_actor_is_recovered_inside_the_job(
     while job.metrics()["epochs_completed"] < 5:
         assert time.monotonic() < deadline and job.status() == "running", job.metrics()
         time.sleep(0.05)
-    ray.kill(job._coordinator.stage_actors[0][1], no_restart=True)
+    ray.kill(job._coordinator.stage_actors["window"][1], no_restart=True)
     job.wait(timeout=240)
     assert job.status() == "finished"
     assert job._coordinator.recoveries == 1

@@ -27,7 +27,7 @@ def explode_on_big_prices(batch: pa.Table) -> pa.Table:
 def assert_actors_dead(job: rs.Job) -> None:
     """Every actor of the job dies within seconds (``ray.kill`` is asynchronous, so a ping may still land first)."""
     coordinator = job._coordinator
-    actors = [*coordinator.readers, *(a for layer in coordinator.stage_actors for a in layer)]
+    actors = [a for group in [*coordinator.readers.values(), *coordinator.stage_actors.values()] for a in group]
     assert actors
     for actor in actors:
         deadline = time.monotonic() + 30

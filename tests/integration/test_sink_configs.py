@@ -79,3 +79,38 @@ def test_a_yaml_parquet_sink_refuses_a_second_run_unless_its_mode_says(
     overwrite = config(tmp_path / "c.yaml", {"kind": "parquet", "path": str(out), "mode": "overwrite"})
     assert main([*command, str(overwrite)]) == 0
     pd.testing.assert_frame_equal(sort(pd.read_parquet(out)), expected_counts())
+
+
+def test_a_yaml_with_sinks_writes_the_jobs_stream_into_each(kafka_broker: Any, new_topic: Any, tmp_path: Path) -> None:
+    topic, out = new_topic(partitions=1), tmp_path / "counts"
+    sinks = {
+        "to_kafka": {"kind": "kafka", "topic": topic, "bootstrap_servers": kafka_broker.bootstrap_servers},
+        "to_files": {"kind": "parquet", "path": str(out)},
+    }
+    data = {"job": {"source": {"kind": "text", "path": str(WORDS)}}, "run": {"parallelism": 2}, "sinks": sinks}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(data))
+    assert main(["run", str(WORDCOUNT), "--config", str(tmp_path / "two.yaml")]) == 0
+    records = consume(kafka_broker.bootstrap_servers, topic)
+    pd.testing.assert_frame_equal(sort(pd.DataFrame([value for _, value in records])), expected_counts())
+    pd.testing.assert_frame_equal(sort(pd.read_parquet(out)), expected_counts())
+
+
+def test_a_job_that_builds_two_outputs_writes_each_into_its_named_sink(tmp_path: Path) -> None:
+    job = tmp_path / "two_outputs.py"
+    job.write_text(
+        f"import sys\nsys.path.insert(0, {str(WORDCOUNT.parent)!r})\n"
+        "import raystream as rs\nimport pyarrow.compute as pc\nfrom wordcount import Config, split_words\n\n\n"
+        "def build(config: Config) -> dict[str, rs.Stream]:\n"
+        "    words = config.source.build().map_batches(split_words)\n"
+        "    long_words = words.filter(pc.greater(pc.utf8_length(pc.field('word')), 6))\n"
+        "    return {'counts': words.key_by('word').agg(count=rs.count()), 'long_words': long_words}\n"
+    )
+    sinks = {name: {"kind": "parquet", "path": str(tmp_path / name)} for name in ("counts", "long_words")}
+    data = {"job": {"source": {"kind": "text", "path": str(WORDS)}}, "run": {"parallelism": 2}, "sinks": sinks}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(data))
+    assert main(["run", str(job), "--config", str(tmp_path / "two.yaml")]) == 0
+    pd.testing.assert_frame_equal(sort(pd.read_parquet(tmp_path / "counts")), expected_counts())
+    counts = expected_counts()
+    expected = counts.loc[counts["word"].str.len() > 6].set_index("word")["count"].to_dict()
+    long_words = pd.read_parquet(tmp_path / "long_words")["word"]
+    assert Counter(long_words) == expected

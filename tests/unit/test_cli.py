@@ -74,3 +74,35 @@ def test_version_is_the_packages() -> None:
         [sys.executable, "-m", "raystream.cli", "--version"], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert done.stdout == f"raystream {raystream.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "sink:\n  kind: print\nsinks:\n  a: {kind: print}\n",
+            "has both 'sink' and 'sinks'; keep 'sink' for one output, or name every output under 'sinks'",
+        ),
+        ("sinks: []\n", "'sinks' must map each output's name to its sink"),
+        ("sinks:\n  alerts: {kind: parquet}\n", "'sinks.alerts.path' is required for sink kind 'parquet'"),
+        ("sinks:\n  alerts: {kind: print, colour: red}\n", "sinks.alerts.colour"),
+    ],
+)
+def test_a_bad_sinks_section_is_an_error_naming_the_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    job = _job(tmp_path, "    return rs.from_pandas(__import__('pandas').DataFrame({'x': [1]}))\n")
+    assert main(["run", str(job), "--config", str(_config(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raystream: error: ") and message in err, err
+
+
+def test_outputs_that_the_config_does_not_name_are_an_error_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = "    s = rs.from_pandas(__import__('pandas').DataFrame({'x': [1]}))\n    return {'alerts': s, 'counts': s}\n"
+    config = _config(tmp_path, "sinks:\n  alerts: {kind: print}\n  totals: {kind: print}\n")
+    assert main(["run", str(_job(tmp_path, body)), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "build(config) returned the outputs ['alerts', 'counts'], but the config names 'sinks' " in err, err
+    assert "['alerts', 'totals']" in err
