@@ -1,6 +1,6 @@
 """Nexmark on raystream next to DuckDB, on the same Parquet bids.
 
-    python -m bench.nexmark --events 20000000 --queries q0,q1,q2,q5,w1,w2 --parallelism 2
+    python -m bench.nexmark --events 20000000 --queries q0,q1,q2,q5,w1,w2,q13 --parallelism 2
 
 Generates the bids once (or reuses a dataset made with the same arguments),
 starts one local Ray, and runs each query on raystream, timed from the
@@ -80,7 +80,7 @@ def main() -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--events", type=int, default=20_000_000, help="Nexmark events 0..N-1; 92%% are bids")
     size.add_argument("--bids", type=int, help="instead of --events: as many events as make this many bids")
-    parser.add_argument("--queries", default="q0,q1,q2,q5,w1,w2", help=f"comma-separated, of {', '.join(QUERIES)}")
+    parser.add_argument("--queries", default="q0,q1,q2,q5,w1,w2,q13", help=f"comma-separated, of {', '.join(QUERIES)}")
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--max-batch-rows", type=int, help="rows per reader per epoch (default: the source's, 400k)")
     parser.add_argument("--seed", type=int, default=0)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import duckdb
+import pyarrow as pa
 import pyarrow.compute as pc
 
 import raystream as rs
@@ -65,6 +66,28 @@ def _hot_items(bids: rs.Stream) -> rs.Stream:
         .agg(num=rs.count())
     )
     return counts.key_by("window_start", "window_end").top("num")
+
+
+#: q13's side input: a static table of this many keys, joined on ``auction % SIDE_INPUT_KEYS``.
+SIDE_INPUT_KEYS = 10_000
+
+
+def side_input() -> rs.Stream:
+    """q13's bounded side input: ``key`` 0..9999 and a text ``value`` per key (Flink reads it from a file)."""
+    keys = pa.array(range(SIDE_INPUT_KEYS), pa.int64())
+    values = pc.binary_join_element_wise("value-", pc.cast(keys, pa.string()), "")
+    return rs.from_arrow(pa.table({"key": keys, "value": values}))
+
+
+def _side_input_join(bids: rs.Stream) -> rs.Stream:
+    """q13: each bid joined with the side input on ``auction % 10000``.
+
+    The table (10,000 rows, about 150 kB) is under
+    ``RunConfig.broadcast_join_max_bytes``, so it is read once, broadcast
+    to the readers and joined there: the bids are never shuffled.
+    """
+    keyed = bids.with_columns(key=pc.modulo(pc.field("auction"), SIDE_INPUT_KEYS))
+    return keyed.join(side_input(), on="key").select("auction", "bidder", "price", "date_time", "value")
 
 
 QUERIES: dict[str, Query] = {
@@ -148,6 +171,18 @@ QUERIES: dict[str, Query] = {
                 ("num", "int"),
                 ("max_price", "int"),
             ),
+        ),
+        Query(
+            "q13",
+            "bids joined with a bounded side input on auction % 10000",
+            ("auction", "bidder", "price", "date_time"),
+            _side_input_join,
+            f"""
+            SELECT auction, bidder, price, date_time, s.value
+            FROM bid JOIN (SELECT range AS key, 'value-' || range AS value FROM range({SIDE_INPUT_KEYS})) AS s
+                ON auction % {SIDE_INPUT_KEYS} = s.key
+            """,
+            (("auction", "int"), ("bidder", "int"), ("price", "int"), ("date_time", "time"), ("value", "text")),
         ),
     ]
 }

@@ -159,7 +159,7 @@ def _route(
         assert route.output is not None
         result = None
         if route.sink is not None:
-            if rows.num_rows:
+            if rows.num_rows:  # Step 4: a distributed sink stages the rows under the epoch id
                 result = route.sink.write(rows, epoch, route.writer_offset + writer)
         else:
             routed.parts[route.edge] = [rows if rows.num_rows else None]
@@ -247,7 +247,9 @@ class ReaderActor(_HoldsBroadcastTables):
         phase: int = 0,
         replay: dict[str, dict[str, Any]] | None = None,
     ) -> list[Any] | dict[str, Any]:
-        """Read, transform and route one epoch; returns what ``self.layout`` lays out.
+        """Step 1 of the protocol (:mod:`raystream.runtime.checkpointing`): read, transform and route one epoch.
+
+        Returns what ``self.layout`` lays out.
 
         Args:
             epoch: The epoch id.
@@ -354,7 +356,7 @@ class PartitionActor(_HoldsBroadcastTables):
         parts_per_input: tuple[int, ...],
         *parts: Any,
     ) -> list[Any] | dict[str, Any]:
-        """Merge this epoch's payloads into the state, fire by the watermark, and route the output.
+        """Step 4 of the protocol: merge this epoch's payloads into the state, fire by the watermark, route.
 
         Args:
             watermark_ms: This stage's watermark after the epoch.
@@ -391,7 +393,7 @@ class PartitionActor(_HoldsBroadcastTables):
         return self.layout.pack(meta, None, routed.parts, sides)
 
     def snapshot(self, epoch: int, store: CheckpointStore) -> list[StateFile]:
-        """Save the state after ``epoch``: one Arrow IPC file per state table, a record batch per key group.
+        """Step 5: save the state after ``epoch``, an Arrow IPC file per state table, a record batch per key group.
 
         Called right after ``process(epoch)``; actor calls run in order, so
         it sees exactly the state that epoch left.

@@ -12,23 +12,19 @@ A checkpoint lives under one fsspec URL (a local folder, ``memory://``,
 Epochs are zero-padded to 10 digits, so the lexical order of the names is the
 numeric order of the epochs.
 
-The commit protocol of an epoch, in order:
-
-1. Before the epoch's output is made, the driver logs where the epoch reads
-   (``write_offsets``). After a crash, the epochs logged after the restored
-   checkpoint are replayed from these records, so they read the same input.
-2. Each partition actor writes its state (``write_state``), in parallel: one
-   file per state table, holding one record batch per key group, so that a
-   checkpoint costs a few files per actor whatever the number of key
-   groups, and a restore with another parallelism still reads just the key
-   groups it owns. It hands the returned ``StateFile`` entries to the driver.
-3. The driver calls ``commit``: it writes the manifest of the state files,
-   then the commit marker, which names the manifest's checksum and carries
-   its own. The epoch is a checkpoint only once its marker is whole; a state
-   directory without a marker is a partial checkpoint and is ignored.
-4. ``commit`` then prunes: it keeps the newest ``keep`` commits, deletes the
-   older ones with their state, the offsets no kept checkpoint can replay,
-   and the state directories crashed epochs left behind.
+The store keeps the files of the epoch and checkpoint protocol, whose one
+description is in :mod:`raystream.runtime.checkpointing`: ``write_offsets``
+is its step 3, ``write_state`` (called by each partition actor, in
+parallel) its step 5 and ``commit`` its step 7. A state file holds one
+record batch per key group, so that a checkpoint costs a few files per
+actor whatever the number of key groups, and a restore with another
+parallelism still reads just the key groups it owns. The commit marker
+names the manifest's checksum and carries its own: the epoch is a
+checkpoint only once its marker is whole, and a state directory without a
+marker is a partial checkpoint, ignored. ``commit`` then prunes: it keeps
+the newest ``keep`` commits, and deletes the older ones with their state,
+the offsets no kept checkpoint can replay, and the state directories
+crashed epochs left behind.
 
 On restart, ``latest`` returns the newest commit that passes its checks
 (marker checksum, manifest checksum, every state file present with its
@@ -244,7 +240,7 @@ class CheckpointStore:
     # ------------------------------------------------------------------ offsets
 
     def write_offsets(self, epoch: int, record: dict[str, Any]) -> None:
-        """Log where ``epoch`` reads, before any of its output is made.
+        """Step 3 of the protocol: log where ``epoch`` reads, before any of its output is made.
 
         Called by the driver once per epoch. The file appears whole or not at
         all (written under a temporary name, then renamed), and an existing
@@ -352,7 +348,7 @@ class CheckpointStore:
     def write_state(
         self, epoch: int, stage: str, table: str, writer: int, groups: Sequence[tuple[int, pa.Table]]
     ) -> StateFile:
-        """Write one writer's state of one table, a record batch per key group, and return its manifest entry.
+        """Step 5: write one writer's state of one table, a record batch per key group; return its manifest entry.
 
         Called by partition actors, many at once, each for its own key groups.
         The file is written whole (under a temporary name, then renamed, where
@@ -461,7 +457,7 @@ class CheckpointStore:
     # ------------------------------------------------------------------ commit
 
     def commit(self, epoch: int, record: dict[str, Any], state_files: list[StateFile]) -> None:
-        """Commit ``epoch``: write its manifest, then its commit marker, then prune.
+        """Step 7 of the protocol: commit ``epoch``, writing its manifest, then its commit marker, then prune.
 
         Called by the driver once per epoch, after every ``write_state`` of
         the epoch has returned. The epoch is a checkpoint as soon as the

@@ -1,27 +1,43 @@
 """Checkpoints and exactly-once recovery.
 
-The protocol, for each epoch ``E`` of a job with a ``checkpoint_dir``:
+The epoch and checkpoint protocol. This list is its one description: the
+code that runs a step is marked ``# Step N`` (``# Recovery step N``), and
+every other description points here. For each epoch ``E`` of a job:
 
-0. When the job starts, and whenever its source finds new splits, store the
-   splits once (``splits/E``, JSON): commits name these files instead of
-   carrying the split list each time.
-1. Write the epoch's planned source positions first. Once the readers have
-   read ``E`` and before any of its output is made, the coordinator writes
-   ``offsets/E``: each split's position at the end of ``E`` and the rows it
-   was allowed, and the watermark (the write-ahead offset log). An epoch
+0. Record the splits (with a ``checkpoint_dir``). When the job starts, and
+   whenever a source finds new splits, store them once (``splits/E``, JSON,
+   per source stage): commits name these files instead of carrying the
+   split list each time.
+1. Read. Every reader with splits left reads up to ``max_batch_rows`` rows,
+   runs its source stage's fused stateless chain (a broadcast table join
+   included) and, before a keyed stage, pre-aggregates and hash-partitions
+   its output. It returns metadata (positions, largest event time per split)
+   and its output per edge through the object store.
+2. Watermarks. The coordinator reads the readers' metadata only. Each
+   source's watermark comes from its own splits (+infinity once all are
+   done); a stage's is the minimum over the sources upstream of it. An epoch
    that read nothing, moved no position and no watermark is not an epoch:
-   it is not logged, runs no stage and commits nothing, so an idle job
-   writes no file.
-2. Run the epoch: the partition actors process it.
-3. Stage the sink output under the epoch id: files under
-   ``_staging/epoch-E``, nothing visible yet.
-4. Snapshot each partition actor's state per key group, when a checkpoint
-   is due: an Arrow IPC file per actor and state table, with a record batch
-   per key group, indexed in the epoch's manifest (``state/E/...``).
-5. Commit the sinks: the staged output becomes visible. Committing ``E``
+   no stage runs, nothing is logged or committed, and its number goes to the
+   next one, so an idle job writes no file.
+3. Log (with a ``checkpoint_dir``). Before any of ``E``'s output is made,
+   write ``offsets/E``: each split's position at the end of ``E``, the rows
+   it was allowed, and each source's watermark (the write-ahead offset log).
+4. Process and stage. The partition actors of each keyed stage process
+   ``E`` with the stage's watermark, and every sink stages ``E``'s output
+   under the epoch id (files under ``_staging/epoch-E``, an open Kafka
+   transaction), nothing visible yet. Up to ``max_in_flight_epochs`` epochs
+   are in flight: the oldest is completed (steps 5 to 7) while the readers
+   read the next.
+5. Snapshot, when a checkpoint is due: each partition actor writes its
+   state, an Arrow IPC file per actor and state table with a record batch
+   per key group (``state/E/...``), and one reader of each broadcast table
+   join writes the table; the coordinator waits until they are durable.
+6. Commit the sinks: the staged output becomes visible. Committing ``E``
    again replaces ``E``'s output, so a replayed epoch never doubles it.
-6. Write ``commits/E`` last. The commit of the epoch that ends a bounded
-   input records that the job is complete.
+7. Commit the checkpoint: write the manifest of ``E``'s state files, then
+   ``commits/E`` last, naming the manifest's checksum. The commit of the
+   epoch that ends every bounded input records that the job is complete.
+   Checkpoints older than the newest ``checkpoints_to_keep`` are then pruned.
 
 Recovery, when a job starts with a ``checkpoint_dir`` that has commits, or
 inside a running job when an actor dies:
@@ -32,11 +48,12 @@ inside a running job when an actor dies:
    other sources is refused, naming the difference. A complete job is not
    run again: it logs that it is complete and emits nothing.
 2. Restore each partition actor's state from ``C``, for the key groups it
-   owns now (the parallelism, and even the number of key groups, may differ).
+   owns now (the parallelism, and even the number of key groups, may
+   differ), and each broadcast table into the readers that join with it.
 3. Seek every split to its position at ``C``, after the source checked that
    it can resume there (a Kafka partition that lost its data).
 4. Replay each logged epoch after ``C`` exactly as logged: the same rows,
-   the same watermark, the same epoch id; its output is committed again,
+   the same watermarks, the same epoch id; its output is committed again,
    idempotently.
 
 Epochs are numbered from 1; checkpoint 0 is the job's start, which records
@@ -325,7 +342,7 @@ class Checkpointing:
         self.splits_files[key] = self.store.write_splits(epoch, encoded)
 
     def log_epoch(self, epoch: int, record: dict[str, Any]) -> None:
-        """Step 1: the write-ahead log of what epoch ``epoch`` read."""
+        """Step 3: the write-ahead log of what epoch ``epoch`` read."""
         self.store.write_offsets(epoch, {"epoch": epoch, **record})
 
     def due(self, epoch: int, end_of_input: bool) -> bool:
@@ -352,7 +369,7 @@ class Checkpointing:
         broadcast_ready: set[str],
         complete: bool = False,
     ) -> None:
-        """Step 6: write ``commits/<epoch>``; the store then prunes old checkpoints."""
+        """Step 7: the manifest and ``commits/<epoch>``, last; the store then prunes old checkpoints."""
         record = {
             "format": FORMAT,
             "fingerprint": self.fingerprint,

@@ -6,30 +6,9 @@ through :meth:`Coordinator._get_metadata`, on the metadata refs that actors
 return first. Rows flow from reader actors to partition actors (and to
 distributed sinks) through the Ray object store without passing here.
 
-One epoch:
-
-1. Every reader with splits left reads up to ``max_batch_rows`` rows (by
-   default the source's ``batch_rows``), runs the fused stateless chain and,
-   before a keyed stage, pre-aggregates and hash-partitions its output; it
-   returns metadata plus one ref per partition.
-2. The coordinator reads the readers' metadata (positions, largest event
-   time per split) and computes the watermark; once every split is done (a
-   bounded source read to its end, a closed socket) it is +infinity. With
-   a ``checkpoint_dir`` it now logs what the epoch read (see
-   :mod:`raystream.runtime.checkpointing` for the whole protocol).
-3. It hands the partition refs of each keyed stage to that stage's actors,
-   with the watermark, without waiting for them.
-4. Up to ``max_in_flight_epochs`` epochs are in flight; the oldest is then
-   completed: its metadata is read, the state snapshot (if one is due) is
-   durable, the sink makes the output visible, and the checkpoint commits.
-   Side outputs (late rows, dead letters) are delivered then too. An epoch
-   is completed while the readers read the next one (step 1), so that the
-   readers do not wait for the driver's commit.
-
-An epoch in which no reader read a row or moved a position, and the
-watermark stayed where it was, is dropped: no stage runs, nothing is logged
-or committed, and its number is used by the next epoch. An idle job writes
-nothing.
+It runs the epoch and checkpoint protocol, whose one description (the
+numbered steps, and recovery) is in :mod:`raystream.runtime.checkpointing`;
+the code of each step here is marked ``# Step N``.
 
 Readers and the first keyed stage tell late rows by the same watermark: the
 one computed after the previous epoch.
@@ -352,7 +331,7 @@ class Coordinator:
         while True:
             try:
                 return self._start_actors_once()
-            except CorruptCheckpointError as error:  # recovery step 1: fall back to the previous checkpoint
+            except CorruptCheckpointError as error:  # Recovery step 1: fall back to the previous checkpoint
                 if self._restoring is None:  # the record itself is damaged or tampered with: refuse it
                     raise
                 message = f"skipping checkpoint {self._restoring}, whose state cannot be read: {error}"
@@ -439,7 +418,7 @@ class Coordinator:
         if self.checkpointing is None:
             return 1, []
         store = self.checkpointing.store
-        if recovery is not None:  # recovery step 2
+        if recovery is not None:  # Recovery step 2
             saved = recovery.num_key_groups
             refs = [
                 actor.restore.remote(store, recovery.state_files, self._saved_watermark(stage, recovery), saved)
@@ -453,7 +432,7 @@ class Coordinator:
             ]
             self._get_metadata(refs)
             return recovery.epoch + 1, recovery.replay
-        # Checkpoint 0: the splits as they are now (protocol step 0), so a replay reads the same input.
+        # Step 0, at the start: checkpoint 0 records the splits as they are now, so a replay reads the same input.
         for stage in plan.sources:
             self.checkpointing.record_splits(0, stage.name, self.splits[stage.name])
         self.checkpointing.commit(0, {}, set(), self._watermarks(), self._clocks(), [], self.job_id, set())
@@ -535,7 +514,7 @@ class Coordinator:
                 continue
             new = [s for s in listed if s.split_id not in known]
             if new:
-                if self.checkpointing is not None:  # protocol step 0, for the splits found now
+                if self.checkpointing is not None:  # Step 0, for the splits found now
                     self.checkpointing.record_splits(epoch, stage.name, new)
                 first = len(self.splits[stage.name])
                 self.splits[stage.name] = [*self.splits[stage.name], *new]
@@ -580,6 +559,7 @@ class Coordinator:
                 name: min(before.get(s, START_OF_TIME_MS) for s in plan.upstream[name])
                 for name in [*stage_names, *(s.name for s in plan.sources)]
             }
+            # Step 1: the readers read (Recovery step 4: a logged epoch's exact splits and rows).
             rank = min(rank_of[stage] for stage, _ in active)
             calls: dict[tuple[str, int], list[ray.ObjectRef]] = {}
             for stage, i in sorted(active):
@@ -601,6 +581,7 @@ class Coordinator:
             # While the readers read, complete the epochs before: their stages ran during the previous read.
             while in_flight and len(in_flight) >= config.max_in_flight_epochs - 1:
                 self._complete(in_flight.popleft(), runners, side_router)
+            # Step 2: the watermarks, from the readers' metadata.
             keys = list(calls)
             reader_metas = self._get_metadata([calls[key][0] for key in keys])
             now = time.monotonic()
@@ -647,7 +628,7 @@ class Coordinator:
             )
             idle = logged is None and rows == 0 and not moved and not end_of_input and watermarks == before
             if idle and not (checkpoint_due and unsaved):
-                # An idle epoch (protocol step 1): nothing to run, log or commit; its number goes to the next one.
+                # An idle epoch (step 2): nothing to run, log or commit; its number goes to the next one.
                 # Once a checkpoint falls due, one empty epoch saves what the epochs before it left unsaved.
                 while in_flight:
                     self._complete(in_flight.popleft(), runners, side_router)
@@ -661,7 +642,7 @@ class Coordinator:
                 continue
             checkpoint = None
             if self.checkpointing is not None:
-                if logged is None:  # step 1 of the protocol: log what this epoch read before it makes output
+                if logged is None:  # Step 3: log what this epoch read before it makes output
                     self.checkpointing.log_epoch(
                         epoch, {"watermarks_before": before, "watermarks": watermarks, "splits": read}
                     )
@@ -682,7 +663,7 @@ class Coordinator:
             self._gather_broadcasts(returned, sources_done)
             meta_refs: list[ray.ObjectRef] = []
             after_by_stage = {name: min(watermarks[s] for s in plan.upstream[name]) for name in stage_names}
-            for keyed in plan.stages:
+            for keyed in plan.stages:  # Step 4: the keyed stages process the epoch, without waiting
                 edges_in = plan.edges_into(keyed.name)
                 num_inputs = keyed.operator.num_inputs
                 stage_end = all(s in sources_done for s in plan.upstream[keyed.name])
@@ -710,13 +691,13 @@ class Coordinator:
                 meta_refs += [c[0] for c in stage_calls]
                 if self.layouts[keyed.name].sides:
                     side_refs += [self.layouts[keyed.name].side_ref(c) for c in stage_calls]
-                if checkpoint is not None:  # actor calls run in order: this sees the state right after the epoch
+                if checkpoint is not None:  # Step 5; calls run in order, so this sees the state right after the epoch
                     assert self.checkpointing is not None
                     store = self.checkpointing.store
                     checkpoint.snapshot_refs += [a.snapshot.remote(epoch, store) for a in self.stage_actors[keyed.name]]
             if checkpoint is not None:
                 assert self.checkpointing is not None
-                for join in sorted(self.broadcast_ready):  # the broadcast tables are state too: one copy each
+                for join in sorted(self.broadcast_ready):  # Step 5: the broadcast tables are state too, one copy each
                     holder = self._broadcast_holders(join)[0]
                     checkpoint.snapshot_refs.append(
                         holder.snapshot_broadcast.remote(epoch, self.checkpointing.store, join)
@@ -806,9 +787,9 @@ class Coordinator:
         metas = self._get_metadata(epoch.meta_refs) if epoch.meta_refs else []
         everyone = [*epoch.reader_metas, *metas]
         state_files = []
-        if epoch.checkpoint is not None:  # step 4 of the protocol: the state snapshot is durable
+        if epoch.checkpoint is not None:  # Step 5: the state snapshot is durable
             state_files = [f for files in self._get_metadata(epoch.checkpoint.snapshot_refs) for f in files]
-        # Step 5: commit the sinks (idempotently: a replayed epoch replaces its own output).
+        # Step 6: commit the sinks (idempotently: a replayed epoch replaces its own output).
         written: dict[str, int] = {}
         for name, runner in runners.items():
             sent = [meta["outputs"][name] for meta in everyone if name in meta["outputs"]]
@@ -816,7 +797,7 @@ class Coordinator:
             on_driver = runner.complete_epoch(epoch.epoch, epoch.output_refs.get(name, []), results)
             written[name] = on_driver or sum(entry["rows"] for entry in sent)
         side_router.complete_epoch(epoch.epoch, epoch.side_refs)
-        if epoch.checkpoint is not None:  # step 6: commits/<epoch>, last
+        if epoch.checkpoint is not None:  # Step 7: commits/<epoch>, last
             assert self.checkpointing is not None
             point = epoch.checkpoint
             self.checkpointing.commit(

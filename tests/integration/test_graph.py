@@ -278,3 +278,16 @@ def test_restoring_the_join_job_at_another_parallelism_gives_the_same_outputs(
         else:
             job.wait(120)
     assert_exact(read_outputs(tmp_path / "windows", tmp_path / "alerts"), expected_outputs(graph_inputs))
+
+
+@pytest.mark.parametrize("broadcast", [True, False], ids=["broadcast", "partitioned"])
+def test_a_table_over_its_memory_limit_is_an_error_naming_the_join_and_the_option(broadcast: bool) -> None:
+    table = pd.DataFrame({"k": np.arange(5_000, dtype=np.int64), "name": [f"name-{i}" for i in range(5_000)]})
+    stream = rs.from_pandas(pd.DataFrame({"k": np.arange(100, dtype=np.int64)}))
+    joined = stream.join(rs.from_pandas(table), on="k", name="names")
+    config = rs.RunConfig(
+        parallelism=2, max_join_table_bytes=10_000, broadcast_join_max_bytes=(10 << 20) if broadcast else 0
+    )
+    with pytest.raises(rs.RaystreamError, match=r"join \(names\): the table holds [\d,]+ bytes") as raised:
+        joined.to_pandas(config)
+    assert "RunConfig.max_join_table_bytes=10,000; raise max_join_table_bytes" in str(raised.value)
