@@ -23,6 +23,7 @@ checkpoint too (:meth:`BroadcastJoinOp.snapshot`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -101,6 +102,43 @@ def join_rows(
     return joined.select([*stream.column_names, *payload.names])
 
 
+@dataclass(frozen=True)
+class JoinSpec:
+    """What a table join matches and outputs, shared by its two physical forms.
+
+    Attributes:
+        name: The join's name (in metrics, errors and checkpoints).
+        left_on: The stream's key columns.
+        right_on: The table's, in the same order.
+        how: ``inner`` or ``left``.
+        output_names: Each table column kept (all but the keys) and its name in the output.
+        key_types: The stream's key types, which the table's keys are cast to (``None``: unknown until run time).
+        payload: The table's columns in the output, for when the table has no row.
+        max_table_bytes: ``RunConfig.max_join_table_bytes``.
+    """
+
+    name: str
+    left_on: tuple[str, ...]
+    right_on: tuple[str, ...]
+    how: JoinHow
+    output_names: tuple[tuple[str, str], ...]
+    key_types: tuple[pa.DataType, ...] | None
+    payload: pa.Schema
+    max_table_bytes: int
+
+    def prepare(self, table: pa.Table) -> pa.Table:
+        """The table's rows as the join keeps them (see :func:`prepare_table`)."""
+        return prepare_table(table, self.left_on, self.right_on, self.output_names, self.key_types)
+
+    def join(self, stream: pa.Table, table: pa.Table | None) -> pa.Table:
+        """The stream's rows joined with the prepared ``table``."""
+        return join_rows(stream, table, self.left_on, self.how, self.payload)
+
+    def check_size(self, table: pa.Table, where: str) -> None:
+        if table.nbytes > self.max_table_bytes:
+            raise too_large(self.name, table.nbytes, self.max_table_bytes, where)
+
+
 class BroadcastJoinOp(StatelessOp):
     """A stream joined in its own chain with a small table that every actor running the chain holds whole.
 
@@ -108,26 +146,10 @@ class BroadcastJoinOp(StatelessOp):
     (:meth:`set_table`), before the stream's first epoch.
     """
 
-    def __init__(
-        self,
-        name: str,
-        left_on: tuple[str, ...],
-        right_on: tuple[str, ...],
-        how: JoinHow,
-        output_names: tuple[tuple[str, str], ...],
-        key_types: tuple[pa.DataType, ...] | None,
-        payload: pa.Schema,
-        max_table_bytes: int,
-    ) -> None:
-        self.name = name
-        self.left_on = left_on
-        self.right_on = right_on
-        self.how = how
-        self.output_names = output_names
-        self.key_types = key_types
-        self.payload = payload
-        self.max_table_bytes = max_table_bytes
-        self.label = f"join({name}, broadcast)"
+    def __init__(self, spec: JoinSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.label = f"join({spec.name}, broadcast)"
         self.table: pa.Table | None = None
 
     def set_table(self, blocks: Sequence[pa.Table | None], prepared: bool = False) -> None:
@@ -137,15 +159,12 @@ class BroadcastJoinOp(StatelessOp):
             self.table = None
             return
         table = pa.concat_tables(present, promote_options="default")
-        if table.nbytes > self.max_table_bytes:
-            raise too_large(self.name, table.nbytes, self.max_table_bytes, "(broadcast to every reader)")
-        self.table = (
-            table if prepared else prepare_table(table, self.left_on, self.right_on, self.output_names, self.key_types)
-        )
+        self.spec.check_size(table, "(broadcast to every reader)")
+        self.table = table if prepared else self.spec.prepare(table)
 
     def apply(self, table: pa.Table, ctx: OpContext) -> pa.Table:
-        check_columns(f"join ({self.name})", self.left_on, table.schema)
-        return join_rows(table, self.table, self.left_on, self.how, self.payload)
+        check_columns(f"join ({self.name})", self.spec.left_on, table.schema)
+        return self.spec.join(table, self.table)
 
 
 class TableJoin(KeyedOperator):
@@ -153,25 +172,10 @@ class TableJoin(KeyedOperator):
 
     num_inputs = 2
 
-    def __init__(
-        self,
-        name: str,
-        left_on: tuple[str, ...],
-        right_on: tuple[str, ...],
-        how: JoinHow,
-        output_names: tuple[tuple[str, str], ...],
-        key_types: tuple[pa.DataType, ...] | None,
-        payload: pa.Schema,
-        max_table_bytes: int,
-    ) -> None:
-        self.name = name
-        self.keys = left_on
-        self.right_on = right_on
-        self.how = how
-        self.output_names = output_names
-        self.key_types = key_types
-        self.payload = payload
-        self.max_table_bytes = max_table_bytes
+    def __init__(self, spec: JoinSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.keys = spec.left_on
 
     @property
     def upsert_keys(self) -> tuple[str, ...] | None:
@@ -182,12 +186,12 @@ class TableJoin(KeyedOperator):
 
     def prepare_input(self, index: int, table: pa.Table, watermark_ms: int) -> Prepared:
         if index == 1:
-            return Prepared(prepare_table(table, self.keys, self.right_on, self.output_names, self.key_types))
+            return Prepared(self.spec.prepare(table))
         check_columns(f"join ({self.name})", self.keys, table.schema)
         return Prepared(table)
 
     def input_keys(self, index: int) -> tuple[str, ...]:
-        return self.keys if index == 0 else self.right_on
+        return self.keys if index == 0 else self.spec.right_on
 
     def split(self, payload: Any, num_key_groups: int, num_partitions: int) -> list[Any | None]:
         return split_table(payload, self.keys, num_key_groups, num_partitions)
@@ -209,15 +213,12 @@ class _TableJoinState(OperatorState):
         if rows:
             parts = ([self.table] if self.table is not None else []) + rows
             self.table = pa.concat_tables(parts, promote_options="default")
-            limit = self.operator.max_table_bytes
-            if self.table.nbytes > limit:
-                raise too_large(self.operator.name, self.table.nbytes, limit, "in one partition actor")
+            self.operator.spec.check_size(self.table, "in one partition actor")
         stream = [p for p in payloads[0] if p is not None and p.num_rows]
         if not stream:
             return Emitted(None)
         batch = stream[0] if len(stream) == 1 else pa.concat_tables(stream, promote_options="default")
-        operator = self.operator
-        return Emitted(join_rows(batch, self.table, operator.keys, operator.how, operator.payload))
+        return Emitted(self.operator.spec.join(batch, self.table))
 
     @property
     def num_rows(self) -> int:

@@ -1,7 +1,8 @@
 """Keyed operators as JSON, so that ``rs.read_state`` rebuilds them from a checkpoint without pickle.
 
 A checkpoint records, for each keyed stage, what its state means: the
-operator's kind, keys, aggregates, window and options. ``read_state``
+operator's kind, keys, aggregates, window and options (a table join's
+keys, columns and types). ``read_state``
 rebuilds the operator from that record alone, then reads the state files
 through it. Only the kinds listed here can be rebuilt, and every field is
 checked, so a tampered record is an error, never code that runs.
@@ -17,6 +18,7 @@ import pyarrow as pa
 
 from raystream.aggregates import Aggregate, Top
 from raystream.errors import RaystreamError
+from raystream.runtime.joins import JoinSpec, TableJoin
 from raystream.runtime.stateful import (
     KeyedOperator,
     PerWindowAggregate,
@@ -49,11 +51,21 @@ def operator_spec(operator: KeyedOperator) -> dict[str, Any]:
     if isinstance(operator, (SessionAggregate, WindowAggregate, WindowTop)):
         spec["window"] = _window_spec(operator.window)
         spec["time_column"] = operator.time_column
-        spec["time_type"] = base64.b64encode(pa.schema([("t", operator.time_type)]).serialize().to_pybytes()).decode()
+        spec["time_type"] = _schema_text(pa.schema([("t", operator.time_type)]))
         spec["allowed_lateness_ms"] = operator.allowed_lateness_ms
         spec["late"] = "side" if operator.late_side_output else "drop"
         spec["emit"] = operator.emit
         spec["time_shift_ms"] = operator.time_shift_ms
+    if isinstance(operator, TableJoin):
+        join = operator.spec
+        spec["join"] = {
+            "right_on": list(join.right_on),
+            "how": join.how,
+            "output_names": [list(pair) for pair in join.output_names],
+            "key_types": None if join.key_types is None else _schema_text(pa.schema(_key_fields(join.key_types))),
+            "payload": _schema_text(join.payload),
+            "max_table_bytes": join.max_table_bytes,
+        }
     return spec
 
 
@@ -79,6 +91,35 @@ def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {value!r}")
     return value
+
+
+def _schema_text(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def _schema(text: Any) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(_text(text))))
+
+
+def _key_fields(types: tuple[pa.DataType, ...]) -> list[tuple[str, pa.DataType]]:
+    return [(f"k{i}", t) for i, t in enumerate(types)]
+
+
+def _table_join(spec: dict[str, Any], name: str, keys: tuple[str, ...]) -> TableJoin:
+    join = spec["join"]
+    how = join["how"]
+    if how not in ("inner", "left"):
+        raise ValueError(f"how={how!r}")
+    key_types = None if join["key_types"] is None else tuple(_schema(join["key_types"]).types)
+    output_names = tuple((_text(column), _text(output)) for column, output in join["output_names"])
+    right_on = tuple(_text(k) for k in join["right_on"])
+    if len(right_on) != len(keys) or (key_types is not None and len(key_types) != len(keys)):
+        raise ValueError("the join's keys do not pair up")
+    return TableJoin(
+        JoinSpec(
+            name, keys, right_on, how, output_names, key_types, _schema(join["payload"]), int(join["max_table_bytes"])
+        )
+    )
 
 
 def _window_spec(window: Window) -> dict[str, Any]:
@@ -110,7 +151,7 @@ def _top(spec: dict[str, Any]) -> Top:
 
 
 def _window_options(spec: dict[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(_text(spec["time_type"]))))
+    schema = _schema(spec["time_type"])
     late, emit = spec["late"], spec["emit"]
     if late not in ("drop", "side") or emit not in ("append", "update"):
         raise ValueError(f"late={late!r}, emit={emit!r}")
@@ -160,4 +201,5 @@ _BUILDERS: dict[str, _Builder] = {
         _session_window(s), aggregates=_aggregates(s), **_window_options(s, n, k)
     ),
     "WindowTop": lambda s, n, k: WindowTop(_fixed_window(s), _top(s), **_window_options(s, n, k)),
+    "TableJoin": _table_join,
 }

@@ -60,7 +60,7 @@ from raystream.plan.logical import (
     walk,
 )
 from raystream.run_config import RunConfig
-from raystream.runtime.joins import BroadcastJoinOp, TableJoin
+from raystream.runtime.joins import BroadcastJoinOp, JoinSpec, TableJoin
 from raystream.runtime.operators import (
     EventTimeOp,
     FilterOp,
@@ -381,20 +381,21 @@ def _build_table_join(node: TableJoinNode, inputs: list[_Vertex], ctx: _Context)
     payload = pa.schema(
         [(output, pa.null() if table is None else table.field(column).type) for column, output in node.output_names]
     )
-    options = {
-        "left_on": node.left_on,
-        "right_on": node.right_on,
-        "how": node.how,
-        "output_names": node.output_names,
-        "key_types": key_types,
-        "payload": payload,
-        "max_table_bytes": ctx.config.max_join_table_bytes,
-    }
+    spec = JoinSpec(
+        name,
+        node.left_on,
+        node.right_on,
+        node.how,
+        node.output_names,
+        key_types,
+        payload,
+        ctx.config.max_join_table_bytes,
+    )
     estimate = _estimated_bytes(node.inputs[1])
     if estimate is not None and estimate <= ctx.config.broadcast_join_max_bytes:
         ctx.broadcasts[name] = inputs[1]
-        return _stateless(BroadcastJoinOp(name, **options), [inputs[0]], node)
-    return _Vertex("keyed", inputs, operator=TableJoin(name, **options), node=node)
+        return _stateless(BroadcastJoinOp(spec), [inputs[0]], node)
+    return _Vertex("keyed", inputs, operator=TableJoin(spec), node=node)
 
 
 def _estimated_bytes(node: Node) -> int | None:

@@ -291,3 +291,15 @@ def test_a_table_over_its_memory_limit_is_an_error_naming_the_join_and_the_optio
     with pytest.raises(rs.RaystreamError, match=r"join \(names\): the table holds [\d,]+ bytes") as raised:
         joined.to_pandas(config)
     assert "RunConfig.max_join_table_bytes=10,000; raise max_join_table_bytes" in str(raised.value)
+
+
+def test_read_state_shows_the_table_a_partitioned_join_keeps(tmp_path: Path) -> None:
+    table = pd.DataFrame({"k": pd.array([1, 2, 2, None], dtype="Int64"), "name": ["a", "b", "c", "d"]})
+    stream = rs.from_pandas(pd.DataFrame({"k": np.arange(5, dtype=np.int64)}))
+    config = rs.RunConfig(
+        parallelism=2, checkpoint_dir=str(tmp_path / "checkpoints"), checkpoint_every=1, broadcast_join_max_bytes=0
+    )
+    joined = stream.join(rs.from_pandas(table), on="k", name="names").to_pandas(config)
+    assert sorted(joined["name"]) == ["a", "b", "c"]
+    state = rs.read_state(str(tmp_path / "checkpoints"), operator="names")
+    assert sorted(zip(state["k"], state["name"], strict=True)) == [(1, "a"), (2, "b"), (2, "c")]  # no null key
