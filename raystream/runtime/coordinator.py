@@ -277,7 +277,7 @@ class Coordinator:
                     writer_offset=ordinal * config.parallelism,
                 )
             )
-        broadcast = any(s.name == stage and s.broadcast_to for s in plan.sources)
+        broadcast = bool(plan.broadcasts_from(stage))
         return Layout(tuple(routes), sides=bool(plan.side_tags(stage)), broadcast=broadcast)
 
     def _new_trackers(self) -> dict[str, WatermarkTracker]:
@@ -737,12 +737,12 @@ class Coordinator:
 
     def _broadcasts_settled(self) -> bool:
         """Whether every broadcast table has been read and handed over (no checkpoint is taken before)."""
-        return all(join in self.broadcast_ready for s in self.plan.sources for join in s.broadcast_to)
+        return all(e.consumer in self.broadcast_ready for e in self.plan.edges if e.exchange == "broadcast")
 
     def _gather_broadcasts(self, returned: dict[str, list[list[ray.ObjectRef]]], sources_done: set[str]) -> None:
         """Collect the blocks of broadcast tables; once a table's source has ended, hand it to its joins."""
         for stage in self.plan.sources:
-            for join in stage.broadcast_to:
+            for join in self.plan.broadcasts_from(stage.name):
                 if join in self.broadcast_ready:
                     continue
                 layout = self.layouts[stage.name]

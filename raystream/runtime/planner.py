@@ -9,8 +9,10 @@ physical plan is a graph of stages and the edges between them:
   table join), run by partition actors, and the stateless chain fused
   after it;
 - an **edge** carries a stage's output to the input of a keyed stage
-  (``hash``: prepared and hash-partitioned by the key) or to an output
-  (``forward``), through the stateless operators of that path alone.
+  (``hash``: prepared and hash-partitioned by the key), to an output
+  (``forward``), through the stateless operators of that path alone, or
+  whole to a broadcast table join (``broadcast``: a small table, sent once
+  to every actor that runs the join).
 
 Planning is two passes. :func:`_build` walks the logical graph once, inputs
 first, and turns each node into a vertex through the :data:`BUILDERS`
@@ -88,7 +90,7 @@ DEAD_LETTERS = "dead_letters"
 #: The name of a job's output when it has one.
 OUTPUT = "output"
 
-Exchange = Literal["forward", "hash"]
+Exchange = Literal["forward", "hash", "broadcast"]
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,6 @@ class SourceStage:
         rank: Sources are read in rank order: a stage of rank 1 starts once
             every stage of rank 0 has ended (the table of a table join is
             read before the stream).
-        broadcast_to: The table joins (by operator name) that this source's
-            output is broadcast to whole, instead of being sent on edges.
     """
 
     name: str
@@ -117,7 +117,6 @@ class SourceStage:
     chain: tuple[StatelessOp, ...]
     event_time: EventTime | None
     rank: int = 0
-    broadcast_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +137,9 @@ class Edge:
 
     ``chain`` runs on the producer's output before it is sent: the stateless
     operators of this path that other edges out of the producer do not share.
+    A ``broadcast`` edge's consumer is a broadcast table join (by operator
+    name), wherever the stages' chains run it: the producer is the table's
+    source, whose whole output every actor running the join receives.
     """
 
     producer: str
@@ -175,10 +177,16 @@ class PhysicalPlan:
     upstream: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def edges_from(self, producer: str) -> list[Edge]:
-        return [edge for edge in self.edges if edge.producer == producer]
+        """The edges out of ``producer`` that carry rows epoch by epoch (every kind but ``broadcast``)."""
+        return [edge for edge in self.edges if edge.producer == producer and edge.exchange != "broadcast"]
+
+    def broadcasts_from(self, producer: str) -> list[str]:
+        """The broadcast table joins that source stage ``producer`` is the table of."""
+        return [edge.consumer for edge in self.edges if edge.producer == producer and edge.exchange == "broadcast"]
 
     def edges_into(self, consumer: str) -> list[Edge]:
-        return [edge for edge in self.edges if edge.consumer == consumer]
+        """The edges into keyed stage or output ``consumer`` (every kind but ``broadcast``)."""
+        return [edge for edge in self.edges if edge.consumer == consumer and edge.exchange != "broadcast"]
 
     def stage(self, name: str) -> KeyedStage:
         return next(stage for stage in self.stages if stage.name == name)
@@ -446,11 +454,9 @@ def _fuse(
     Returns the fused graph, and for each output request the side output it is, if any.
     """
     names: dict[int, str] = {}
-    source_number = 0
     for vertex in vertices.values():
         if vertex.kind == "source":
-            source_number += 1
-            names[id(vertex)] = "source" if source_number == 1 else f"source-{source_number}"
+            names[id(vertex)] = ctx.unique("source")
         elif vertex.kind == "keyed":
             assert vertex.operator is not None
             names[id(vertex)] = vertex.operator.name
@@ -506,8 +512,9 @@ def _fuse(
             edges.append(Edge(name, consumer, exchange, index, rest))
         if vertex.kind == "source":
             assert vertex.source is not None
-            joins = (broadcast_sources[name][0],) if name in broadcast_sources else ()
-            sources.append(_source_stage(name, vertex.source, prefix, joins))
+            sources.append(_source_stage(name, vertex.source, prefix))
+            if name in broadcast_sources:
+                edges.append(Edge(name, broadcast_sources[name][0], "broadcast"))
         else:
             assert vertex.operator is not None
             if any(isinstance(op, EventTimeOp) for op in prefix):
@@ -519,19 +526,17 @@ def _fuse(
     return _Fused(sources, stages, edges), sides
 
 
-def _source_stage(
-    name: str, node: SourceNode, chain: tuple[StatelessOp, ...], broadcast_to: tuple[str, ...]
-) -> SourceStage:
+def _source_stage(name: str, node: SourceNode, chain: tuple[StatelessOp, ...]) -> SourceStage:
     """A source stage; its event time is the last ``with_watermark`` fused into it, else the source's time column."""
     marks = [op for op in chain if isinstance(op, EventTimeOp)]
     if marks:
         mark = marks[-1]
         event_time = EventTime(mark.column, mark.delay_ms, mark.idle_timeout_ms)
-        return SourceStage(name, node.source, chain, event_time, broadcast_to=broadcast_to)
+        return SourceStage(name, node.source, chain, event_time)
     if node.source_time_column is not None:
         chain = (EventTimeOp(node.source_time_column), *chain)
-        return SourceStage(name, node.source, chain, EventTime(node.source_time_column), broadcast_to=broadcast_to)
-    return SourceStage(name, node.source, chain, None, broadcast_to=broadcast_to)
+        return SourceStage(name, node.source, chain, EventTime(node.source_time_column))
+    return SourceStage(name, node.source, chain, None)
 
 
 def _common_prefix(chains: list[tuple[StatelessOp, ...]]) -> tuple[StatelessOp, ...]:
@@ -550,7 +555,8 @@ def _common_prefix(chains: list[tuple[StatelessOp, ...]]) -> tuple[StatelessOp, 
 def plan(outputs: Sequence[OutputRequest] | Node, config: RunConfig | None = None) -> PhysicalPlan:
     """Compile the logical plan that ends at the outputs (or at one node, the output ``"output"``)."""
     requests = [OutputRequest(OUTPUT, outputs)] if isinstance(outputs, Node) else list(outputs)
-    ctx = _Context(config or RunConfig())
+    # Stages and outputs share one namespace (an edge names its consumer): outputs keep the names asked for.
+    ctx = _Context(config or RunConfig(), names={DEAD_LETTERS, *(request.name for request in requests)})
     vertices = _build(requests, ctx)
     fused, sides = _fuse(vertices, requests, ctx)
     sources = _ranked(fused, vertices)
@@ -572,7 +578,7 @@ def plan(outputs: Sequence[OutputRequest] | Node, config: RunConfig | None = Non
 
 def _ranked(fused: _Fused, vertices: dict[int, _Vertex]) -> list[SourceStage]:
     """Sources that feed a table join's table (input 1), or are broadcast, are read first (rank 0)."""
-    tables: set[str] = {s.name for s in fused.sources if s.broadcast_to}
+    tables: set[str] = {edge.producer for edge in fused.edges if edge.exchange == "broadcast"}
     changed = True
     table_stages: set[str] = set()
     for edge in fused.edges:
@@ -587,10 +593,7 @@ def _ranked(fused: _Fused, vertices: dict[int, _Vertex]) -> list[SourceStage]:
     tables |= {s.name for s in fused.sources if s.name in table_stages}
     if not tables:
         return fused.sources
-    return [
-        SourceStage(s.name, s.source, s.chain, s.event_time, 0 if s.name in tables else 1, s.broadcast_to)
-        for s in fused.sources
-    ]
+    return [SourceStage(s.name, s.source, s.chain, s.event_time, 0 if s.name in tables else 1) for s in fused.sources]
 
 
 def _upstream(sources: list[SourceStage], fused: _Fused) -> dict[str, tuple[str, ...]]:
@@ -605,7 +608,7 @@ def _upstream(sources: list[SourceStage], fused: _Fused) -> dict[str, tuple[str,
 
 def _upsert_keys(output: str, fused: _Fused) -> tuple[str, ...] | None:
     """An output's upsert keys: those of the one keyed stage that feeds it directly, with no operator after it."""
-    into = [edge for edge in fused.edges if edge.consumer == output]
+    into = [edge for edge in fused.edges if edge.consumer == output and edge.exchange != "broadcast"]
     if len(into) != 1 or into[0].chain:
         return None
     stage = next((s for s in fused.stages if s.name == into[0].producer), None)

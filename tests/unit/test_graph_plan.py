@@ -58,10 +58,22 @@ def test_a_stream_used_by_two_outputs_is_read_once_and_its_shared_operators_run_
     assert physical.output("users").upsert_keys is None
 
 
+def test_outputs_keep_their_names_and_the_stages_named_alike_give_way() -> None:
+    windows = clicks().key_by("user").window(rs.Tumbling("1h")).agg(n=rs.count())
+    physical = plan([OutputRequest("window", windows.node), OutputRequest("source", clicks().select("user").node)])
+    assert [s.name for s in physical.sources] == ["source-2", "source-3"]
+    assert [s.name for s in physical.stages] == ["window-2"]
+    assert [(e.producer, e.exchange) for e in physical.edges_into("window")] == [("window-2", "forward")]
+    assert [(e.producer, e.exchange) for e in physical.edges_into("source")] == [("source-3", "forward")]
+
+
 def test_a_small_table_is_broadcast_and_a_large_one_is_partitioned() -> None:
     joined = clicks().join(rs.from_pandas(USERS), on="user")
     small = plan(joined.node)
-    assert not small.stages and small.sources[1].broadcast_to == ("join",)
+    assert not small.stages and small.broadcasts_from(small.sources[1].name) == ["join"]
+    assert [(e.producer, e.consumer, e.exchange) for e in small.edges if e.exchange == "broadcast"] == [
+        ("source-2", "join", "broadcast")
+    ]
     assert any(isinstance(op, BroadcastJoinOp) for op in small.sources[0].chain)
     assert [s.rank for s in small.sources] == [1, 0]  # the table is read first
     large = plan(joined.node, rs.RunConfig(broadcast_join_max_bytes=0))
