@@ -546,9 +546,7 @@ class Coordinator:
         in_flight: deque[_EpochInFlight] = deque()
         to_replay = deque(replay)
         idle_sleep = _IDLE_SLEEP_S
-        rank_of = {s.name: s.rank for s in plan.sources}
         unsaved = False  # whether the last epoch that ran ended without a checkpoint
-        stage_names = [s.name for s in plan.stages]
         while active and not self._stop.is_set():
             self._discover_splits(epoch)
             loop_started = time.perf_counter()
@@ -556,27 +554,9 @@ class Coordinator:
             logged = to_replay.popleft() if to_replay else None
             before = logged["watermarks_before"] if logged else self._watermarks()
             before_by_stage = {
-                name: min(before.get(s, START_OF_TIME_MS) for s in plan.upstream[name])
-                for name in [*stage_names, *(s.name for s in plan.sources)]
+                name: min(before.get(s, START_OF_TIME_MS) for s in plan.upstream[name]) for name in self._stage_names()
             }
-            # Step 1: the readers read (Recovery step 4: a logged epoch's exact splits and rows).
-            rank = min(rank_of[stage] for stage, _ in active)
-            calls: dict[tuple[str, int], list[ray.ObjectRef]] = {}
-            for stage, i in sorted(active):
-                if logged is None and rank_of[stage] != rank:
-                    continue  # a table is read to its end before the streams it joins start
-                source = plan.source_stage(stage).source
-                calls[(stage, i)] = _refs(
-                    self.readers[stage][i]
-                    .run_epoch.options(num_returns=self.layouts[stage].num_returns)
-                    .remote(
-                        epoch,
-                        config.max_batch_rows or source.batch_rows,
-                        self._edge_watermarks(stage, before_by_stage),
-                        self._phase(stage),
-                        self._own(stage, logged["splits"]) if logged else None,
-                    )
-                )
+            calls = self._read(epoch, active, logged, before_by_stage)
             phases = {stage: self._phase(stage) for stage in self.readers}
             # While the readers read, complete the epochs before: their stages ran during the previous read.
             while in_flight and len(in_flight) >= config.max_in_flight_epochs - 1:
@@ -585,26 +565,7 @@ class Coordinator:
             keys = list(calls)
             reader_metas = self._get_metadata([calls[key][0] for key in keys])
             now = time.monotonic()
-            rows = 0
-            # Whether anything happened that an idle epoch would not show: a position moved, a split ended,
-            # a dead letter needs delivering.
-            moved = False
-            read: dict[str, dict[str, Any]] = {}
-            for meta in reader_metas:
-                stage = meta["stage"]
-                rows += meta["rows_in"]
-                moved = moved or meta["dead_letters"] > 0 or meta["null_time_rows"] > 0
-                for split_id, progress in meta["splits"].items():
-                    qualified = self._qualify(stage, split_id)
-                    self.trackers[stage].observe(qualified, progress, now)
-                    read[qualified] = {"position": progress["position"], "budget": progress["budget"]}
-                    ended = progress["done"] and qualified not in self.done_splits
-                    moved = moved or ended or self.positions.get(qualified) != progress["position"]
-                    self.positions[qualified] = progress["position"]
-                    if progress["done"]:
-                        self.done_splits.add(qualified)
-                if meta["done"]:
-                    active.discard((stage, meta["index"]))
+            rows, moved, read = self._observe(reader_metas, active, now)
             sources_done = {s.name for s in plan.sources if not any(stage == s.name for stage, _ in active)}
             end_of_input = not active
             for stage, phase in phases.items():
@@ -661,53 +622,11 @@ class Coordinator:
                 for refs in groups
             ]
             self._gather_broadcasts(returned, sources_done)
-            meta_refs: list[ray.ObjectRef] = []
-            after_by_stage = {name: min(watermarks[s] for s in plan.upstream[name]) for name in stage_names}
-            for keyed in plan.stages:  # Step 4: the keyed stages process the epoch, without waiting
-                edges_in = plan.edges_into(keyed.name)
-                num_inputs = keyed.operator.num_inputs
-                stage_end = all(s in sources_done for s in plan.upstream[keyed.name])
-                stage_calls = []
-                for p, actor in enumerate(self.stage_actors[keyed.name]):
-                    per_input: list[list[ray.ObjectRef]] = [[] for _ in range(num_inputs)]
-                    for edge in edges_in:
-                        index = plan.edges.index(edge)
-                        layout = self.layouts[edge.producer]
-                        for refs in returned.get(edge.producer, []):
-                            per_input[edge.input].append(layout.parts(refs, index)[p])
-                    stage_calls.append(
-                        _refs(
-                            actor.process.options(num_returns=self.layouts[keyed.name].num_returns).remote(
-                                epoch,
-                                after_by_stage[keyed.name],
-                                stage_end,
-                                self._edge_watermarks(keyed.name, before_by_stage),
-                                tuple(len(refs) for refs in per_input),
-                                *[ref for refs in per_input for ref in refs],
-                            )
-                        )
-                    )
-                returned[keyed.name] = stage_calls
-                meta_refs += [c[0] for c in stage_calls]
-                if self.layouts[keyed.name].sides:
-                    side_refs += [self.layouts[keyed.name].side_ref(c) for c in stage_calls]
-                if checkpoint is not None:  # Step 5; calls run in order, so this sees the state right after the epoch
-                    assert self.checkpointing is not None
-                    store = self.checkpointing.store
-                    checkpoint.snapshot_refs += [a.snapshot.remote(epoch, store) for a in self.stage_actors[keyed.name]]
-            if checkpoint is not None:
-                assert self.checkpointing is not None
-                for join in sorted(self.broadcast_ready):  # Step 5: the broadcast tables are state too, one copy each
-                    holder = self._broadcast_holders(join)[0]
-                    checkpoint.snapshot_refs.append(
-                        holder.snapshot_broadcast.remote(epoch, self.checkpointing.store, join)
-                    )
-            output_refs: dict[str, list[ray.ObjectRef]] = {}
-            for output in plan.outputs:
-                for edge in plan.edges_into(output.name):
-                    index = plan.edges.index(edge)
-                    for refs in returned.get(edge.producer, []):
-                        output_refs.setdefault(output.name, []).extend(self.layouts[edge.producer].parts(refs, index))
+            meta_refs, stage_side_refs = self._process(
+                epoch, returned, watermarks, before_by_stage, sources_done, checkpoint
+            )
+            side_refs += stage_side_refs
+            output_refs = self._output_refs(returned)
             unsaved = checkpoint is None
             in_flight.append(
                 _EpochInFlight(
@@ -734,6 +653,131 @@ class Coordinator:
                 idle_sleep = _IDLE_SLEEP_S
         while in_flight:
             self._complete(in_flight.popleft(), runners, side_router)
+
+    def _read(
+        self,
+        epoch: int,
+        active: set[tuple[str, int]],
+        logged: dict[str, Any] | None,
+        before_by_stage: dict[str, int],
+    ) -> dict[tuple[str, int], list[ray.ObjectRef]]:
+        """Step 1: start the epoch call of every active reader (Recovery step 4: a logged epoch's exact reads)."""
+        rank_of = {s.name: s.rank for s in self.plan.sources}
+        rank = min(rank_of[stage] for stage, _ in active)
+        calls: dict[tuple[str, int], list[ray.ObjectRef]] = {}
+        for stage, i in sorted(active):
+            if logged is None and rank_of[stage] != rank:
+                continue  # a table is read to its end before the streams it joins start
+            source = self.plan.source_stage(stage).source
+            calls[(stage, i)] = _refs(
+                self.readers[stage][i]
+                .run_epoch.options(num_returns=self.layouts[stage].num_returns)
+                .remote(
+                    epoch,
+                    self.config.max_batch_rows or source.batch_rows,
+                    self._edge_watermarks(stage, before_by_stage),
+                    self._phase(stage),
+                    self._own(stage, logged["splits"]) if logged else None,
+                )
+            )
+        return calls
+
+    def _observe(
+        self, reader_metas: list[dict[str, Any]], active: set[tuple[str, int]], now: float
+    ) -> tuple[int, bool, dict[str, dict[str, Any]]]:
+        """Step 2, first half: take in what the readers read (positions, event times, ended splits and readers).
+
+        Returns:
+            The rows read; whether anything happened that an idle epoch would not show (a position moved, a
+            split ended, a dead letter needs delivering); and each split's position and budget, for the log.
+        """
+        rows, moved = 0, False
+        read: dict[str, dict[str, Any]] = {}
+        for meta in reader_metas:
+            stage = meta["stage"]
+            rows += meta["rows_in"]
+            moved = moved or meta["dead_letters"] > 0 or meta["null_time_rows"] > 0
+            for split_id, progress in meta["splits"].items():
+                qualified = self._qualify(stage, split_id)
+                self.trackers[stage].observe(qualified, progress, now)
+                read[qualified] = {"position": progress["position"], "budget": progress["budget"]}
+                ended = progress["done"] and qualified not in self.done_splits
+                moved = moved or ended or self.positions.get(qualified) != progress["position"]
+                self.positions[qualified] = progress["position"]
+                if progress["done"]:
+                    self.done_splits.add(qualified)
+            if meta["done"]:
+                active.discard((stage, meta["index"]))
+        return rows, moved, read
+
+    def _process(
+        self,
+        epoch: int,
+        returned: dict[str, list[list[ray.ObjectRef]]],
+        watermarks: dict[str, int],
+        before_by_stage: dict[str, int],
+        sources_done: set[str],
+        checkpoint: _Checkpoint | None,
+    ) -> tuple[list[ray.ObjectRef], list[ray.ObjectRef]]:
+        """Steps 4 and 5: start each keyed stage's epoch calls (inputs first) and, when due, its snapshot.
+
+        ``returned`` holds the refs each actor returned, by producer stage; the keyed stages' are added.
+
+        Returns:
+            The keyed stages' metadata refs, and their side-output refs.
+        """
+        plan = self.plan
+        meta_refs: list[ray.ObjectRef] = []
+        side_refs: list[ray.ObjectRef] = []
+        for keyed in plan.stages:  # Step 4: the keyed stages process the epoch, without waiting
+            watermark = min(watermarks[s] for s in plan.upstream[keyed.name])
+            edges_in = plan.edges_into(keyed.name)
+            num_inputs = keyed.operator.num_inputs
+            stage_end = all(s in sources_done for s in plan.upstream[keyed.name])
+            stage_calls = []
+            for p, actor in enumerate(self.stage_actors[keyed.name]):
+                per_input: list[list[ray.ObjectRef]] = [[] for _ in range(num_inputs)]
+                for edge in edges_in:
+                    index = plan.edges.index(edge)
+                    layout = self.layouts[edge.producer]
+                    for refs in returned.get(edge.producer, []):
+                        per_input[edge.input].append(layout.parts(refs, index)[p])
+                stage_calls.append(
+                    _refs(
+                        actor.process.options(num_returns=self.layouts[keyed.name].num_returns).remote(
+                            epoch,
+                            watermark,
+                            stage_end,
+                            self._edge_watermarks(keyed.name, before_by_stage),
+                            tuple(len(refs) for refs in per_input),
+                            *[ref for refs in per_input for ref in refs],
+                        )
+                    )
+                )
+            returned[keyed.name] = stage_calls
+            meta_refs += [c[0] for c in stage_calls]
+            if self.layouts[keyed.name].sides:
+                side_refs += [self.layouts[keyed.name].side_ref(c) for c in stage_calls]
+            if checkpoint is not None:  # Step 5; calls run in order, so this sees the state right after the epoch
+                assert self.checkpointing is not None
+                store = self.checkpointing.store
+                checkpoint.snapshot_refs += [a.snapshot.remote(epoch, store) for a in self.stage_actors[keyed.name]]
+        if checkpoint is not None:
+            assert self.checkpointing is not None
+            for join in sorted(self.broadcast_ready):  # Step 5: the broadcast tables are state too, one copy each
+                holder = self._broadcast_holders(join)[0]
+                checkpoint.snapshot_refs.append(holder.snapshot_broadcast.remote(epoch, self.checkpointing.store, join))
+        return meta_refs, side_refs
+
+    def _output_refs(self, returned: dict[str, list[list[ray.ObjectRef]]]) -> dict[str, list[ray.ObjectRef]]:
+        """For each output whose rows come to the driver, the refs of this epoch's rows."""
+        output_refs: dict[str, list[ray.ObjectRef]] = {}
+        for output in self.plan.outputs:
+            for edge in self.plan.edges_into(output.name):
+                index = self.plan.edges.index(edge)
+                for refs in returned.get(edge.producer, []):
+                    output_refs.setdefault(output.name, []).extend(self.layouts[edge.producer].parts(refs, index))
+        return output_refs
 
     def _broadcasts_settled(self) -> bool:
         """Whether every broadcast table has been read and handed over (no checkpoint is taken before)."""
