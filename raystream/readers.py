@@ -131,16 +131,24 @@ def read_csv(
     watch: bool = False,
     poll_interval: str | timedelta | int = "10s",
     storage_options: dict[str, Any] | None = None,
+    errors: str = "dead_letter",
 ) -> Stream:
-    """Read CSV files with a header row. ``schema`` overrides type inference.
+    """Read CSV files with a header row, one row per line; blank lines are skipped. ``schema`` overrides inference.
 
-    A file that is not valid UTF-8 in a string column is an error naming the
-    file and line (never a column silently read as binary); declare the
-    column ``pa.binary()`` in ``schema`` to read its raw bytes.
+    Bytes that are not UTF-8 in a string column are a bad line (never a
+    column silently read as binary); declare the column ``pa.binary()`` in
+    ``schema`` to read its raw bytes.
 
     ``start``, ``end``, ``partition_time``, ``partitioning``, ``watch`` and
     ``poll_interval`` work as in :func:`read_parquet` (files are pruned by
     their partition folders; there are no row groups).
+
+    Args:
+        errors: ``"dead_letter"`` (the default, like :func:`read_json` and :func:`read_kafka`): a line with
+            the wrong number of fields, a value that does not fit its column's type, bytes that are not UTF-8
+            in a string column, or a quote left open goes to ``stream.dead_letters()``, with the file as
+            ``split_id``, its line number (from 1; the header is line 1) as ``position`` and the raw line as
+            ``raw``, and the job goes on. ``"fail"``: the job fails, naming the file and line.
     """
     from raystream.sources.files import CsvSource
 
@@ -156,6 +164,7 @@ def read_csv(
         watch=watch,
         poll_interval=poll_interval,
         storage_options=storage_options,
+        errors=errors,  # type: ignore[arg-type]
     )
     return from_source(source, time_column)
 
@@ -187,8 +196,8 @@ def read_json(
         errors: ``"dead_letter"`` (the default, like Spark's ``PERMISSIVE`` and :func:`read_kafka`): a line
             that is not one JSON object, is not valid UTF-8, or does not fit the schema (without ``schema``,
             also one with a field or a type the first block did not have) goes to ``stream.dead_letters()``,
-            with the file as ``split``, its line number (from 1) as ``offset`` and the raw line as ``value``,
-            and the job goes on. ``"fail"`` (Spark's ``FAILFAST``): the job fails, naming the file and line.
+            with the file as ``split_id``, its line number (from 1) as ``position`` and the raw line as
+            ``raw``, and the job goes on. ``"fail"`` (Spark's ``FAILFAST``): the job fails, naming the file and line.
     """
     from raystream.sources.files import JsonSource
 

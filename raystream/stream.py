@@ -249,11 +249,14 @@ class Stream:
         """The records that could not become rows, as a stream that can go to any sink.
 
         They are the records the source could not decode, and the rows
-        without an event time. Each row holds the raw ``key`` and ``value``
-        bytes (a row as JSON when it was decoded), where it came from
-        (``topic``, ``partition``, ``offset`` and ``timestamp`` for Kafka;
-        for a file its ``split`` and the line number as ``offset``) and the
-        ``error``; see ``raystream.sources.base.DEAD_LETTER_SCHEMA``.
+        without an event time. The columns are the same for every source
+        (``raystream.sources.base.DEAD_LETTER_SCHEMA``): ``source``, the
+        source stage that read the record (``"source"``, ``"source-2"``...);
+        ``split_id``, its split (``"clicks/2"`` for a Kafka partition, the
+        file's path for a file); ``position``, where it is in the split (the
+        Kafka offset, a file's line number from 1, null for a row without an
+        event time); ``raw``, the record's bytes (the row as JSON for a row
+        without an event time); and the ``error``.
         Running this stream runs the whole pipeline and writes the dead
         letters instead of its output; a job started on the pipeline itself
         keeps them too: ``Job.dead_letters()``.
@@ -269,8 +272,9 @@ class Stream:
             raise PlanError(
                 f"dead_letters: {', '.join(s.name for s in sources)} has no dead letters (it decodes nothing, and the "
                 "stream has no event "
-                "time whose nulls would be refused); read_kafka(..., format='json') and read_json(...) route "
-                "malformed records there, unless errors='fail'"
+                "time whose nulls would be refused); read_kafka(..., format='json'), read_json(...) and "
+                "read_csv(...) route malformed records there (columns source, split_id, position, raw, error), "
+                "unless errors='fail'"
             )
         return Stream(DeadLettersNode(inputs=(self._node,), schema=DEAD_LETTER_SCHEMA))
 

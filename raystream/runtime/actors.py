@@ -31,7 +31,7 @@ from raystream.runtime.operators import OpContext, StatelessOp, run_chain
 from raystream.runtime.planner import DEAD_LETTERS, KeyedStage
 from raystream.runtime.stateful import KeyedOperator, OperatorState
 from raystream.sinks.base import Sink
-from raystream.sources.base import Source, Split, SplitReader
+from raystream.sources.base import Source, Split, SplitReader, relabel_dead_letters
 
 
 def use_system_allocator() -> None:
@@ -278,10 +278,11 @@ class ReaderActor(_HoldsBroadcastTables):
                 batch = state.reader.next_batch(given)
             else:
                 batch = state.reader.read_until(logged["position"], given)
-            ctx = OpContext(epoch, f"split {state.split.split_id!r}", split_id=state.split.split_id)
+            ctx = OpContext(epoch, f"split {state.split.split_id!r}", split_id=state.split.split_id, source=self.stage)
             letters = state.reader.take_dead_letters()
             if letters is not None and letters.num_rows:
-                dead_letters.append(letters)
+                # Every dead letter names the stage that read it, as Job.metrics() does, not the source's kind.
+                dead_letters.append(relabel_dead_letters(letters, self.stage))
             if batch is None:
                 state.done = True
                 state.reader.close()

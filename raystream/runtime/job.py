@@ -124,7 +124,27 @@ class Job:
         return self._side_output(name, "late_events()")
 
     def dead_letters(self) -> pd.DataFrame:
-        """The records the source could not decode so far, with where they came from and the error."""
+        """The records that could not become rows so far: one row each, the same columns for every source.
+
+        The columns (``raystream.sources.base.DEAD_LETTER_SCHEMA``):
+        ``source``, the source stage that read it (``"source"``, or
+        ``"source-2"``... with several sources); ``split_id``, its split
+        (``"clicks/2"`` for a Kafka partition, the file's path for a file);
+        ``position``, where it is in the split (the Kafka offset, a file's
+        line number from 1; null for a row refused for having no event
+        time); ``raw``, the record's bytes (the row as JSON for a refused
+        row); and the ``error``.
+
+        Raises:
+            TypeError: when the job can have no dead letters: no source decodes records
+                (``read_kafka(format="json")``, ``read_json``, ``read_csv``) and no event time is set.
+        """
+        if DEAD_LETTERS not in self._coordinator.side_sinks:
+            raise TypeError(
+                "dead_letters(): this job keeps no dead letters (columns source, split_id, position, raw, error): "
+                "none of its sources decodes records (read_kafka(format='json'), read_json and read_csv do, unless "
+                "errors='fail') and it has no event time whose nulls would be refused"
+            )
         return self._side_output(DEAD_LETTERS, "dead_letters()")
 
     def _side_output(self, tag: str, what: str) -> pd.DataFrame:

@@ -36,6 +36,7 @@ class OpContext:
         max_event_time_ms: The largest event time the chain's event-time
             operator saw, or ``None``.
         split_id: The split being read, in a reader.
+        source: The source stage being read, in a reader: the ``source`` of its dead letters.
         dead_letters: Rows the chain refused (no event time), as dead letters.
         null_time_rows: How many rows had no event time.
     """
@@ -44,6 +45,7 @@ class OpContext:
     location: str
     max_event_time_ms: int | None = field(default=None)
     split_id: str | None = None
+    source: str | None = None
     dead_letters: list[pa.Table] = field(default_factory=list)
     null_time_rows: int = 0
 
@@ -188,13 +190,13 @@ class EventTimeOp(StatelessOp):
             missing = pc.is_null(times)
             refused = table.filter(missing)
             ctx.null_time_rows += refused.num_rows
+            # A decoded row has no place of its own in the split any more: its position is null.
             ctx.dead_letters.append(
                 dead_letter_table(
-                    {
-                        "value": rows_as_json(refused),
-                        "split": [ctx.split_id] * refused.num_rows,
-                        "error": [f"no event time: column {self.column!r} is null"] * refused.num_rows,
-                    }
+                    ctx.source or "source",
+                    ctx.split_id,
+                    raw=rows_as_json(refused),
+                    error=f"no event time: column {self.column!r} is null",
                 )
             )
             table = table.filter(pc.invert(missing))

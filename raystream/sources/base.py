@@ -9,45 +9,81 @@ was returned.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from raystream._jsonable import from_json, to_json
 from raystream.errors import RaystreamError
 
 #: The columns of ``stream.dead_letters()``, whatever the source. A dead letter is a record that could not
-#: become a row (it does not parse, does not fit the schema, has no event time) kept with where it came from
-#: and why, instead of being dropped. Columns a source does not have are null: ``topic``, ``partition``,
-#: ``key`` and ``timestamp`` are Kafka's.
+#: become a row (it does not parse, does not fit the schema, has no event time), kept with where it came from
+#: and why instead of being dropped. Where it came from is said in the source contract's own terms, a stage and
+#: a split and a place in that split, so no column belongs to one kind of source:
+#:
+#: - ``source``: the source stage that read it, as ``Job.metrics()`` names stages (``"source"``, or
+#:   ``"source-2"``... in a plan with several sources).
+#: - ``split_id``: the split it came from (:attr:`Split.split_id`): ``"clicks/2"`` (topic/partition) for
+#:   Kafka, the file's path relative to the path given (``"2026/a.csv"``) for a file.
+#: - ``position``: where the record is in its split, as an integer: the Kafka offset, or a file's line
+#:   number, from 1 (a CSV file's header is line 1). Null for a row refused after it was decoded (a row with
+#:   no event time), which has no place of its own in the split. It is not the split's resume position.
+#: - ``raw``: the record as read (a Kafka value, null for a tombstone; a file's line, without its newline),
+#:   or, for a row refused after it was decoded, the row as JSON.
+#: - ``error``: what is wrong with it, in words.
 DEAD_LETTER_SCHEMA = pa.schema(
     [
-        ("key", pa.binary()),  # the record's Kafka key
-        ("value", pa.binary()),  # the record as read (a Kafka value, a line of a file), or the row as JSON
-        ("topic", pa.string()),
-        ("partition", pa.int32()),
-        ("offset", pa.int64()),  # the Kafka offset, or the line number in a file, from 1
-        ("timestamp", pa.timestamp("ms", tz="UTC")),  # the Kafka record's timestamp
-        ("split", pa.string()),  # the split it came from: "clicks/2", a file's path
-        ("error", pa.string()),  # what is wrong with it
+        ("source", pa.string()),
+        ("split_id", pa.string()),
+        ("position", pa.int64()),
+        ("raw", pa.binary()),
+        ("error", pa.string()),
     ]
 )
 
 
-def dead_letter_table(columns: dict[str, Any]) -> pa.Table:
-    """Dead letters from the columns a source has (at least ``value`` and ``error``); the others are null."""
-    rows = len(columns["error"])
+def dead_letter_table(
+    source: str,
+    split_id: str | Sequence[str | None] | pa.Array | pa.ChunkedArray | None,
+    raw: Sequence[bytes | None] | pa.Array | pa.ChunkedArray,
+    error: str | Sequence[str] | pa.Array | pa.ChunkedArray,
+    position: Sequence[int | None] | np.ndarray | pa.Array | pa.ChunkedArray | None = None,
+) -> pa.Table:
+    """Dead letters in :data:`DEAD_LETTER_SCHEMA`: one per element of ``raw``.
 
-    def column(field: pa.Field) -> Any:
-        value = columns.get(field.name)
+    Args:
+        source: The source's label, the same for every row (a reader actor
+            replaces it with its stage's name).
+        split_id: The split, one for all rows (a string) or one per row.
+        raw: The records as read, one per dead letter.
+        error: What is wrong, one for all rows (a string) or one per row.
+        position: Each record's place in its split (see :data:`DEAD_LETTER_SCHEMA`), or ``None``: null.
+    """
+    rows = len(raw)
+
+    def column(value: Any, kind: pa.DataType) -> pa.Array | pa.ChunkedArray:
         if value is None:
-            return pa.nulls(rows, field.type)
+            return pa.nulls(rows, kind)
+        if isinstance(value, str):
+            return pa.repeat(pa.scalar(value, kind), rows)
         if isinstance(value, (pa.Array, pa.ChunkedArray)):
-            return value.cast(field.type)
-        return pa.array(value, field.type)
+            return value.cast(kind)
+        return pa.array(value, kind)
 
-    return pa.table({f.name: column(f) for f in DEAD_LETTER_SCHEMA}, schema=DEAD_LETTER_SCHEMA)
+    columns = [source, split_id, position, raw, error]
+    return pa.table(
+        [column(value, f.type) for value, f in zip(columns, DEAD_LETTER_SCHEMA, strict=True)],
+        schema=DEAD_LETTER_SCHEMA,
+    )
+
+
+def relabel_dead_letters(letters: pa.Table, source: str) -> pa.Table:
+    """``letters`` with ``source`` in their ``source`` column (a reader actor names its stage there)."""
+    index = letters.schema.get_field_index("source")
+    return letters.set_column(index, DEAD_LETTER_SCHEMA.field("source"), pa.repeat(pa.scalar(source), letters.num_rows))
 
 
 class ReplayError(RaystreamError):

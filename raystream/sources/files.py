@@ -106,6 +106,7 @@ import pyarrow.parquet as pq
 from raystream._fs import redact, shown_url, to_arrow_fs, url_to_fs
 from raystream._time import Duration, duration_ms, is_event_time_type, time_ns
 from raystream.errors import PlanError, RaystreamError
+from raystream.sources._csv import decode_lines, header_names
 from raystream.sources._json import Decoded, Unexpected, decode_records, explain, infer_schema, utf8_valid
 from raystream.sources.base import Source, Split, SplitReader, dead_letter_table
 
@@ -1470,16 +1471,110 @@ class _StreamReader(_RowReader):
         return self._source._parse_hint()
 
 
+class _LineRecordReader(_StreamReader):
+    """Reads a file a line at a time into rows, each line one row or one dead letter (CSV, JSON lines).
+
+    Its buffer holds the raw lines, so its position counts the lines consumed
+    after any header (blank ones and dead letters too), and a dead letter
+    knows its line.
+    """
+
+    def __init__(self, source: _StreamSource, file: _File, start: int, errors: Errors) -> None:
+        super().__init__(source, file, start)
+        self._errors = errors
+        #: Lines of the file before the first that the position counts: a CSV file's header and blank lines before.
+        self._header_lines = 0
+        self._dead: list[pa.Table] = []
+
+    @abstractmethod
+    def _decode(self, lines: pa.ChunkedArray) -> Decoded:
+        """Each of ``lines`` as one row or one dead letter (see :func:`decode_records`)."""
+
+    @abstractmethod
+    def _what(self) -> str:
+        """What a good line is, for errors: ``"a JSON object matching the schema"``."""
+
+    def _take(self, buffer: _RowBuffer, max_rows: int) -> pa.Table | None:
+        scanned = 0
+        while True:
+            chunk = buffer.take(max_rows if self._rows.bounds is None else max(max_rows, _FILTER_CHUNK_ROWS))
+            if chunk is None:
+                return None
+            lines = chunk.column(0)
+            decoded = self._decode(lines)
+            table = self._rows.complete(decoded.rows)
+            used = chunk.num_rows
+            mask = self._rows.mask(table)
+            if mask is not None:
+                kept = pc.indices_nonzero(mask)
+                if len(kept) > max_rows:
+                    # Return exactly max_rows rows; the lines from the next kept row on are read again next time.
+                    row = kept[max_rows].as_py()
+                    used = int(decoded.good[row])
+                    buffer.unread(chunk.slice(used))
+                    table, mask = table.slice(0, row), mask.slice(0, row)
+                table = table.filter(mask)
+            self._reject(lines, decoded, used)
+            self._consumed += used
+            scanned += used
+            if table.num_rows or scanned >= _FILTER_SCAN_ROWS:
+                return table
+
+    def _reject(self, lines: pa.ChunkedArray, decoded: Decoded, used: int) -> None:
+        """Keep (or fail on) the dead letters among the first ``used`` lines, numbered from the lines consumed."""
+        count = int(np.searchsorted(decoded.bad, used))
+        if count == 0:
+            return
+        bad = decoded.bad[:count]
+        first_line = self._header_lines + self._consumed + 1  # the number, from 1, of the chunk's first line
+        if self._errors == "fail":
+            message = (
+                f"{self._source.name}: line {first_line + int(bad[0])} of '{self._file.shown}' cannot be "
+                f"decoded as {self._what()}: {decoded.errors[0]}; fix the file, or pass "
+                "errors='dead_letter' to route such lines to stream.dead_letters()"
+            )
+            raise RaystreamError(redact(message, self._rows.fs.storage_options))
+        self._dead.append(
+            dead_letter_table(
+                self._source.name,
+                self._file.label,  # the split id
+                raw=lines.take(pa.array(bad)),
+                error=decoded.errors[:count],
+                position=first_line + bad,
+            )
+        )
+
+    def take_dead_letters(self) -> pa.Table | None:
+        if not self._dead:
+            return None
+        letters, self._dead = pa.concat_tables(self._dead), []
+        return letters
+
+
 class CsvSource(_StreamSource):
     """Reads CSV files with a header row; a split is a file.
 
     Without ``schema``, each file's column types are inferred from its first
-    block (1 MiB) at plan time and unified across files. A later value that
-    does not fit the inferred type (``1.5`` in an ``int64`` column) fails the
-    read: pass ``schema`` to be sure. With ``schema``, only its columns are
-    read, with its types; every file's header must have them (but for those a
-    file's partition folders give). See the module docstring for partitions,
-    pruning by time and watching.
+    block (1 MiB) at plan time and unified across files. With ``schema``, only
+    its columns are read, with its types; every file's header must have them
+    (but for those a file's partition folders give). See the module docstring
+    for partitions, pruning by time and watching.
+
+    The header is the first line that is not blank. After it, each line is
+    one row or one dead letter; blank lines are skipped, and a field cannot
+    hold a newline. A line with too few or too many fields, a value that
+    does not fit its column's type (``1.5`` in an ``int64`` column; without
+    ``schema``, a type the first block did not have), bytes that are not
+    UTF-8 in a string column, or a quote left open on its line is a dead
+    letter: ``stream.dead_letters()`` gets the raw line as ``raw``, the file
+    as ``split_id``, its line number from 1 (the header is line 1) as
+    ``position`` and the error, and the read goes on (Spark's
+    ``PERMISSIVE``, without a row of nulls). ``errors="fail"`` fails the read
+    at the first such line instead, naming the file and the line, and fails
+    at plan time when the first block already holds one (Spark's
+    ``FAILFAST``). Lines are parsed a whole batch at a time with
+    ``pyarrow.csv``; only a batch that fails is bisected to its bad lines. A
+    split's position is the number of lines after the header consumed.
 
     Args:
         path: An fsspec URL (file, directory or glob) or a list of them.
@@ -1494,6 +1589,7 @@ class CsvSource(_StreamSource):
         watch: Pick up files as they land (an unbounded source).
         poll_interval: How often to list the paths when watching.
         storage_options: Passed to the fsspec filesystem; never put in messages.
+        errors: ``"dead_letter"`` or ``"fail"``, for lines that do not parse (see above).
 
     Raises:
         FileNotFoundError: A path does not exist or holds no data file.
@@ -1517,10 +1613,15 @@ class CsvSource(_StreamSource):
         watch: bool = False,
         poll_interval: Duration = "10s",
         storage_options: dict[str, Any] | None = None,
+        errors: Errors = "dead_letter",
     ) -> None:
         if not isinstance(delimiter, str) or len(delimiter) != 1:
             raise PlanError(f"{self.name}: delimiter must be a single character, got {delimiter!r}")
+        if errors not in ("dead_letter", "fail"):
+            raise PlanError(f"{self.name}: errors must be 'dead_letter' or 'fail', got {errors!r}")
         self._delimiter = delimiter
+        self.errors = errors
+        self.has_dead_letters = errors == "dead_letter"
         super().__init__(
             path,
             schema=schema,
@@ -1535,10 +1636,17 @@ class CsvSource(_StreamSource):
         )
 
     def open_split(self, split: Split, position: Any | None) -> SplitReader:
-        """Open a file; ``position`` is the number of its rows already consumed."""
+        """Open a file; ``position`` is the number of its lines after the header already consumed."""
         return _CsvReader(self, split.payload, int(position or 0))
 
     def _sniff(self, stream: pa.NativeFile, schema: pa.Schema | None, file: _File) -> pa.Schema | None:
+        if self.errors == "dead_letter":
+            # The first block gives the header and the types only: its bad lines are the readers' dead letters.
+            found = self._open_reader(stream, None, skip_invalid=True, include=schema).schema
+            if schema is not None:
+                return schema
+            # pyarrow infers binary for a column holding bytes that are not UTF-8: such lines are dead letters.
+            return pa.schema([f.with_type(pa.string()) if pa.types.is_binary(f.type) else f for f in found])
         try:
             found = self._open_reader(stream, schema).schema
         except pa.ArrowInvalid as exc:
@@ -1556,16 +1664,33 @@ class CsvSource(_StreamSource):
         where = f"column '{column}' " if column is not None else ""
         return self._plan_error(file, f"'{file.shown}' is not valid UTF-8: {where}at line {line}; {_UTF8_HINT}", cause)
 
-    def _open_reader(self, stream: pa.NativeFile, schema: pa.Schema | None) -> Any:
+    def _open_reader(
+        self,
+        stream: pa.NativeFile,
+        schema: pa.Schema | None,
+        *,
+        skip_invalid: bool = False,
+        include: pa.Schema | None = None,
+    ) -> Any:
+        """A ``pyarrow.csv`` streaming reader of ``stream``, with ``schema``'s columns and types (or inferred ones).
+
+        ``skip_invalid`` passes over rows of the wrong field count, and ``include`` keeps only its columns
+        (with inferred types): for reading the header and inferring types only.
+        """
         convert = pa_csv.ConvertOptions()
         if schema is not None:
             convert = pa_csv.ConvertOptions(
                 column_types={field.name: field.type for field in schema}, include_columns=schema.names
             )
+        elif include is not None:
+            convert = pa_csv.ConvertOptions(include_columns=include.names)
+        parse = pa_csv.ParseOptions(delimiter=self._delimiter)
+        if skip_invalid:
+            parse = pa_csv.ParseOptions(delimiter=self._delimiter, invalid_row_handler=_skip_row)
         return pa_csv.open_csv(
             stream,
             read_options=pa_csv.ReadOptions(block_size=self._block_bytes),
-            parse_options=pa_csv.ParseOptions(delimiter=self._delimiter),
+            parse_options=parse,
             convert_options=convert,
         )
 
@@ -1573,20 +1698,43 @@ class CsvSource(_StreamSource):
         return "check the delimiter and the header row, or pass schema= with the column types"
 
 
-class _CsvReader(_StreamReader):
+def _skip_row(row: Any) -> str:
+    """``pyarrow.csv``'s answer to a row of the wrong field count, while inferring types: pass over it."""
+    return "skip"
+
+
+class _CsvReader(_LineRecordReader):
+    """Reads a CSV file a batch of lines at a time with :func:`decode_lines`, after its header line."""
+
     def __init__(self, source: CsvSource, file: _File, start: int) -> None:
-        super().__init__(source, file, start)
+        super().__init__(source, file, start, source.errors)
         self._csv = source
+        self._names: list[str] = []
 
     def _open(self, max_rows: int) -> tuple[Iterator[pa.RecordBatch], int]:
-        # Parse every file with the source's column types, so that all files give the same types.
-        return iter(self._csv._open_reader(self._stream(), self._rows.file_schema)), 0
+        return self._after_header(_line_batches(self._stream(), self._csv._block_bytes)), 0
 
-    def _failure(self, exc: BaseException) -> RaystreamError:
-        if not (isinstance(exc, pa.ArrowInvalid) and _INVALID_UTF8 in str(exc)):
-            return super()._failure(exc)
-        line = _first_invalid_utf8_line(self._rows.fs, self._file, self._csv._block_bytes)
-        return self._rows.error(exc, f"at line {line}, which is not valid UTF-8", _UTF8_HINT)
+    def _after_header(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """The lines after the header, which is the first line that is not blank (as for ``pyarrow.csv``)."""
+        for batch in batches:
+            lines = batch.column(0)
+            filled = np.flatnonzero(~_blank(lines))
+            if not len(filled):
+                self._header_lines += batch.num_rows
+                continue
+            first = int(filled[0])
+            self._header_lines += first + 1
+            self._names = header_names(lines[first].as_py(), self._csv._delimiter)
+            yield batch.slice(first + 1)
+            break
+        yield from batches
+
+    def _decode(self, lines: pa.ChunkedArray) -> Decoded:
+        # Every file is parsed with the source's column types, so that all files give the same types.
+        return decode_lines(lines, self._names, self._rows.file_schema, self._csv._delimiter)
+
+    def _what(self) -> str:
+        return "a row of the columns " + ", ".join(self._rows.file_schema.names)
 
 
 class JsonSource(_StreamSource):
@@ -1604,8 +1752,8 @@ class JsonSource(_StreamSource):
     valid UTF-8, or does not fit the schema (a string in an ``int64`` field;
     without ``schema``, also a field or a type that the first block did not
     have) is a dead letter: ``stream.dead_letters()`` gets the raw line as
-    ``value``, its line number from 1 as ``offset``, the split (the file)
-    and the error, and the read goes on. That is the default, like Spark's
+    ``raw``, the file as ``split_id``, its line number from 1 as
+    ``position``, and the error, and the read goes on. That is the default, like Spark's
     ``PERMISSIVE`` mode and :func:`raystream.read_kafka`, except that the
     line is not half-read into a row of nulls. ``errors="fail"`` fails the
     read at the first such line instead, naming the file and the line (Spark's
@@ -1696,75 +1844,28 @@ class JsonSource(_StreamSource):
         return "check that it holds one JSON object per line, or pass schema= with the field types"
 
 
-class _JsonReader(_StreamReader):
-    """Reads a JSON lines file with the shared record decoder.
-
-    Its buffer holds the raw lines, so its position counts lines consumed
-    (blank ones and dead letters too), and a dead letter knows its line.
-    """
+class _JsonReader(_LineRecordReader):
+    """Reads a JSON lines file with the shared record decoder."""
 
     def __init__(self, source: JsonSource, file: _File, start: int) -> None:
-        super().__init__(source, file, start)
+        super().__init__(source, file, start, source.errors)
         self._json = source
         # An inferred schema is the first block's: a field it lacks is an error, not silently dropped.
         self._unexpected: Unexpected = "ignore" if source._explicit is not None else "error"
-        self._dead: list[pa.Table] = []
 
     def _open(self, max_rows: int) -> tuple[Iterator[pa.RecordBatch], int]:
         return _line_batches(self._stream(), self._json._block_bytes), 0
 
-    def _take(self, buffer: _RowBuffer, max_rows: int) -> pa.Table | None:
-        scanned = 0
-        while True:
-            chunk = buffer.take(max_rows if self._rows.bounds is None else max(max_rows, _FILTER_CHUNK_ROWS))
-            if chunk is None:
-                return None
-            lines = chunk.column(0)
-            decoded = decode_records(lines, self._rows.file_schema, unexpected=self._unexpected, skip_blank=True)
-            table = self._rows.complete(decoded.rows)
-            used = chunk.num_rows
-            mask = self._rows.mask(table)
-            if mask is not None:
-                kept = pc.indices_nonzero(mask)
-                if len(kept) > max_rows:
-                    # Return exactly max_rows rows; the lines from the next kept row on are read again next time.
-                    row = kept[max_rows].as_py()
-                    used = int(decoded.good[row])
-                    buffer.unread(chunk.slice(used))
-                    table, mask = table.slice(0, row), mask.slice(0, row)
-                table = table.filter(mask)
-            self._reject(lines, decoded, used)
-            self._consumed += used
-            scanned += used
-            if table.num_rows or scanned >= _FILTER_SCAN_ROWS:
-                return table
+    def _decode(self, lines: pa.ChunkedArray) -> Decoded:
+        return decode_records(lines, self._rows.file_schema, unexpected=self._unexpected, skip_blank=True)
 
-    def _reject(self, lines: pa.ChunkedArray, decoded: Decoded, used: int) -> None:
-        """Keep (or fail on) the dead letters among the first ``used`` lines, numbered from the lines consumed."""
-        count = int(np.searchsorted(decoded.bad, used))
-        if count == 0:
-            return
-        bad = decoded.bad[:count]
-        if self._json.errors == "fail":
-            message = (
-                f"{self._json.name}: line {self._consumed + int(bad[0]) + 1} of '{self._file.shown}' cannot be "
-                f"decoded as a JSON object matching the schema: {decoded.errors[0]}; fix the file, or pass "
-                "errors='dead_letter' to route such lines to stream.dead_letters()"
-            )
-            raise RaystreamError(redact(message, self._rows.fs.storage_options))
-        columns = {
-            "value": lines.take(pa.array(bad)),
-            "offset": pa.array(self._consumed + bad + 1),
-            "split": pa.repeat(pa.scalar(self._file.label), count),
-            "error": decoded.errors[:count],
-        }
-        self._dead.append(dead_letter_table(columns))
+    def _what(self) -> str:
+        return "a JSON object matching the schema"
 
-    def take_dead_letters(self) -> pa.Table | None:
-        if not self._dead:
-            return None
-        letters, self._dead = pa.concat_tables(self._dead), []
-        return letters
+
+def _blank(lines: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Which lines are empty or only ``\\r`` (the lines ``pyarrow.csv`` skips)."""
+    return pc.fill_null(pc.match_substring_regex(lines, r"^\r?$"), False).to_numpy(zero_copy_only=False)
 
 
 def _line_batches(stream: pa.NativeFile, block_bytes: int) -> Iterator[pa.RecordBatch]:

@@ -46,9 +46,9 @@ from raystream._kafka import (
 from raystream._time import Duration, datetime_to_ms, duration_ms
 from raystream.errors import PlanError, RaystreamError
 from raystream.sources._json import Decoded, decode_records, infer_schema
-from raystream.sources.base import DEAD_LETTER_SCHEMA, Source, Split, SplitReader, dead_letter_table
+from raystream.sources.base import Source, Split, SplitReader, dead_letter_table
 
-__all__ = ["DEAD_LETTER_SCHEMA", "RAW_SCHEMA", "KafkaError", "KafkaSource"]
+__all__ = ["RAW_SCHEMA", "KafkaError", "KafkaSource"]
 
 Format = Literal["json", "raw"]
 Errors = Literal["dead_letter", "fail"]
@@ -746,10 +746,15 @@ class _PartitionReader(SplitReader):
                 "to route such records to stream.dead_letters()"
             )
         rejected = raw.take(pa.array(decoded.bad))
-        columns: dict[str, Any] = {name: rejected.column(name) for name in RAW_SCHEMA.names}
-        columns["split"] = pa.repeat(pa.scalar(f"{part.topic}/{part.partition}"), len(decoded.bad))
-        columns["error"] = decoded.errors
-        self.dead.append(dead_letter_table(columns))
+        self.dead.append(
+            dead_letter_table(
+                self.source.name,
+                self._name,  # the split id: topic/partition
+                raw=rejected.column("value"),
+                error=decoded.errors,
+                position=rejected.column("offset"),
+            )
+        )
 
     def take_dead_letters(self) -> pa.Table | None:
         if not self.dead:

@@ -39,9 +39,10 @@ def test_rows_without_an_event_time_are_dead_letters_not_late_rows() -> None:
     assert sorted(job.results()["user"]) == ["a", "c", "e"]
     letters = job.dead_letters()
     assert sorted(letters["error"]) == ["no event time: column 'ts' is null"] * 2
-    rows = pd.read_json(io.StringIO("\n".join(v.decode() for v in letters["value"])), lines=True)
+    rows = pd.read_json(io.StringIO("\n".join(v.decode() for v in letters["raw"])), lines=True)
     assert sorted(rows["user"]) == ["b", "d"]
-    assert set(letters["split"]) <= {s for s in metrics["splits"]}
+    assert set(letters["split_id"]) <= {s for s in metrics["splits"]}
+    assert (letters["source"] == "source").all() and letters["position"].isna().all()  # no line of their own
 
     # The dead letters are a stream for any sink too.
     assert len(windows.dead_letters().to_pandas(ONE)) == 2

@@ -103,9 +103,11 @@ def test_malformed_records_go_to_dead_letters_with_their_offsets(kafka_broker: A
     job = stream.filter(lambda t: pa.compute.not_equal(t["k"], -1)).key_by("k").agg(n=rs.count()).start()
     job.wait(120)
     letters = job.dead_letters()
-    assert sorted(where[(p, o)] for p, o in zip(letters["partition"], letters["offset"], strict=True)) == sorted(bad)
-    assert (letters["topic"] == topic).all() and letters["error"].str.len().min() > 0
-    assert {bytes(v).decode() for v in letters["value"]} <= set(garbage)
+    assert list(letters.columns) == ["source", "split_id", "position", "raw", "error"]
+    places = [(int(s.rsplit("/", 1)[1]), o) for s, o in zip(letters["split_id"], letters["position"], strict=True)]
+    assert sorted(where[place] for place in places) == sorted(bad)
+    assert letters["split_id"].str.startswith(f"{topic}/").all() and letters["error"].str.len().min() > 0
+    assert {bytes(v).decode() for v in letters["raw"]} <= set(garbage) and (letters["source"] == "source").all()
     good = pd.DataFrame([json.loads(line) for i, line in enumerate(lines) if i not in bad])
     assert job.results().set_index("k")["n"].sort_index().to_dict() == good.groupby("k").size().to_dict()
     assert job.metrics()["dead_letters"] == len(bad)
@@ -122,7 +124,7 @@ def test_dead_letters_are_a_stream_for_any_sink(kafka_broker: Any, new_topic: An
     stream = rs.read_kafka(topic, kafka_broker.bootstrap_servers, schema=SCHEMA, stop="latest")
     stream.dead_letters().write_parquet(str(tmp_path / "dead"))
     letters = pq.read_table(tmp_path / "dead").to_pylist()
-    assert [(r["value"], r["partition"], r["offset"]) for r in letters] == [(b"oops", 0, 1)]
+    assert [(r["raw"], r["split_id"], r["position"]) for r in letters] == [(b"oops", f"{topic}/0", 1)]
 
 
 def test_write_kafka_round_trip_every_row_once_keyed(kafka_broker: Any, new_topic: Any) -> None:
@@ -350,13 +352,12 @@ def test_a_tombstone_and_a_record_of_two_values_are_dead_letters_and_times_stay_
     expected["timestamp"] = pd.to_datetime(expected["timestamp"], unit="ms", utc=True)
     rows = job.results().astype({"v": "Int64"})
     pd.testing.assert_frame_equal(rows.sort_values("t", ignore_index=True), expected, check_dtype=False)
-    letters = job.dead_letters().sort_values("offset", ignore_index=True)
-    assert letters["offset"].tolist() == [1, 2] and letters["key"].tolist() == [b"b", b"c"]
-    assert [t.value // 10**6 for t in letters["timestamp"]] == [2_000, 3_000]
-    assert letters["value"].tolist() == [None, values[2].encode()]
+    letters = job.dead_letters().sort_values("position", ignore_index=True)
+    assert letters["position"].tolist() == [1, 2]
+    assert letters["raw"].tolist() == [None, values[2].encode()]
     assert letters["error"][0] == "tombstone: the record has no value"
     assert "more than one JSON value" in letters["error"][1]
-    assert (letters["split"] == f"{topic}/0").all() and (letters["partition"] == 0).all()
+    assert (letters["split_id"] == f"{topic}/0").all()
 
     strict = rs.read_kafka(topic, kafka_broker.bootstrap_servers, schema=SCHEMA, stop="latest", errors="fail")
     with pytest.raises(rs.RaystreamError, match=rf"record {topic}/0 at offset 1 cannot be decoded.*tombstone"):
@@ -387,7 +388,8 @@ def test_invalid_utf8_in_a_string_is_a_dead_letter_and_never_reaches_the_shuffle
     counts = job.results().set_index("user")["n"].sort_index()
     pd.testing.assert_series_equal(counts, good.groupby("user").size().rename("n"), check_dtype=False)
     letters = job.dead_letters()
-    assert sorted(which[(p, o)] for p, o in zip(letters["partition"], letters["offset"], strict=True)) == sorted(bad)
+    places = [(int(s.rsplit("/", 1)[1]), o) for s, o in zip(letters["split_id"], letters["position"], strict=True)]
+    assert sorted(which[place] for place in places) == sorted(bad)
     assert letters["error"].str.contains("UTF-8|surrogate").all(), letters["error"].tolist()
 
     # Without key_by the strings used to reach the Parquet files.
@@ -416,7 +418,7 @@ def test_inferred_schema_is_fixed_by_the_first_records_and_a_record_of_another_t
     expected = good.groupby("k").agg(n=("v", "size"), s=("v", "sum"))
     pd.testing.assert_frame_equal(job.results().set_index("k").sort_index(), expected, check_dtype=False)
     (letter,) = job.dead_letters().to_dict("records")
-    assert letter["offset"] == 41
+    assert letter["position"] == 41 and letter["split_id"] == f"{topic}/0"
     assert letter["error"].startswith("column 't' is string in this record but int64 in the schema")
 
     # Every reader decodes with the schema inferred on the driver, so a topic with no record yet has none.

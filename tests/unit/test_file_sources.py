@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import pickle
 import uuid
@@ -316,12 +317,96 @@ def test_only_empty_files_need_a_schema(tmp_path: Path) -> None:
     assert read_all(JsonSource(str(tmp_path / "b.json"), schema=schema)) == schema.empty_table()
 
 
-def test_csv_bad_value_after_inference_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "a.csv").write_text("x\n" + "1\n" * 200 + "oops\n")
+def test_csv_bad_value_after_inference_is_a_dead_letter_or_names_the_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.csv").write_text("x\n" + "1\n" * 200 + "oops\n2\n")
     monkeypatch.setattr(CsvSource, "_block_bytes", 64)
     source = CsvSource(str(tmp_path))
-    with pytest.raises(Exception, match=r"read_csv: cannot read '.*a\.csv'.*pass schema="):
-        read_all(source)
+    assert source.schema() == pa.schema([("x", pa.int64())]) and source.has_dead_letters
+    rows, letters = read_with_dead_letters(source, 1000)
+    assert rows.column("x").to_pylist() == [1] * 200 + [2]
+    assert [(r["position"], r["raw"], r["split_id"]) for r in letters] == [(202, b"oops", "a.csv")]
+    assert letters[0]["error"] == "column 'x': CSV conversion error to int64: invalid value 'oops'"
+    strict = CsvSource(str(tmp_path), errors="fail")
+    assert not strict.has_dead_letters
+    with pytest.raises(RaystreamError, match=r"read_csv: line 202 of '.*a\.csv' cannot be decoded .*'oops'"):
+        read_all(strict)
+    with pytest.raises(PlanError, match=r"read_csv: errors must be 'dead_letter' or 'fail', got 'skip'"):
+        CsvSource(str(tmp_path), errors="skip")  # type: ignore[arg-type]
+
+
+# Line by line, after the header (line 1): which lines of BAD_CSV are rows (from 2), and the others' errors.
+BAD_CSV = [
+    b"id,t,name",
+    b"1,1000,a",
+    b"",  # blank: skipped
+    b"2,2000",  # a field short
+    b"3,3000,c,extra",  # a field too many
+    b"four,4000,d",  # another type
+    b"5,5000,caf\xc3\xa9\r",  # CRLF
+    b"6,6000,bad \xff byte",  # not UTF-8
+    b'7,7000,"open',  # a quote left open
+    b'8,8000,"quoted, with a comma"',
+    b"\r",  # blank too
+    b"9,,",  # nulls
+    b'10,10000,"say ""hi"""',
+]
+BAD_CSV_ERRORS = {
+    4: "expected 3 columns, got 2",
+    5: "expected 3 columns, got 4",
+    6: "column 'id': CSV conversion error to int64: invalid value 'four'",
+    8: "not valid UTF-8: byte 0xff",
+    9: "a quoted field is not closed on its line",
+}
+CSV_SCHEMA = pa.schema([("id", pa.int64()), ("t", pa.int64()), ("name", pa.string())])
+
+
+@pytest.mark.parametrize("schema", [None, CSV_SCHEMA])
+@pytest.mark.parametrize("bounded", [False, True])
+@pytest.mark.parametrize("max_rows", [1, 2, 1000])
+def test_csv_bad_lines_are_dead_letters_with_their_line_numbers_and_resume_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_rows: int, bounded: bool, schema: pa.Schema | None
+) -> None:
+    (tmp_path / "a.csv").write_bytes(b"\n".join(BAD_CSV) + b"\n")
+    monkeypatch.setattr(CsvSource, "_block_bytes", 40)  # several blocks, some lines longer than one
+    window = {"time_column": "t", "start": "1970-01-01T00:00:02", "end": "1970-01-01T00:00:09.5"} if bounded else {}
+    source = CsvSource(str(tmp_path / "a.csv"), schema=schema, **window)
+    if schema is None:  # inferred from the first block, whose bad lines do not stop it
+        assert source.schema() == pa.schema([("id", pa.int64()), ("t", pa.int64()), ("name", pa.string())])
+    rows, letters = read_with_dead_letters(source, max_rows)
+
+    # The oracle: pandas reads the lines that are rows.
+    good = [line for i, line in enumerate(BAD_CSV[1:], 2) if line.strip() and i not in BAD_CSV_ERRORS]
+    # pyarrow reads an empty string field as "", an empty number as null.
+    text = io.BytesIO(b"\n".join([BAD_CSV[0], *good]))
+    expected = pd.read_csv(text, keep_default_na=False, na_values={"id": [""], "t": [""]})
+    if bounded:
+        expected = expected[(expected["t"] >= 2000) & (expected["t"] < 9500)]
+    frame = rows.to_pandas()
+    pd.testing.assert_frame_equal(frame, expected.reset_index(drop=True), check_dtype=False)
+    rows.validate(full=True)
+    assert [r["position"] for r in letters] == list(BAD_CSV_ERRORS)
+    assert [r["raw"] for r in letters] == [BAD_CSV[i - 1] for i in BAD_CSV_ERRORS]
+    for letter, error in zip(letters, BAD_CSV_ERRORS.values(), strict=True):
+        assert letter["error"].startswith(error), letter
+        assert letter["split_id"] == "a.csv" and letter["source"] == "read_csv"
+
+    # Stopped after any batch and reopened at its position: no row and no dead letter lost or doubled.
+    reader = source.open_split(source.splits(1)[0], None)
+    head, head_letters = [], []
+    while True:
+        position = reader.position()
+        tail, tail_letters = read_with_dead_letters(source, max_rows, position)
+        both = pa.concat_tables([*head, tail], promote_options="default")
+        assert both.equals(rows) and head_letters + tail_letters == letters, position
+        batch = reader.next_batch(max_rows)
+        head_letters += (reader.take_dead_letters() or pa.table({})).to_pylist()
+        if batch is None:
+            break
+        head.append(batch)
+    assert reader.position() == len(BAD_CSV) - 1  # lines consumed after the header
+    reader.close()
 
 
 # --------------------------------------------------------------------------- #
@@ -374,7 +459,7 @@ def test_json_field_appearing_after_the_first_block_is_a_dead_letter_or_names_th
     assert source.schema().names == ["x"] and source.has_dead_letters
     rows, letters = read_with_dead_letters(source, 1000)
     assert rows.column("x").to_pylist() == [1] * 100 + [3]
-    assert [(r["offset"], r["value"], r["split"]) for r in letters] == [(101, b'{"x": 2, "late": true}', "a.json")]
+    assert [(r["position"], r["raw"], r["split_id"]) for r in letters] == [(101, b'{"x": 2, "late": true}', "a.json")]
     assert letters[0]["error"].startswith("field 'late' is not in the schema")
     strict = JsonSource(str(tmp_path), errors="fail")
     assert not strict.has_dead_letters
@@ -442,10 +527,10 @@ def test_json_bad_lines_are_dead_letters_with_their_line_numbers_and_resume_exac
         expected = expected[(expected["t"] >= 2000) & (expected["t"] < 9500)]
     pd.testing.assert_frame_equal(rows.to_pandas(), expected.reset_index(drop=True), check_dtype=False)
     rows.validate(full=True)
-    assert [r["offset"] for r in letters] == list(BAD_JSON_ERRORS)
-    assert [r["value"] for r in letters] == [BAD_JSON[i - 1] for i in BAD_JSON_ERRORS]
+    assert [r["position"] for r in letters] == list(BAD_JSON_ERRORS)
+    assert [r["raw"] for r in letters] == [BAD_JSON[i - 1] for i in BAD_JSON_ERRORS]
     for letter, error in zip(letters, BAD_JSON_ERRORS.values(), strict=True):
-        assert letter["error"].startswith(error) and letter["split"] == "a.json" and letter["topic"] is None
+        assert letter["error"].startswith(error) and letter["split_id"] == "a.json" and letter["source"] == "read_json"
 
     # Stopped after any batch and reopened at its position: no row and no dead letter lost or doubled.
     reader = source.open_split(source.splits(1)[0], None)
@@ -478,21 +563,29 @@ def test_json_bad_lines_in_the_first_block_do_not_stop_inference(
         JsonSource(str(tmp_path / "c.json"))
 
 
-def test_csv_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_csv_bytes_that_are_not_utf8_are_dead_letters_or_name_the_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # In the first block the column used to become binary without a word; later, the error named a row.
     (tmp_path / "a.csv").write_bytes(b"x,y\n1,a\n2,caf\xe9\n3,c\n")
+    source = CsvSource(str(tmp_path / "a.csv"))  # a string column, whose line 3 is a dead letter
+    assert source.schema() == pa.schema([("x", pa.int64()), ("y", pa.string())])
+    rows, letters = read_with_dead_letters(source, 1000)
+    assert rows.to_pydict() == {"x": [1, 3], "y": ["a", "c"]}
+    assert [(r["position"], r["raw"]) for r in letters] == [(3, b"2,caf\xe9")]
+    assert letters[0]["error"].startswith("not valid UTF-8: byte 0xe9 at position 5")
     with pytest.raises(PlanError, match=r"read_csv: '.*a\.csv' is not valid UTF-8: column 'y' at line 3; .*binary"):
-        CsvSource(str(tmp_path / "a.csv"))
+        CsvSource(str(tmp_path / "a.csv"), errors="fail")
     raw = pa.schema([("x", pa.int64()), ("y", pa.binary())])
     assert read_all(CsvSource(str(tmp_path / "a.csv"), schema=raw)).column("y").to_pylist() == [b"a", b"caf\xe9", b"c"]
     with pytest.raises(PlanError, match=r"read_csv: '.*a\.csv' is not valid UTF-8: at line 3"):
-        CsvSource(str(tmp_path / "a.csv"), schema=pa.schema([("x", pa.int64()), ("y", pa.string())]))
+        CsvSource(str(tmp_path / "a.csv"), schema=pa.schema([("x", pa.int64()), ("y", pa.string())]), errors="fail")
 
     (tmp_path / "b.csv").write_bytes(b"x,y\n" + b"1,a\n" * 50 + b"2,\xff\n")
     monkeypatch.setattr(CsvSource, "_block_bytes", 64)
-    source = CsvSource(str(tmp_path / "b.csv"))
+    source = CsvSource(str(tmp_path / "b.csv"), errors="fail")
     assert source.schema() == pa.schema([("x", pa.int64()), ("y", pa.string())])
-    with pytest.raises(RaystreamError, match=r"read_csv: cannot read '.*b\.csv' at line 52, which is not valid UTF-8"):
+    with pytest.raises(RaystreamError, match=r"read_csv: line 52 of '.*b\.csv' cannot be decoded .*not valid UTF-8"):
         read_all(source)
 
 
