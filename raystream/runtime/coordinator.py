@@ -556,8 +556,8 @@ class Coordinator:
             before_by_stage = {
                 name: min(before.get(s, START_OF_TIME_MS) for s in plan.upstream[name]) for name in self._stage_names()
             }
-            calls = self._read(epoch, active, logged, before_by_stage)
             phases = {stage: self._phase(stage) for stage in self.readers}
+            calls = self._read(epoch, active, logged, before_by_stage, phases)
             # While the readers read, complete the epochs before: their stages ran during the previous read.
             while in_flight and len(in_flight) >= config.max_in_flight_epochs - 1:
                 self._complete(in_flight.popleft(), runners, side_router)
@@ -569,8 +569,8 @@ class Coordinator:
             sources_done = {s.name for s in plan.sources if not any(stage == s.name for stage, _ in active)}
             end_of_input = not active
             for stage, phase in phases.items():
-                if self._phase(stage) > phase:  # the next phase's splits start now: only from now may they go idle
-                    begun = self._phase(stage)
+                begun = self._phase(stage)
+                if begun > phase:  # the next phase's splits start now: only from now may they go idle
                     self.trackers[stage].activate(
                         [self._qualify(stage, s.split_id) for s in self.splits[stage] if s.phase == begun], now
                     )
@@ -660,6 +660,7 @@ class Coordinator:
         active: set[tuple[str, int]],
         logged: dict[str, Any] | None,
         before_by_stage: dict[str, int],
+        phases: dict[str, int],
     ) -> dict[tuple[str, int], list[ray.ObjectRef]]:
         """Step 1: start the epoch call of every active reader (Recovery step 4: a logged epoch's exact reads)."""
         rank_of = {s.name: s.rank for s in self.plan.sources}
@@ -676,7 +677,7 @@ class Coordinator:
                     epoch,
                     self.config.max_batch_rows or source.batch_rows,
                     self._edge_watermarks(stage, before_by_stage),
-                    self._phase(stage),
+                    phases[stage],
                     self._own(stage, logged["splits"]) if logged else None,
                 )
             )
