@@ -834,6 +834,16 @@ class _FileSource(Source):
             "end_ns": self._end_ns,
         }
 
+    def estimated_bytes(self) -> int | None:
+        """The size of the files on storage, as Spark's ``autoBroadcastJoinThreshold`` judges a table of files.
+
+        ``None`` for a watched folder (it grows) or when the listing gave no size. Compressed Parquet is
+        several times larger in memory; ``RunConfig.max_join_table_bytes`` catches a table that does not fit.
+        """
+        if self._watch or any(file.size is None for file in self._files):
+            return None
+        return sum(file.size or 0 for file in self._files)
+
     def files(self) -> list[str]:
         """The URLs (without credentials) of the files this source reads, after pruning by ``start``/``end``.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -139,3 +141,12 @@ def test_a_union_of_bounded_and_unbounded_streams_is_unbounded() -> None:
     live = TestSource().add_batch(CLICKS).stream()
     with pytest.raises(PlanError, match="unbounded"):
         rs.union(rs.from_pandas(CLICKS), live).to_pandas()
+
+
+def test_a_small_parquet_table_is_broadcast_by_its_file_size(tmp_path: Path) -> None:
+    USERS.to_parquet(tmp_path / "users.parquet")
+    joined = clicks().join(rs.read_parquet(str(tmp_path)), on="user")
+    assert plan(joined.node).broadcasts_from("source-2") == ["join"]
+    size = (tmp_path / "users.parquet").stat().st_size
+    partitioned = plan(joined.node, rs.RunConfig(broadcast_join_max_bytes=size - 1))
+    assert isinstance(partitioned.stages[0].operator, TableJoin)
