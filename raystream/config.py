@@ -70,6 +70,8 @@ class SourceConfig:
         history: For ``hybrid``: the file source that holds the history.
         live: For ``hybrid``: the live source (``kafka``).
         switch_at: For ``hybrid``: the ISO time where history hands over to live.
+        errors: For ``kafka``, ``csv`` and ``json``: what a malformed record does, ``dead_letter`` (the
+            default: it goes to the dead letters and the job goes on) or ``fail`` (the job fails, naming it).
     """
 
     kind: Literal["text", "parquet", "csv", "json", "socket", "kafka", "hybrid"]
@@ -90,7 +92,10 @@ class SourceConfig:
     history: SourceConfig | None = None
     live: SourceConfig | None = None
     switch_at: str | None = None
+    errors: Literal["dead_letter", "fail"] = "dead_letter"
 
+    #: The kinds that tell malformed records apart, and so take ``errors``.
+    ERRORS_KINDS: typing.ClassVar[tuple[str, ...]] = ("kafka", "csv", "json")
     #: The file kinds with an event time, which ``raystream backfill`` can run over a time range.
     BACKFILL_KINDS: typing.ClassVar[tuple[str, ...]] = ("parquet", "csv", "json")
 
@@ -126,6 +131,11 @@ class SourceConfig:
         import raystream as rs
 
         options = self.storage_options or None
+        if self.errors != "dead_letter" and self.kind not in self.ERRORS_KINDS:
+            raise ConfigError(
+                f"config: '{where}.errors' is for source kinds {', '.join(self.ERRORS_KINDS)}, not {self.kind!r}; "
+                "remove it"
+            )
         if self.kind == "hybrid":
             if self.history is None or self.live is None or self.switch_at is None:
                 raise ConfigError(
@@ -147,6 +157,7 @@ class SourceConfig:
                 start=_kafka_bound(self.start or "earliest", f"{where}.start", ("earliest", "latest")),
                 stop=None if self.stop is None else _kafka_bound(self.stop, f"{where}.stop", ("latest",)),
                 consumer_config=self.consumer_config or None,
+                errors=self.errors,
             )
         if self.path is None:
             raise ConfigError(
@@ -163,8 +174,8 @@ class SourceConfig:
         if self.kind == "parquet":
             return rs.read_parquet(self.path, **files)
         if self.kind == "csv":
-            return rs.read_csv(self.path, schema=self.arrow_schema(), **files)
-        return rs.read_json(self.path, schema=self.arrow_schema(), **files)
+            return rs.read_csv(self.path, schema=self.arrow_schema(), errors=self.errors, **files)
+        return rs.read_json(self.path, schema=self.arrow_schema(), errors=self.errors, **files)
 
 
 def _kafka_bound(value: str, where: str, words: tuple[str, ...]) -> str | datetime:

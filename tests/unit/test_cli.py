@@ -106,3 +106,21 @@ def test_outputs_that_the_config_does_not_name_are_an_error_before_anything_runs
     err = capsys.readouterr().err
     assert "build(config) returned the outputs ['alerts', 'counts'], but the config names 'sinks' " in err, err
     assert "['alerts', 'totals']" in err
+
+
+def test_a_yaml_csv_source_takes_errors_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "prices.csv"
+    data.write_text("id,price\n1,0.5\n2\n")
+    job = tmp_path / "job.py"
+    job.write_text(
+        "from dataclasses import dataclass\nfrom raystream.config import SourceConfig\n\n\n"
+        "@dataclass(frozen=True)\nclass Config:\n    source: SourceConfig\n\n\n"
+        "def build(config):\n    return config.source.build()\n"
+    )
+    source = f"job:\n  source:\n    kind: csv\n    path: {data}\n"
+    assert main(["run", str(job), "--config", str(_config(tmp_path, source + "    errors: fail\n"))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raystream: error: read_csv: ") and "prices.csv" in err and "got 1" in err, err
+    text = source.replace("kind: csv", "kind: text") + "    errors: fail\n"
+    assert main(["run", str(job), "--config", str(_config(tmp_path, text))]) == 2
+    assert "'job.source.errors' is for source kinds kafka, csv, json, not 'text'" in capsys.readouterr().err
