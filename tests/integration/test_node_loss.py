@@ -22,7 +22,9 @@ import raystream as rs
 
 
 def slowly(batch: pa.Table) -> pa.Table:
-    time.sleep(0.03)
+    # Slow enough that the job still runs when Ray notices the lost node (about 80 epochs of 50 ms or more):
+    # a job that ends first never calls its dead actors, and proves nothing.
+    time.sleep(0.05)
     return batch
 
 
@@ -32,7 +34,7 @@ def test_a_job_survives_losing_a_worker_node(two_nodes: Cluster, tmp_path: Path)
     events = rs.from_arrow(table, time_column="t").map_batches(slowly, schema=table.schema)
     windows = events.with_watermark("t", delay="5s").key_by("k").window(rs.Tumbling("10s"))
     stream = windows.agg(n=rs.count(), s=rs.sum("v"), m=rs.max("v"))
-    config = rs.RunConfig(parallelism=2, max_batch_rows=1_000, checkpoint_dir=str(tmp_path / "ck"))
+    config = rs.RunConfig(parallelism=2, max_batch_rows=250, checkpoint_dir=str(tmp_path / "ck"))
     job = stream.write_parquet(str(tmp_path / "out"), config, wait=False)
 
     worker = next(node for node in two_nodes.worker_nodes)
