@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from raystream.sources._json import Decoded, explain
+from raystream.sources._json import Decoded, bisect_ranges, explain
 
 __all__ = ["decode_lines", "header_names"]
 
@@ -83,10 +83,8 @@ def _bisect(
     lines: pa.Array | pa.ChunkedArray, names: Sequence[str], schema: pa.Schema, delimiter: str
 ) -> tuple[list[tuple[int, pa.Table]], list[tuple[int, str]]]:
     """Parse the lines, bisecting ranges that fail: ``(start, table)`` per good range, ``(index, error)``."""
-    good: list[tuple[int, pa.Table]] = []
-    bad: list[tuple[int, str]] = []
     if len(lines) == 0:
-        return good, bad
+        return [], []
     # large_binary: the joined batch may pass the 2 GiB of 32-bit offsets.
     newline, separator = pa.scalar(b"\n", pa.large_binary()), pa.scalar(b"", pa.large_binary())
     joined = pc.binary_join_element_wise(lines.cast(pa.large_binary()), newline, separator)
@@ -126,19 +124,7 @@ def _bisect(
             return _UNCLOSED
         return table
 
-    def run(start: int, end: int) -> None:
-        result = attempt(start, end)
-        if isinstance(result, pa.Table):
-            good.append((start, result))
-        elif end - start == 1:
-            bad.append((start, result))
-        else:
-            middle = (start + end) // 2
-            run(start, middle)
-            run(middle, end)
-
-    run(0, len(lines))
-    return good, bad
+    return bisect_ranges(attempt, len(lines))
 
 
 def _explain(line: bytes, error: str, names: Sequence[str]) -> str:

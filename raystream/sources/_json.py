@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-__all__ = ["Decoded", "Unexpected", "decode_records", "explain", "infer_schema", "utf8_valid"]
+__all__ = ["Decoded", "Unexpected", "bisect_ranges", "decode_records", "explain", "infer_schema", "utf8_valid"]
 
 #: What a field that the schema does not name does: ``"ignore"`` it, or make the record an ``"error"``.
 Unexpected = Literal["ignore", "error"]
@@ -239,10 +240,8 @@ def _bisect(
     records: pa.Array | pa.ChunkedArray, target: pa.Schema | None, unexpected: Unexpected
 ) -> tuple[list[tuple[int, pa.Table]], list[tuple[int, str]]]:
     """Parse the wrapped records, bisecting ranges that fail: ``(start, table)`` per good range, ``(index, error)``."""
-    good: list[tuple[int, pa.Table]] = []
-    bad: list[tuple[int, str]] = []
     if len(records) == 0:
-        return good, bad
+        return [], []
     # large_binary: the wrapped batch may pass the 2 GiB of 32-bit offsets.
     prefix, suffix, separator = (pa.scalar(text, pa.large_binary()) for text in (_PREFIX, _SUFFIX, b""))
     wrapped = pc.binary_join_element_wise(prefix, records.cast(pa.large_binary()), suffix, separator)
@@ -269,6 +268,20 @@ def _bisect(
             return f"decoded to {table.num_rows} rows"
         return table
 
+    return bisect_ranges(attempt, len(records))
+
+
+def bisect_ranges(
+    attempt: Callable[[int, int], pa.Table | str], count: int
+) -> tuple[list[tuple[int, pa.Table]], list[tuple[int, str]]]:
+    """Parse records ``0..count`` by ranges, halving each range that fails until the failures are single records.
+
+    ``attempt(start, end)`` parses a range into a table, or returns why it failed. Returns ``(start, table)`` per
+    range that parsed, and ``(index, error)`` per record that did not.
+    """
+    good: list[tuple[int, pa.Table]] = []
+    bad: list[tuple[int, str]] = []
+
     def run(start: int, end: int) -> None:
         result = attempt(start, end)
         if isinstance(result, pa.Table):
@@ -280,7 +293,8 @@ def _bisect(
             run(start, middle)
             run(middle, end)
 
-    run(0, len(records))
+    if count:
+        run(0, count)
     return good, bad
 
 
