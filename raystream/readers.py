@@ -11,9 +11,9 @@ import pyarrow as pa
 from raystream._time import time_ns
 from raystream.errors import PlanError
 from raystream.plan.checks import check_time_column
-from raystream.plan.logical import SourceNode
+from raystream.plan.logical import HybridNode, SourceNode
 from raystream.sources.base import Source, Split, SplitReader
-from raystream.sources.hybrid import HybridSource
+from raystream.sources.hybrid import hand_over
 from raystream.stream import Stream
 
 __all__ = [
@@ -347,7 +347,7 @@ def hybrid(history: Stream, live: Stream, switch_at: datetime | date | str) -> S
     live source at or before ``switch_at`` (``read_kafka(start="earliest")``
     or a time safely before it): the events both sources hold are read once,
     whatever the overlap. Keyed state and open windows carry across the
-    switch, and one checkpoint covers both phases.
+    switch, and one checkpoint covers both sides.
 
     Args:
         history: A bounded source stream, such as ``rs.read_parquet(..., time_column="ts")``.
@@ -377,5 +377,9 @@ def hybrid(history: Stream, live: Stream, switch_at: datetime | date | str) -> S
         )
     assert time_column is not None
     switch_at_ms = time_ns(switch_at, "hybrid: switch_at") // 1_000_000
-    source = HybridSource(nodes["history"].source, nodes["live"].source, switch_at_ms, time_column)
-    return from_source(source, time_column)
+    sides = hand_over(nodes["history"].source, nodes["live"].source, switch_at_ms, time_column)
+    inputs = tuple(
+        SourceNode(inputs=(), schema=side.schema(), source=side, source_time_column=time_column, stage_name=role)
+        for role, side in (("history", sides.history), ("live", sides.live))
+    )
+    return Stream(HybridNode(inputs=inputs, schema=sides.history.schema(), source=sides))

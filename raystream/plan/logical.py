@@ -22,6 +22,7 @@ from raystream.windows import WINDOW_END, Window
 
 if TYPE_CHECKING:
     from raystream.sources.base import Source
+    from raystream.sources.hybrid import HandOver
 
 BatchFormat = Literal["pyarrow", "pandas"]
 Predicate: TypeAlias = "pc.Expression | Callable[[pa.Table], Any]"
@@ -51,6 +52,8 @@ class Node:
 class SourceNode(Node):
     source: Source
     source_time_column: str | None = None
+    #: The name of its source stage in the physical plan, made unique there ("source", "source-2"...).
+    stage_name: str = "source"
 
     @property
     def time_column(self) -> str | None:
@@ -188,6 +191,17 @@ class UnionNode(Node):
     def time_column(self) -> str | None:
         columns = {node.time_column for node in self.inputs}
         return columns.pop() if len(columns) == 1 else None
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class HybridNode(UnionNode):
+    """``rs.hybrid``: input 0, the history before the switch, is read to its end; then input 1, live from it on.
+
+    The inputs are the source nodes of ``source``'s two sides, whose stages
+    are named ``history`` and ``live``.
+    """
+
+    source: HandOver
 
 
 JoinHow = Literal["inner", "left"]

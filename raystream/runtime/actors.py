@@ -244,7 +244,6 @@ class ReaderActor(_HoldsBroadcastTables):
         epoch: int,
         max_rows: int,
         watermarks: dict[int, int],
-        phase: int = 0,
         replay: dict[str, dict[str, Any]] | None = None,
     ) -> list[Any] | dict[str, Any]:
         """Step 1 of the protocol (:mod:`raystream.runtime.checkpointing`): read, transform and route one epoch.
@@ -255,7 +254,6 @@ class ReaderActor(_HoldsBroadcastTables):
             epoch: The epoch id.
             max_rows: The most rows to read, over all splits.
             watermarks: For each out-edge, its consumer's watermark before this epoch, to tell late rows.
-            phase: Read only splits of this phase or earlier (see ``Split.phase``).
             replay: When the epoch is replayed from the write-ahead log:
                 for each split the epoch read, the ``position`` it reached
                 and the ``budget`` of rows it was given. Other splits are
@@ -270,7 +268,7 @@ class ReaderActor(_HoldsBroadcastTables):
         rows_in = 0
         for state in self.splits:
             logged = None if replay is None else replay.get(state.split.split_id)
-            if state.done or (budget <= 0 or state.split.phase > phase if replay is None else logged is None):
+            if state.done or (budget <= 0 if replay is None else logged is None):
                 continue
             assert state.reader is not None
             given = budget if logged is None else logged["budget"]

@@ -166,6 +166,8 @@ class Coordinator:
         self._last_discovery = dict.fromkeys((s.name for s in plan.sources), time.monotonic())
         self.checkpointing = Checkpointing(plan, config) if config.checkpoint_dir is not None else None
         self.splits: dict[str, list[Split]] = {s.name: [] for s in plan.sources}
+        #: The source stages that wait, unread, for the stages in their ``after`` to end.
+        self.waiting: set[str] = set()
         self._corrupt_epochs: set[int] = set()
         self._restoring: int | None = None
         #: By qualified split id.
@@ -358,6 +360,8 @@ class Coordinator:
             self.already_complete, self.job_id, self.resumed = True, recovery.job_id, True
             return recovery.epoch + 1, []
         self.trackers = self._new_trackers()
+        # Readers that resume with nothing left say so in their first epoch; until then, the stages after them wait.
+        self.waiting = {stage.name for stage in plan.sources if stage.after}
         if recovery is not None:
             # Recovery step 3, checked first: each source can resume at its positions (a topic that lost data).
             for stage in plan.sources:
@@ -477,23 +481,25 @@ class Coordinator:
             first: The index of ``splits[0]`` among the stage's splits, so that new splits continue the deal.
         """
         readers = self.readers[stage]
-        ordered = sorted(splits, key=lambda s: (s.phase, s.min_event_time_ms is None, s.min_event_time_ms or 0))
+        ordered = sorted(splits, key=lambda s: (s.min_event_time_ms is None, s.min_event_time_ms or 0))
         assignments: list[list[Any]] = [[] for _ in readers]
         unread = [s for s in ordered if self._qualify(stage, s.split_id) not in self.done_splits]
         for i, split in enumerate(unread):
             position = self.positions.get(self._qualify(stage, split.split_id))
             assignments[(first + i) % len(readers)].append((split, position))
         now = time.monotonic()
-        phase = self._phase(stage)
         for split in unread:
             qualified = self._qualify(stage, split.split_id)
-            self.trackers[stage].add_split(qualified, now, split.min_event_time_ms, pending=split.phase > phase)
+            self.trackers[stage].add_split(qualified, now, split.min_event_time_ms, pending=stage in self.waiting)
         return [reader.assign.remote(chunk) for reader, chunk in zip(readers, assignments, strict=True) if chunk]
 
-    def _phase(self, stage: str) -> int:
-        """The phase a source stage reads: the earliest one with a split not done (see ``Split.phase``)."""
-        splits = self.splits[stage]
-        return min((s.phase for s in splits if self._qualify(stage, s.split_id) not in self.done_splits), default=0)
+    def _start_waiting(self, active: set[tuple[str, int]], now: float) -> None:
+        """Start the source stages whose ``after`` stages have all ended: they read from the next epoch on."""
+        running = {stage for stage, _ in active}
+        for stage in sorted(self.waiting):
+            if running.isdisjoint(self.plan.source_stage(stage).after):
+                self.waiting.discard(stage)
+                self.trackers[stage].start(now)
 
     def _discover_splits(self, epoch: int) -> None:
         """Pick up splits that appeared since the job started (new partitions of a topic), before ``epoch``."""
@@ -556,8 +562,7 @@ class Coordinator:
             before_by_stage = {
                 name: min(before.get(s, START_OF_TIME_MS) for s in plan.upstream[name]) for name in self._stage_names()
             }
-            phases = {stage: self._phase(stage) for stage in self.readers}
-            calls = self._read(epoch, active, logged, before_by_stage, phases)
+            calls = self._read(epoch, active, logged, before_by_stage)
             # While the readers read, complete the epochs before: their stages ran during the previous read.
             while in_flight and len(in_flight) >= config.max_in_flight_epochs - 1:
                 self._complete(in_flight.popleft(), runners, side_router)
@@ -568,12 +573,7 @@ class Coordinator:
             rows, moved, read = self._observe(reader_metas, active, now)
             sources_done = {s.name for s in plan.sources if not any(stage == s.name for stage, _ in active)}
             end_of_input = not active
-            for stage, phase in phases.items():
-                begun = self._phase(stage)
-                if begun > phase:  # the next phase's splits start now: only from now may they go idle
-                    self.trackers[stage].activate(
-                        [self._qualify(stage, s.split_id) for s in self.splits[stage] if s.phase == begun], now
-                    )
+            self._start_waiting(active, now)
             if logged is not None:
                 for name, value in logged["watermarks"].items():
                     self.trackers[name].current = value
@@ -660,15 +660,12 @@ class Coordinator:
         active: set[tuple[str, int]],
         logged: dict[str, Any] | None,
         before_by_stage: dict[str, int],
-        phases: dict[str, int],
     ) -> dict[tuple[str, int], list[ray.ObjectRef]]:
         """Step 1: start the epoch call of every active reader (Recovery step 4: a logged epoch's exact reads)."""
-        rank_of = {s.name: s.rank for s in self.plan.sources}
-        rank = min(rank_of[stage] for stage, _ in active)
         calls: dict[tuple[str, int], list[ray.ObjectRef]] = {}
         for stage, i in sorted(active):
-            if logged is None and rank_of[stage] != rank:
-                continue  # a table is read to its end before the streams it joins start
+            if logged is None and stage in self.waiting:
+                continue  # a table before the streams it joins, a hybrid's history before live: read to their end
             source = self.plan.source_stage(stage).source
             calls[(stage, i)] = _refs(
                 self.readers[stage][i]
@@ -677,7 +674,6 @@ class Coordinator:
                     epoch,
                     self.config.max_batch_rows or source.batch_rows,
                     self._edge_watermarks(stage, before_by_stage),
-                    phases[stage],
                     self._own(stage, logged["splits"]) if logged else None,
                 )
             )

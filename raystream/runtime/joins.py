@@ -2,8 +2,8 @@
 
 A row per match (duplicate table keys multiply), null keys never match, a
 left join keeps the stream rows that match nothing with nulls. The table is
-read to its end before the stream's first epoch (its sources have rank 0 in
-the plan), and then the stream's rows are matched as they come, by
+read to its end before the stream's first epoch (the stream's source
+stages come ``after`` the table's in the plan), and then the stream's rows are matched as they come, by
 ``pyarrow.Table.join``: no Python loop per row.
 
 Two physical forms, chosen by the planner from the table's size:

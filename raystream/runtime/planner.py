@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -43,6 +43,7 @@ from raystream.errors import PlanError
 from raystream.plan.logical import (
     DeadLettersNode,
     FilterNode,
+    HybridNode,
     KeyedAggNode,
     LateEventsNode,
     MapBatchesNode,
@@ -107,16 +108,16 @@ class SourceStage:
     """A source, read by reader actors, and the stateless chain fused after it.
 
     Attributes:
-        rank: Sources are read in rank order: a stage of rank 1 starts once
-            every stage of rank 0 has ended (the table of a table join is
-            read before the stream).
+        after: The source stages read to their end before this one starts:
+            the tables of table joins before the streams they join, and a
+            hybrid's ``history`` before its ``live`` stage.
     """
 
     name: str
     source: Source
     chain: tuple[StatelessOp, ...]
     event_time: EventTime | None
-    rank: int = 0
+    after: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ class _Vertex:
 
     ``kind`` is ``source``, ``keyed``, ``stateless`` (one operator, fused
     away in pass 2) or ``union`` (merges its inputs' edges, fused away too).
+    An ``ordered`` union reads its inputs one after the other (a hybrid).
     """
 
     kind: Literal["source", "keyed", "stateless", "union"]
@@ -257,6 +259,7 @@ class _Vertex:
     operator: KeyedOperator | None = None
     op: StatelessOp | None = None
     node: Node | None = None
+    ordered: bool = False
 
 
 @dataclass
@@ -331,6 +334,11 @@ def _build_watermark(node: WatermarkNode, inputs: list[_Vertex], ctx: _Context) 
 @builds(UnionNode)
 def _build_union(node: UnionNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
     return _Vertex("union", inputs, node=node)
+
+
+@builds(HybridNode)
+def _build_hybrid(node: HybridNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    return _Vertex("union", inputs, node=node, ordered=True)
 
 
 @builds(KeyedAggNode)
@@ -444,6 +452,8 @@ class _Fused:
     sources: list[SourceStage]
     stages: list[KeyedStage]
     edges: list[Edge]
+    #: The stage name of each source and keyed vertex, by the vertex's id.
+    names: dict[int, str]
 
 
 def _fuse(
@@ -456,7 +466,8 @@ def _fuse(
     names: dict[int, str] = {}
     for vertex in vertices.values():
         if vertex.kind == "source":
-            names[id(vertex)] = ctx.unique("source")
+            assert vertex.source is not None
+            names[id(vertex)] = ctx.unique(vertex.source.stage_name)
         elif vertex.kind == "keyed":
             assert vertex.operator is not None
             names[id(vertex)] = vertex.operator.name
@@ -523,7 +534,7 @@ def _fuse(
                     "rows keep the event time of their input (window_end for a window)"
                 )
             stages.append(KeyedStage(vertex.operator, prefix))
-    return _Fused(sources, stages, edges), sides
+    return _Fused(sources, stages, edges, names), sides
 
 
 def _source_stage(name: str, node: SourceNode, chain: tuple[StatelessOp, ...]) -> SourceStage:
@@ -559,7 +570,7 @@ def plan(outputs: Sequence[OutputRequest] | Node, config: RunConfig | None = Non
     ctx = _Context(config or RunConfig(), names={DEAD_LETTERS, *(request.name for request in requests)})
     vertices = _build(requests, ctx)
     fused, sides = _fuse(vertices, requests, ctx)
-    sources = _ranked(fused, vertices)
+    sources = _ordered(fused, vertices)
     upstream = _upstream(sources, fused)
     planned = [
         Output(
@@ -576,14 +587,17 @@ def plan(outputs: Sequence[OutputRequest] | Node, config: RunConfig | None = Non
     return PhysicalPlan(tuple(sources), tuple(fused.stages), tuple(fused.edges), tuple(planned), upstream)
 
 
-def _ranked(fused: _Fused, vertices: dict[int, _Vertex]) -> list[SourceStage]:
-    """Sources that feed a table join's table (input 1), or are broadcast, are read first (rank 0)."""
+def _ordered(fused: _Fused, vertices: dict[int, _Vertex]) -> list[SourceStage]:
+    """The source stages, each with the stages read to their end before it starts (``SourceStage.after``).
+
+    A table join's table (a broadcast table's sources, or every source
+    upstream of input 1 of a partitioned join) is read before the other
+    sources. An ordered union (a hybrid) reads the sources of each input
+    after those of the inputs before it.
+    """
     tables: set[str] = {edge.producer for edge in fused.edges if edge.exchange == "broadcast"}
+    table_stages = {edge.producer for edge in fused.edges if edge.exchange == "hash" and edge.input == 1}
     changed = True
-    table_stages: set[str] = set()
-    for edge in fused.edges:
-        if edge.exchange == "hash" and edge.input == 1:
-            table_stages.add(edge.producer)
     while changed:  # every stage upstream of a table input is part of the table
         changed = False
         for edge in fused.edges:
@@ -591,9 +605,17 @@ def _ranked(fused: _Fused, vertices: dict[int, _Vertex]) -> list[SourceStage]:
                 table_stages.add(edge.producer)
                 changed = True
     tables |= {s.name for s in fused.sources if s.name in table_stages}
-    if not tables:
-        return fused.sources
-    return [SourceStage(s.name, s.source, s.chain, s.event_time, 0 if s.name in tables else 1) for s in fused.sources]
+    after = {s.name: set() if s.name in tables else set(tables) for s in fused.sources}
+    for vertex in vertices.values():
+        if vertex.kind != "union" or not vertex.ordered:
+            continue
+        earlier: set[str] = set()
+        for child in vertex.inputs:
+            stages = {fused.names[id(producer)] for producer, _ in _paths(child) if producer.kind == "source"}
+            for name in stages:
+                after[name] |= earlier
+            earlier |= stages
+    return [replace(s, after=tuple(sorted(after[s.name]))) for s in fused.sources]
 
 
 def _upstream(sources: list[SourceStage], fused: _Fused) -> dict[str, tuple[str, ...]]:

@@ -23,7 +23,7 @@ class _SplitClock:
     done: bool = False
     #: The split's smallest event time when known before reading it (Parquet statistics, partition values).
     min_event_time_ms: int | None = None
-    #: Not read yet because an earlier phase is still being read; it is never idle meanwhile.
+    #: Not read yet because its stage waits for others to end (``SourceStage.after``); never idle meanwhile.
     pending: bool = False
     #: When a reader first polled the split (a split queued behind others is not polled yet).
     polled_at: float | None = None
@@ -40,8 +40,8 @@ class WatermarkTracker:
     watermark where its own events start (its ``min_event_time_ms`` minus
     the delay), or where the watermark is when that is unknown, so a slow or
     unstarted split can never make another split's events late. A finished
-    split no longer counts, and a split of a later phase (see ``Split.phase``)
-    counts as unstarted until its phase begins. A split silent for longer than
+    split no longer counts, and the splits of a stage that waits for others
+    (``SourceStage.after``) count as unstarted until it starts. A split silent for longer than
     the idle timeout stops counting until it yields again. The watermark
     never goes back.
     """
@@ -71,17 +71,17 @@ class WatermarkTracker:
     def add_split(self, split_id: str, now: float, min_event_time_ms: int | None = None, pending: bool = False) -> None:
         """Start tracking a split assigned to a reader, whose events start at ``min_event_time_ms`` if known.
 
-        A ``pending`` split waits for its phase: it is not idle until :meth:`activate`.
+        A ``pending`` split waits for its stage to start: it is not idle until :meth:`start`.
         """
         clock = self.splits.setdefault(split_id, _SplitClock(last_active=now))
         clock.min_event_time_ms = min_event_time_ms
         clock.pending = pending
 
-    def activate(self, split_ids: list[str], now: float) -> None:
-        """The phase of these splits has begun: from now on they may go idle."""
-        for split_id in split_ids:
-            clock = self.splits[split_id]
-            clock.pending, clock.last_active = False, now
+    def start(self, now: float) -> None:
+        """The stage starts reading its pending splits: from now on they may go idle."""
+        for clock in self.splits.values():
+            if clock.pending:
+                clock.pending, clock.last_active = False, now
 
     def observe(self, split_id: str, progress: dict[str, Any], now: float) -> None:
         """Record what one split yielded in an epoch (a reader's progress entry for it)."""

@@ -107,15 +107,11 @@ class Split:
             knows it before reading (Parquet statistics, partition values).
             Splits are dealt to readers in this order, and an unstarted
             split holds the watermark here.
-        phase: Splits are read phase by phase: none of phase ``n + 1`` is
-            read before every split of phase ``n`` is done. A hybrid source
-            reads its history in phase 0 and its live source in phase 1.
     """
 
     split_id: str
     payload: Any = None
     min_event_time_ms: int | None = None
-    phase: int = 0
 
 
 class SplitReader(ABC):
@@ -259,7 +255,6 @@ class Source(ABC):
             "split_id": split.split_id,
             "payload": self.encode_payload(split.payload),
             "min_event_time_ms": split.min_event_time_ms,
-            "phase": split.phase,
         }
 
     def decode_split(self, data: Any) -> Split:
@@ -270,13 +265,13 @@ class Source(ABC):
         """
         from raystream._jsonable import JsonableError
 
-        fields = ("split_id", "payload", "min_event_time_ms", "phase")
+        fields = ("split_id", "payload", "min_event_time_ms")
         if not isinstance(data, dict) or set(data) != set(fields):
             raise JsonableError(f"{self.name}: {str(data)[:80]!r} is not a stored split")
-        split_id, low, phase = data["split_id"], data["min_event_time_ms"], data["phase"]
-        if not isinstance(split_id, str) or not (low is None or type(low) is int) or type(phase) is not int:
+        split_id, low = data["split_id"], data["min_event_time_ms"]
+        if not isinstance(split_id, str) or not (low is None or type(low) is int):
             raise JsonableError(f"{self.name}: {str(data)[:80]!r} is not a stored split")
-        return Split(split_id, self.decode_payload(data["payload"]), low, phase)
+        return Split(split_id, self.decode_payload(data["payload"]), low)
 
     def check_resume(self, positions: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Check, on the driver, that a job can resume at these checkpointed positions (split id -> position).

@@ -1,25 +1,31 @@
 """The hand-over from history to live: files before ``switch_at``, then Kafka from ``switch_at`` on.
 
-A :class:`HybridSource` is one source with two phases (see ``Split.phase``):
+:func:`raystream.hybrid` plans two source stages, ``history`` and ``live``,
+merged by a :class:`~raystream.plan.logical.HybridNode`:
 
-1. Phase 0 reads the history source's splits and keeps the events before
+1. The ``history`` stage reads the history source through a
+   :class:`TimeRangeSource` that keeps the events before ``switch_at``.
+2. The ``live`` stage starts once every history split is done (the planner
+   puts ``history`` in its ``SourceStage.after``). It reads the live source
+   through a :class:`TimeRangeSource` that keeps the events at or after
    ``switch_at``.
-2. Phase 1 starts once every history split is done. It reads the live
-   source's splits and keeps the events at or after ``switch_at``.
 
 Every event time belongs to exactly one side of ``switch_at``, so the events
 both sources hold (Kafka's retention reaching back before ``switch_at``) are
 read once. The live source must still hold the events from ``switch_at`` on
 (its retention must reach back to it): those before its oldest record are
-in neither source. No live split is read before the history is done, and a live split
-holds the watermark at ``switch_at`` minus the delay until it starts, so
-keyed state and open windows carry across the switch and no live event is
-late because of it. The splits of both phases, with their positions, are in
-every checkpoint: a job killed in either phase resumes where it was.
+in neither source. Until the live stage starts, its splits hold its
+watermark at ``switch_at`` minus the delay (their smallest event time is
+raised to ``switch_at``), and the stages downstream see the smaller of both
+watermarks, so keyed state and open windows carry across the switch and no
+live event is late because of it. The splits of both stages, with their
+positions, are in every checkpoint: a job killed on either side of the
+switch resumes where it was.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -29,93 +35,101 @@ from raystream._time import to_epoch_ms
 from raystream.errors import PlanError
 from raystream.sources.base import Source, Split, SplitReader
 
-_HISTORY = "history"
-_LIVE = "live"
+
+@dataclass(frozen=True)
+class HandOver:
+    """What :func:`raystream.hybrid` reads: ``history`` before ``switch_at_ms``, then ``live`` from it on."""
+
+    history: TimeRangeSource
+    live: TimeRangeSource
+    switch_at_ms: int
 
 
-class HybridSource(Source):
-    """History from a bounded source before ``switch_at``, live events from another source after it.
+def hand_over(history: Source, live: Source, switch_at_ms: int, time_column: str) -> HandOver:
+    """The two sides of a hybrid, both in the history's columns (see :func:`_common_schema`).
 
-    See :func:`raystream.hybrid`.
+    Raises:
+        PlanError: when the history is unbounded, a time column is missing or the columns cannot be cast.
+    """
+    if not history.bounded:
+        raise PlanError(
+            f"hybrid: the history source {history.name} is unbounded; history must end, so give it a bounded "
+            "file source (without watch=True)"
+        )
+    schema = _common_schema(history, live, time_column)
+    return HandOver(
+        TimeRangeSource(history, time_column, schema, end_ms=switch_at_ms),
+        TimeRangeSource(live, time_column, schema, start_ms=switch_at_ms),
+        switch_at_ms,
+    )
+
+
+class TimeRangeSource(Source):
+    """The events of ``inner`` whose time is in ``[start_ms, end_ms)``, cast to ``schema``: one side of a hybrid.
+
+    Splits, positions and checkpoints are the inner source's own; each
+    split's smallest event time is raised to ``start_ms``, so that an
+    unstarted live split holds the watermark at the switch.
     """
 
-    name = "hybrid"
-
-    def __init__(self, history: Source, live: Source, switch_at_ms: int, time_column: str) -> None:
-        if not history.bounded:
-            raise PlanError(
-                f"hybrid: the history source {history.name} is unbounded; history must end, so give it a bounded "
-                "file source (without watch=True)"
-            )
-        self.history = history
-        self.live = live
-        self.switch_at_ms = switch_at_ms
+    def __init__(
+        self,
+        inner: Source,
+        time_column: str,
+        schema: pa.Schema,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> None:
+        self.inner = inner
         self.time_column = time_column
-        self.bounded = live.bounded
-        self.replayable = history.replayable and live.replayable
-        self.discovers_splits = live.discovers_splits
-        self.discovery_interval_s = live.discovery_interval_s
-        self.has_dead_letters = history.has_dead_letters or live.has_dead_letters
-        # History files are polled only once they start, and then produce: the rule concerns live splits.
-        self.new_split_idle_timeout_ms = live.new_split_idle_timeout_ms
-        self._schema = _common_schema(history, live, time_column)
-        self._history_splits: list[Split] | None = None
+        self._schema = schema
+        self.start_ms = start_ms
+        self.end_ms = end_ms
+        self.name = inner.name
+        self.bounded = inner.bounded
+        self.replayable = inner.replayable
+        self.discovers_splits = inner.discovers_splits
+        self.discovery_interval_s = inner.discovery_interval_s
+        self.has_dead_letters = inner.has_dead_letters
+        self.batch_rows = inner.batch_rows
+        self.new_split_idle_timeout_ms = inner.new_split_idle_timeout_ms
 
     def schema(self) -> pa.Schema:
         return self._schema
 
+    def estimated_bytes(self) -> int | None:
+        return self.inner.estimated_bytes()
+
     def splits(self, parallelism: int) -> list[Split]:
-        if self._history_splits is None:  # listed once: discovery asks again for new live splits only
-            self._history_splits = [
-                Split(f"{_HISTORY}/{s.split_id}", (_HISTORY, s), s.min_event_time_ms, phase=0)
-                for s in self.history.splits(parallelism)
-            ]
-        live = [
-            # Every live event kept is at or after switch_at: the split holds the watermark there until it starts.
-            Split(
-                f"{_LIVE}/{s.split_id}",
-                (_LIVE, s),
-                max(s.min_event_time_ms or self.switch_at_ms, self.switch_at_ms),
-                phase=1,
-            )
-            for s in self.live.splits(parallelism)
+        start = self.start_ms
+        if start is None:
+            return self.inner.splits(parallelism)
+        return [
+            Split(s.split_id, s.payload, start if s.min_event_time_ms is None else max(s.min_event_time_ms, start))
+            for s in self.inner.splits(parallelism)
         ]
-        return self._history_splits + live
 
     def identity(self) -> dict[str, Any]:
-        return {
-            "source": self.name,
-            "history": self.history.identity(),
-            "live": self.live.identity(),
-            "switch_at_ms": self.switch_at_ms,
-        }
+        return {**self.inner.identity(), "from_ms": self.start_ms, "until_ms": self.end_ms}
 
     def encode_payload(self, payload: Any) -> Any:
-        side, inner = payload
-        return {"side": side, "split": (self.history if side == _HISTORY else self.live).encode_split(inner)}
+        return self.inner.encode_payload(payload)
 
     def decode_payload(self, data: Any) -> Any:
-        from raystream._jsonable import JsonableError
+        return self.inner.decode_payload(data)
 
-        side = data.get("side") if isinstance(data, dict) else None
-        if side not in (_HISTORY, _LIVE) or set(data) != {"side", "split"}:
-            raise JsonableError(f"{self.name}: {str(data)[:80]!r} is not a stored split")
-        return side, (self.history if side == _HISTORY else self.live).decode_split(data["split"])
+    def check_resume(self, positions: dict[str, Any]) -> None:
+        self.inner.check_resume(positions)
 
     def open_split(self, split: Split, position: Any | None) -> SplitReader:
-        side, inner = split.payload
-        if side == _HISTORY:
-            reader = self.history.open_split(inner, position)
-            return _TimeRange(reader, self.time_column, self._schema, end_ms=self.switch_at_ms)
-        reader = self.live.open_split(inner, position)
-        return _TimeRange(reader, self.time_column, self._schema, start_ms=self.switch_at_ms)
+        reader = self.inner.open_split(split, position)
+        return _TimeRange(reader, self.time_column, self._schema, self.start_ms, self.end_ms)
 
     def on_epoch_complete(self, positions: dict[str, Any]) -> None:
-        prefix = f"{_LIVE}/"
-        self.live.on_epoch_complete({k[len(prefix) :]: v for k, v in positions.items() if k.startswith(prefix)})
+        self.inner.on_epoch_complete(positions)
 
     def __repr__(self) -> str:
-        return f"HybridSource(history={self.history!r}, live={self.live!r}, switch_at_ms={self.switch_at_ms})"
+        return f"TimeRangeSource({self.inner!r}, from_ms={self.start_ms}, until_ms={self.end_ms})"
 
 
 def _common_schema(history: Source, live: Source, time_column: str) -> pa.Schema:

@@ -47,6 +47,18 @@ def test_a_union_of_two_sources_is_two_source_stages_with_edges_into_one_window(
     assert physical.upstream["window"] == ("source", "source-2")
 
 
+def test_a_hybrid_is_a_history_stage_and_a_live_stage_that_starts_after_it() -> None:
+    hybrid = rs.hybrid(clicks(), clicks(), "2026-01-02")
+    joined = hybrid.join(rs.from_pandas(USERS), on="user").key_by("user").agg(n=rs.count())
+    physical = plan(joined.node)
+    assert [(s.name, s.after) for s in physical.sources] == [
+        ("history", ("source",)),
+        ("live", ("history", "source")),
+        ("source", ()),
+    ]
+    assert physical.upstream["agg"] == ("history", "live")  # the broadcast table holds back no watermark
+
+
 def test_a_stream_used_by_two_outputs_is_read_once_and_its_shared_operators_run_once() -> None:
     shared = clicks().filter(pa.compute.field("page") > 0)
     first, second = shared.select("user"), shared.key_by("user").agg(n=rs.count())
@@ -77,11 +89,11 @@ def test_a_small_table_is_broadcast_and_a_large_one_is_partitioned() -> None:
         ("source-2", "join", "broadcast")
     ]
     assert any(isinstance(op, BroadcastJoinOp) for op in small.sources[0].chain)
-    assert [s.rank for s in small.sources] == [1, 0]  # the table is read first
+    assert [s.after for s in small.sources] == [("source-2",), ()]  # the table is read first
     large = plan(joined.node, rs.RunConfig(broadcast_join_max_bytes=0))
     assert isinstance(large.stages[0].operator, TableJoin)
     assert [(e.producer, e.input) for e in large.edges_into("join")] == [("source", 0), ("source-2", 1)]
-    assert [s.rank for s in large.sources] == [1, 0]
+    assert [s.after for s in large.sources] == [("source-2",), ()]
 
 
 def test_a_join_names_clashing_columns_with_the_suffix_and_drops_the_tables_keys() -> None:
