@@ -10,7 +10,7 @@ unknown column is a :class:`~raystream.errors.PlanError` at plan time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -35,6 +35,7 @@ from raystream.plan.logical import (
     ColumnExpr,
     DeadLettersNode,
     FilterNode,
+    IntervalJoinNode,
     JoinHow,
     KeyedAggNode,
     LateEventsNode,
@@ -44,6 +45,7 @@ from raystream.plan.logical import (
     Predicate,
     SelectNode,
     SourceNode,
+    StreamJoinHow,
     TableJoinNode,
     TopNode,
     UnionNode,
@@ -286,94 +288,148 @@ class Stream:
 
     def join(
         self,
-        table: Stream,
+        other: Stream,
         on: str | list[str] | None = None,
         *,
-        how: JoinHow = "inner",
+        how: StreamJoinHow = "inner",
         left_on: str | list[str] | None = None,
         right_on: str | list[str] | None = None,
         suffix: str = "_right",
+        between: tuple[Duration, Duration] | None = None,
         name: str = "join",
     ) -> Stream:
-        """Enrich each row with the matching rows of a bounded ``table``, as SQL's ``JOIN ... ON`` does.
+        """Join with a bounded table, or, with ``between``, with another stream in event time.
 
-        A row per match (duplicate table keys multiply the row), null keys
-        never match, and ``how="left"`` keeps the rows that match nothing,
-        with nulls in the table's columns. The table's key columns are not
-        repeated in the output (their values equal the stream's); another
-        table column whose name the stream has too gets ``suffix``.
-
+        **With a table** (``other`` is bounded, no ``between``): enrich each
+        row with the matching rows of the table, as SQL's ``JOIN ... ON``
+        does. A row per match (duplicate table keys multiply the row), null
+        keys never match, and ``how="left"`` keeps the rows that match
+        nothing, with nulls in the table's columns. The table's key columns
+        are not repeated in the output (their values equal the stream's);
+        another table column whose name the stream has too gets ``suffix``.
         The table is read to its end before the stream's first row. One whose
         sources hold at most ``RunConfig.broadcast_join_max_bytes`` is sent
         whole to the actors that run the stream and joined there; a larger
         one is hash-partitioned by the key with the stream. Either way it is
         state: in the checkpoints, and restored with the job.
 
+        **An interval join** (``between=(lower, upper)``): a row ``l`` of this
+        stream and a row ``r`` of ``other`` match when their keys are equal
+        and ``l.time + lower <= r.time <= l.time + upper``, both inclusive
+        (``between=("-5s", "10m")``). Both streams need event time. Each
+        match is emitted once, when its second row arrives; ``how="left"``,
+        ``"right"`` and ``"outer"`` also emit the rows that matched nothing,
+        with nulls for the other side, once the watermark passes the last
+        time they could match. Rows are held only until then. With ``on=``
+        the keys appear once (a right-only row has its key); with
+        ``left_on``/``right_on`` both sides' keys are kept. Every right
+        column whose name clashes gets ``suffix``, the right's time column
+        included. The output's time column is the left's: the left row's
+        time, or the right row's for a right-only row. A row that reaches
+        the join behind its stream's watermark is late: it is counted in
+        ``metrics()["late_rows"]`` and matches nothing.
+
         Args:
-            table: A bounded stream: ``rs.from_pandas``, ``rs.read_parquet``...
+            other: A bounded stream (the table), or any stream with event time for an interval join.
             on: The key column(s), named alike on both sides.
-            how: ``"inner"`` or ``"left"``.
-            left_on: Or the stream's key column(s)...
-            right_on: ... and the table's, in the same order.
-            suffix: Added to a table column's name that the stream has too.
+            how: ``"inner"`` or ``"left"`` with a table; also ``"right"`` and ``"outer"`` with ``between``.
+            left_on: Or this stream's key column(s)...
+            right_on: ... and the other's, in the same order.
+            suffix: Added to an other column's name that this stream has too.
+            between: ``(lower, upper)``: durations such as ``"-5s"`` and ``"10m"``, relative to this stream's time.
             name: The operator's name (in metrics and checkpoints).
 
         Raises:
-            PlanError: the table is unbounded, a key is missing on a side or
-                has types that cannot match, or a column name still clashes.
+            PlanError: the table is unbounded and there is no ``between``, a
+                key is missing on a side or has types that cannot match, a
+                column name still clashes, a stream of an interval join has
+                no event time, or ``lower > upper``.
         """
-        if not isinstance(table, Stream):
-            raise PlanError(f"join: expected a raystream Stream as the table, got {type(table).__name__}")
+        if not isinstance(other, Stream):
+            raise PlanError(f"join: expected a raystream Stream to join with, got {type(other).__name__}")
+        if between is not None:
+            return self._interval_join(other, on, how, left_on, right_on, suffix, between, name)
         if how not in ("inner", "left"):
-            raise PlanError(f"join: how must be 'inner' or 'left', got {how!r}")
-        if not is_bounded(table.node):
+            raise PlanError(
+                f"join: with a table, how must be 'inner' or 'left', got {how!r}; 'right' and 'outer' join two "
+                "streams in event time (between=)"
+            )
+        if not is_bounded(other.node):
             raise PlanError(
                 "join: the table is unbounded (it never ends, so it can never be read before the stream); bound it "
-                "(a file read without watch, read_kafka(..., stop='latest')), or join two streams with the "
-                "two-stream joins"
+                "(a file read without watch, read_kafka(..., stop='latest')), or join the two streams in event "
+                "time with between=(lower, upper)"
             )
         left, right = _join_keys(on, left_on, right_on)
-        stream_schema, table_schema = self.schema, table.schema
-        check_columns("join (the stream)", left, stream_schema)
-        check_columns("join (the table)", right, table_schema)
-        if stream_schema is not None and table_schema is not None:
-            for lk, rk in zip(left, right, strict=True):
-                a, b = stream_schema.field(lk).type, table_schema.field(rk).type
-                if not _joinable(a, b):
-                    raise PlanError(
-                        f"join: key {lk!r} is {a} in the stream and {rk!r} is {b} in the table, which a join does "
-                        "not compare; cast one side (with_columns) to the other's type"
-                    )
-        output_names: list[tuple[str, str]] = []
-        if table_schema is not None:
-            taken = set(stream_schema.names) if stream_schema is not None else set()
-            for column in table_schema.names:
-                if column in right:
-                    continue
-                output = column + suffix if column in taken else column
-                if output in taken:
-                    raise PlanError(
-                        f"join: the table's column {column!r} becomes {output!r}, which the stream has too; "
-                        "choose another suffix= or rename the column"
-                    )
-                taken.add(output)
-                output_names.append((column, output))
-        elif table_schema is None:
+        stream_schema, table_schema = self.schema, other.schema
+        _check_join_keys("the stream", "the table", left, right, stream_schema, table_schema)
+        if stream_schema is None or table_schema is None:
             raise PlanError(
                 "join: the table's columns are unknown until run time (it went through map or map_batches "
                 "without schema=); give that step a schema"
             )
-        schema = None
-        if stream_schema is not None and table_schema is not None:
-            payload = [pa.field(out, table_schema.field(col).type) for col, out in output_names]
-            schema = pa.schema([*stream_schema, *payload])
+        kept = [column for column in table_schema.names if column not in right]
+        output_names = _joined_names(stream_schema, kept, suffix, ("the stream", "the table"))
+        payload = [pa.field(out, table_schema.field(col).type) for col, out in output_names]
         node = TableJoinNode(
-            inputs=(self._node, table.node),
-            schema=schema,
+            inputs=(self._node, other.node),
+            schema=pa.schema([*stream_schema, *payload]),
+            left_on=left,
+            right_on=right,
+            how=cast(JoinHow, how),
+            output_names=tuple(output_names),
+            name=name,
+        )
+        return Stream(node)
+
+    def _interval_join(
+        self,
+        other: Stream,
+        on: str | list[str] | None,
+        how: StreamJoinHow,
+        left_on: str | list[str] | None,
+        right_on: str | list[str] | None,
+        suffix: str,
+        between: tuple[Duration, Duration],
+        name: str,
+    ) -> Stream:
+        if how not in ("inner", "left", "right", "outer"):
+            raise PlanError(f"join: how must be 'inner', 'left', 'right' or 'outer', got {how!r}")
+        if not isinstance(between, tuple) or len(between) != 2:
+            raise PlanError(f"join: between= is (lower, upper), such as ('-5s', '10m'); got {between!r}")
+        lower, upper = (_signed_duration_ms(bound, f"join: between[{i}]") for i, bound in enumerate(between))
+        if lower > upper:
+            raise PlanError(
+                f"join: between=({between[0]!r}, {between[1]!r}) has its lower bound after its upper bound, so no "
+                "rows could match; give (lower, upper) with lower <= upper"
+            )
+        for side, stream in (("left (this stream)", self), ("right (the other stream)", other)):
+            if stream.node.time_column is None:
+                raise PlanError(
+                    f"join: the {side} has no event time, which between= compares; give its source a time_column "
+                    "or call with_watermark() on it"
+                )
+        left, right = _join_keys(on, left_on, right_on)
+        left_schema, right_schema = self.schema, other.schema
+        _check_join_keys("the left stream", "the right stream", left, right, left_schema, right_schema)
+        if left_schema is None or right_schema is None:
+            raise PlanError(
+                "join: a stream's columns are unknown until run time (it went through map or map_batches "
+                "without schema=); give that step a schema"
+            )
+        kept = [c for c in right_schema.names if on is None or c not in right]
+        right_columns = _joined_names(left_schema, kept, suffix, ("the left stream", "the right stream"))
+        payload = [pa.field(out, right_schema.field(col).type) for col, out in right_columns]
+        node = IntervalJoinNode(
+            inputs=(self._node, other.node),
+            schema=pa.schema([*left_schema, *payload]),
             left_on=left,
             right_on=right,
             how=how,
-            output_names=tuple(output_names),
+            lower_ms=lower,
+            upper_ms=upper,
+            right_columns=tuple(right_columns),
+            coalesce_keys=on is not None,
             name=name,
         )
         return Stream(node)
@@ -954,6 +1010,53 @@ def _join_keys(
     if len(left) != len(right) or not left:
         raise PlanError(f"join: left_on {list(left)} and right_on {list(right)} must name as many columns")
     return left, right
+
+
+def _check_join_keys(
+    left_side: str,
+    right_side: str,
+    left: tuple[str, ...],
+    right: tuple[str, ...],
+    left_schema: pa.Schema | None,
+    right_schema: pa.Schema | None,
+) -> None:
+    """The keys exist on their sides, and each pair has types that a join can compare."""
+    check_columns(f"join ({left_side})", left, left_schema)
+    check_columns(f"join ({right_side})", right, right_schema)
+    if left_schema is None or right_schema is None:
+        return
+    for lk, rk in zip(left, right, strict=True):
+        a, b = left_schema.field(lk).type, right_schema.field(rk).type
+        if not _joinable(a, b):
+            raise PlanError(
+                f"join: key {lk!r} is {a} in {left_side} and {rk!r} is {b} in {right_side}, which a join does "
+                "not compare; cast one side (with_columns) to the other's type"
+            )
+
+
+def _joined_names(
+    left_schema: pa.Schema, kept: list[str], suffix: str, sides: tuple[str, str]
+) -> list[tuple[str, str]]:
+    """Each right column kept and its name in the output: ``suffix`` added where the left has the name."""
+    taken = set(left_schema.names)
+    names: list[tuple[str, str]] = []
+    for column in kept:
+        output = column + suffix if column in taken else column
+        if output in taken:
+            raise PlanError(
+                f"join: {sides[1]}'s column {column!r} becomes {output!r}, which {sides[0]} has too; "
+                "choose another suffix= or rename the column"
+            )
+        taken.add(output)
+        names.append((column, output))
+    return names
+
+
+def _signed_duration_ms(value: Duration, what: str) -> int:
+    """A duration that may be negative: ``"-5s"``, ``"10m"``, a timedelta or int milliseconds."""
+    if isinstance(value, str) and value.strip().startswith("-"):
+        return -duration_ms(value.strip()[1:], what)
+    return duration_ms(value, what)
 
 
 def _joinable(a: pa.DataType, b: pa.DataType) -> bool:

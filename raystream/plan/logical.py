@@ -227,6 +227,32 @@ class TableJoinNode(Node):
         return self.inputs[0].time_column
 
 
+StreamJoinHow = Literal["inner", "left", "right", "outer"]
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class IntervalJoinNode(Node):
+    """Two streams (inputs 0 and 1) joined on equal keys where ``l.time + lower <= r.time <= l.time + upper``.
+
+    ``right_columns`` maps each right column kept to its output name (a clash
+    got the suffix); with ``coalesce_keys`` (``on=``) the right's keys are
+    not among them, as their values equal the left's.
+    """
+
+    left_on: tuple[str, ...]
+    right_on: tuple[str, ...]
+    how: StreamJoinHow
+    lower_ms: int
+    upper_ms: int
+    right_columns: tuple[tuple[str, str], ...]
+    coalesce_keys: bool
+    name: str = "join"
+
+    @property
+    def time_column(self) -> str | None:
+        return self.inputs[0].time_column
+
+
 def walk(node: Node) -> list[Node]:
     """Every node that ``node`` depends on, and ``node``, each once, inputs before the nodes that use them."""
     order: list[Node] = []

@@ -296,8 +296,8 @@ class Coordinator:
         return {key[len(prefix) :]: value for key, value in by_split.items() if key.startswith(prefix)}
 
     def stage_watermark(self, stage: str) -> int:
-        """A stage's watermark: the smallest of the sources upstream of it."""
-        return min(self.trackers[source].current for source in self.plan.upstream[stage])
+        """A stage's watermark: the smallest of the sources upstream of it, less its delay (see ``plan.delays``)."""
+        return self.plan.watermark(stage, self._watermarks())
 
     def _restart_actors(self) -> tuple[int, list[dict[str, Any]]]:
         """Kill the job's actors and start them again from the last checkpoint.
@@ -443,7 +443,7 @@ class Coordinator:
         return 1, []
 
     def _saved_watermark(self, stage: str, recovery: Recovery) -> int:
-        return min(recovery.watermarks.get(s, START_OF_TIME_MS) for s in self.plan.upstream[stage])
+        return self.plan.watermark(stage, recovery.watermarks)
 
     def _qualified_ids(self, stage: str) -> set[str]:
         return {self._qualify(stage, split.split_id) for split in self.splits[stage]}
@@ -559,9 +559,7 @@ class Coordinator:
             blocked_before = self._blocked_seconds
             logged = to_replay.popleft() if to_replay else None
             before = logged["watermarks_before"] if logged else self._watermarks()
-            before_by_stage = {
-                name: min(before.get(s, START_OF_TIME_MS) for s in plan.upstream[name]) for name in self._stage_names()
-            }
+            before_by_stage = {name: plan.watermark(name, before) for name in self._stage_names()}
             calls = self._read(epoch, active, logged, before_by_stage)
             # While the readers read, complete the epochs before: their stages ran during the previous read.
             while in_flight and len(in_flight) >= config.max_in_flight_epochs - 1:
@@ -727,7 +725,7 @@ class Coordinator:
         meta_refs: list[ray.ObjectRef] = []
         side_refs: list[ray.ObjectRef] = []
         for keyed in plan.stages:  # Step 4: the keyed stages process the epoch, without waiting
-            watermark = min(watermarks[s] for s in plan.upstream[keyed.name])
+            watermark = plan.watermark(keyed.name, watermarks)
             edges_in = plan.edges_into(keyed.name)
             num_inputs = keyed.operator.num_inputs
             stage_end = all(s in sources_done for s in plan.upstream[keyed.name])

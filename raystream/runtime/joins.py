@@ -171,6 +171,7 @@ class TableJoin(KeyedOperator):
     """A stream (input 0) joined with a large table (input 1), both hash-partitioned by the key."""
 
     num_inputs = 2
+    tables = (1,)
 
     def __init__(self, spec: JoinSpec) -> None:
         self.spec = spec

@@ -1,7 +1,7 @@
 """Keyed operators as JSON, so that ``rs.read_state`` rebuilds them from a checkpoint without pickle.
 
 A checkpoint records, for each keyed stage, what its state means: the
-operator's kind, keys, aggregates, window and options (a table join's
+operator's kind, keys, aggregates, window and options (a join's
 keys, columns and types). ``read_state``
 rebuilds the operator from that record alone, then reads the state files
 through it. Only the kinds listed here can be rebuilt, and every field is
@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from raystream.aggregates import Aggregate, Top
 from raystream.errors import RaystreamError
+from raystream.runtime.interval_join import IntervalJoin, IntervalJoinSpec
 from raystream.runtime.joins import JoinSpec, TableJoin
 from raystream.runtime.stateful import (
     KeyedOperator,
@@ -65,6 +66,18 @@ def operator_spec(operator: KeyedOperator) -> dict[str, Any]:
             "key_types": None if join.key_types is None else _schema_text(pa.schema(_key_fields(join.key_types))),
             "payload": _schema_text(join.payload),
             "max_table_bytes": join.max_table_bytes,
+        }
+    if isinstance(operator, IntervalJoin):
+        interval = operator.spec
+        spec["interval_join"] = {
+            "right_on": list(interval.right_on),
+            "how": interval.how,
+            "between_ms": [interval.lower_ms, interval.upper_ms],
+            "time_columns": [interval.left_time, interval.right_time],
+            "left_schema": _schema_text(interval.left_schema),
+            "right_columns": [list(pair) for pair in interval.right_columns],
+            "right_schema": _schema_text(interval.right_schema),
+            "coalesce_keys": interval.coalesce_keys,
         }
     return spec
 
@@ -118,6 +131,36 @@ def _table_join(spec: dict[str, Any], name: str, keys: tuple[str, ...]) -> Table
     return TableJoin(
         JoinSpec(
             name, keys, right_on, how, output_names, key_types, _schema(join["payload"]), int(join["max_table_bytes"])
+        )
+    )
+
+
+def _interval_join(spec: dict[str, Any], name: str, keys: tuple[str, ...]) -> IntervalJoin:
+    join = spec["interval_join"]
+    how = join["how"]
+    if how not in ("inner", "left", "right", "outer"):
+        raise ValueError(f"how={how!r}")
+    lower, upper = (int(bound) for bound in join["between_ms"])
+    left_time, right_time = (_text(column) for column in join["time_columns"])
+    right_columns = tuple((_text(column), _text(output)) for column, output in join["right_columns"])
+    right_on = tuple(_text(k) for k in join["right_on"])
+    right_schema = _schema(join["right_schema"])
+    if len(right_on) != len(keys) or right_schema.names != [*keys, *(out for _, out in right_columns)]:
+        raise ValueError("the join's keys and columns do not pair up")
+    return IntervalJoin(
+        IntervalJoinSpec(
+            name=name,
+            left_on=keys,
+            right_on=right_on,
+            how=how,
+            lower_ms=lower,
+            upper_ms=upper,
+            left_time=left_time,
+            right_time=right_time,
+            left_schema=_schema(join["left_schema"]),
+            right_columns=right_columns,
+            right_types=tuple(right_schema.types[len(keys) :]),
+            coalesce_keys=bool(join["coalesce_keys"]),
         )
     )
 
@@ -202,4 +245,5 @@ _BUILDERS: dict[str, _Builder] = {
     ),
     "WindowTop": lambda s, n, k: WindowTop(_fixed_window(s), _top(s), **_window_options(s, n, k)),
     "TableJoin": _table_join,
+    "IntervalJoin": _interval_join,
 }

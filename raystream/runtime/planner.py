@@ -39,11 +39,13 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from raystream._time import END_OF_TIME_MS, START_OF_TIME_MS
 from raystream.errors import PlanError
 from raystream.plan.logical import (
     DeadLettersNode,
     FilterNode,
     HybridNode,
+    IntervalJoinNode,
     KeyedAggNode,
     LateEventsNode,
     MapBatchesNode,
@@ -63,6 +65,7 @@ from raystream.plan.logical import (
     walk,
 )
 from raystream.run_config import RunConfig
+from raystream.runtime.interval_join import IntervalJoin, IntervalJoinSpec
 from raystream.runtime.joins import BroadcastJoinOp, JoinSpec, TableJoin
 from raystream.runtime.operators import (
     EventTimeOp,
@@ -176,6 +179,17 @@ class PhysicalPlan:
     outputs: tuple[Output, ...]
     #: For each stage (source or keyed), the source stages upstream of it, itself included for a source.
     upstream: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: For each keyed stage, how far its watermark lags its sources': the output delays of the stages before it
+    #: (``KeyedOperator.output_delay_ms``), summed along the slowest path.
+    delays: dict[str, int] = field(default_factory=dict)
+
+    def watermark(self, stage: str, by_source: dict[str, int]) -> int:
+        """A stage's watermark, from its sources' (by source stage): the smallest, less the stage's delay."""
+        low = min(by_source.get(source, START_OF_TIME_MS) for source in self.upstream[stage])
+        delay = self.delays.get(stage, 0)
+        if delay == 0 or low in (START_OF_TIME_MS, END_OF_TIME_MS):
+            return low
+        return max(START_OF_TIME_MS, low - delay)
 
     def edges_from(self, producer: str) -> list[Edge]:
         """The edges out of ``producer`` that carry rows epoch by epoch (every kind but ``broadcast``)."""
@@ -339,6 +353,33 @@ def _build_union(node: UnionNode, inputs: list[_Vertex], ctx: _Context) -> _Vert
 @builds(HybridNode)
 def _build_hybrid(node: HybridNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
     return _Vertex("union", inputs, node=node, ordered=True)
+
+
+@builds(IntervalJoinNode)
+def _build_interval_join(node: IntervalJoinNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    left, right = node.inputs
+    assert left.schema is not None and right.schema is not None and left.time_column and right.time_column
+    right_time = dict(node.right_columns).get(right.time_column)
+    if right_time is None:
+        raise PlanError(
+            f"join ({node.name}): the right stream's time column {right.time_column!r} is one of its keys; "
+            "join on other columns, or give the right stream another time column"
+        )
+    spec = IntervalJoinSpec(
+        name=ctx.unique(node.name),
+        left_on=node.left_on,
+        right_on=node.right_on,
+        how=node.how,
+        lower_ms=node.lower_ms,
+        upper_ms=node.upper_ms,
+        left_time=left.time_column,
+        right_time=right_time,
+        left_schema=left.schema,
+        right_columns=node.right_columns,
+        right_types=tuple(right.schema.field(column).type for column, _ in node.right_columns),
+        coalesce_keys=node.coalesce_keys,
+    )
+    return _Vertex("keyed", inputs, operator=IntervalJoin(spec), node=node)
 
 
 @builds(KeyedAggNode)
@@ -572,6 +613,7 @@ def plan(outputs: Sequence[OutputRequest] | Node, config: RunConfig | None = Non
     fused, sides = _fuse(vertices, requests, ctx)
     sources = _ordered(fused, vertices)
     upstream = _upstream(sources, fused)
+    delays = _delays(fused)
     planned = [
         Output(
             name=request.name,
@@ -584,19 +626,20 @@ def plan(outputs: Sequence[OutputRequest] | Node, config: RunConfig | None = Non
     ]
     for request in requests:
         _register_user_modules(request.node)
-    return PhysicalPlan(tuple(sources), tuple(fused.stages), tuple(fused.edges), tuple(planned), upstream)
+    return PhysicalPlan(tuple(sources), tuple(fused.stages), tuple(fused.edges), tuple(planned), upstream, delays)
 
 
 def _ordered(fused: _Fused, vertices: dict[int, _Vertex]) -> list[SourceStage]:
     """The source stages, each with the stages read to their end before it starts (``SourceStage.after``).
 
     A table join's table (a broadcast table's sources, or every source
-    upstream of input 1 of a partitioned join) is read before the other
+    upstream of a partitioned join's ``tables`` input) is read before the other
     sources. An ordered union (a hybrid) reads the sources of each input
     after those of the inputs before it.
     """
     tables: set[str] = {edge.producer for edge in fused.edges if edge.exchange == "broadcast"}
-    table_stages = {edge.producer for edge in fused.edges if edge.exchange == "hash" and edge.input == 1}
+    tables_of = {stage.name: stage.operator.tables for stage in fused.stages}
+    table_stages = {e.producer for e in fused.edges if e.exchange == "hash" and e.input in tables_of[e.consumer]}
     changed = True
     while changed:  # every stage upstream of a table input is part of the table
         changed = False
@@ -626,6 +669,16 @@ def _upstream(sources: list[SourceStage], fused: _Fused) -> dict[str, tuple[str,
             if edge.consumer == stage.name:
                 found[stage.name] |= found[edge.producer]
     return {name: tuple(sorted(names)) for name, names in found.items()}
+
+
+def _delays(fused: _Fused) -> dict[str, int]:
+    """Each keyed stage's watermark delay: the largest, over its inputs, of the producer's plus its output delay."""
+    delays: dict[str, int] = {}
+    own = {stage.name: stage.operator.output_delay_ms for stage in fused.stages}  # sources lag by nothing
+    for stage in fused.stages:  # stages come inputs first
+        into = [e.producer for e in fused.edges if e.consumer == stage.name and e.exchange != "broadcast"]
+        delays[stage.name] = max((delays.get(p, 0) + own.get(p, 0) for p in into), default=0)
+    return delays
 
 
 def _upsert_keys(output: str, fused: _Fused) -> tuple[str, ...] | None:

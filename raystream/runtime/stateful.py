@@ -112,6 +112,11 @@ class KeyedOperator(ABC):
     late_side_output: bool = False
     #: How many inputs the operator has (a table join has two: the stream and the table).
     num_inputs: int = 1
+    #: The inputs read to their end before the others start (a table join's table).
+    tables: tuple[int, ...] = ()
+    #: How far the event times of its output can lag its watermark: the stages after it see their
+    #: watermark that much later, so that none of its rows is late there (an interval join's interval).
+    output_delay_ms: int = 0
 
     @abstractmethod
     def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:

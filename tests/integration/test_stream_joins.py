@@ -1,0 +1,303 @@
+"""Two streams joined in event time (interval joins), against DuckDB, at any parallelism and batch size."""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from job_process import last_commit, run_job_process
+
+import raystream as rs
+from raystream.testing import ListSink, TestSource
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+HERE = Path(__file__).resolve().parent
+JOB = HERE / "stream_join_job.py"
+PROPERTY = settings(max_examples=6, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+T0 = 1_767_225_600_000  # 2026-01-01, in epoch ms
+#: Rows come out of order by less than this; with_watermark waits longer, so no row is late.
+DISORDER_MS = 2_000
+HOWS = ("inner", "left", "right", "outer")
+SQL_JOIN = {"inner": "join", "left": "left join", "right": "right join", "outer": "full join"}
+COLUMNS = ["k", "t", "v", "t_right", "v_right"]
+
+
+def sorted_frame(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Rows in one order, nulls as None, so that two answers compare whatever order they came in."""
+    frame = frame[columns].astype(object).where(frame[columns].notna(), None)
+    return frame.sort_values(columns, key=lambda c: c.astype(str)).reset_index(drop=True)
+
+
+def as_ms(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    for column in columns:
+        if pd.api.types.is_datetime64_any_dtype(frame[column]):
+            frame[column] = frame[column].astype("datetime64[ms]").astype("Int64")
+    return frame
+
+
+@st.composite
+def events(draw: st.DrawFn, rows: int) -> pd.DataFrame:
+    """Rows of keys 0..4 (some null), in time order give or take DISORDER_MS."""
+    gaps = draw(st.lists(st.integers(0, 700), min_size=rows, max_size=rows))
+    jitter = draw(st.lists(st.integers(0, DISORDER_MS - 1), min_size=rows, max_size=rows))
+    keys = draw(st.lists(st.one_of(st.none(), st.integers(0, 4)), min_size=rows, max_size=rows))
+    return pd.DataFrame(
+        {
+            "k": pd.array(keys, dtype="Int64"),
+            "t": T0 + np.cumsum(gaps).astype(np.int64) + np.array(jitter, dtype=np.int64),
+            "v": np.arange(rows, dtype=np.int64),
+        }
+    )
+
+
+def expected(left: pd.DataFrame, right: pd.DataFrame, how: str, lower_ms: int, upper_ms: int) -> pd.DataFrame:
+    con = duckdb.connect()
+    con.register("l", left)
+    con.register("r", right)
+    return con.sql(
+        "select coalesce(l.k, r.k) as k, coalesce(l.t, r.t) as t, l.v, r.t as t_right, r.v as v_right "
+        f"from l {SQL_JOIN[how]} r on l.k = r.k and r.t between l.t + {lower_ms} and l.t + {upper_ms}"
+    ).df()
+
+
+def timed(frame: pd.DataFrame) -> rs.Stream:
+    return rs.from_pandas(frame).with_watermark("t", delay=f"{DISORDER_MS + 1}ms")
+
+
+#: Bounds as the API takes them, and in milliseconds for DuckDB: negative, zero and asymmetric.
+BOUNDS = st.sampled_from(
+    [
+        (("-2s", "2s"), -2_000, 2_000),
+        (("0s", "0s"), 0, 0),
+        (("-5s", "-1s"), -5_000, -1_000),
+        (("1500ms", "4s"), 1_500, 4_000),
+    ]
+)
+
+
+@pytest.mark.parametrize("how", HOWS)
+@settings(PROPERTY, max_examples=3)
+@given(
+    data=st.data(),
+    batch=st.sampled_from([1, 7, 1_000, 100_000]),
+    parallelism=st.integers(1, 4),
+    bounds=BOUNDS,
+)
+def test_an_interval_join_equals_duckdb_at_any_parallelism_and_batch_size(
+    how: str, data: st.DataObject, batch: int, parallelism: int, bounds: tuple[tuple[str, str], int, int]
+) -> None:
+    between, lower, upper = bounds
+    most = 30 if batch == 1 else 300
+    left = data.draw(events(data.draw(st.integers(0, most))))
+    right = data.draw(events(data.draw(st.integers(0, most))))
+    joined = timed(left).join(timed(right), on="k", between=between, how=how)  # type: ignore[arg-type]
+    job = joined.start(rs.RunConfig(parallelism=parallelism, max_batch_rows=batch)).wait(120)
+    assert job.metrics()["late_rows"] == 0
+    got = as_ms(job.results(), "t", "t_right")
+    assert list(got.columns) == COLUMNS
+    want = expected(left, right, how, lower, upper)
+    pd.testing.assert_frame_equal(sorted_frame(got, COLUMNS), sorted_frame(want, COLUMNS), check_dtype=False)
+
+
+def test_left_on_and_right_on_keep_both_keys_and_a_right_only_row_has_no_left_key() -> None:
+    left = pd.DataFrame({"user": [1, 2], "t": [T0, T0 + 1_000], "page": ["a", "b"]})
+    right = pd.DataFrame({"uid": [1, 3], "ts": [T0 + 500, T0 + 900], "page": ["x", "y"]})
+    joined = rs.from_pandas(left, time_column="t").join(
+        rs.from_pandas(right, time_column="ts"), left_on="user", right_on="uid", between=("0s", "1s"), how="outer"
+    )
+    assert joined.columns == ["user", "t", "page", "uid", "ts", "page_right"]
+    got = as_ms(joined.to_pandas(rs.RunConfig(parallelism=2)), "t", "ts")
+    rows = sorted_frame(got, joined.columns).values.tolist()
+    assert rows == [
+        [1, T0, "a", 1, T0 + 500, "x"],
+        [2, T0 + 1_000, "b", None, None, None],
+        [None, T0 + 900, None, 3, T0 + 900, "y"],  # the time column holds the right row's time
+    ]
+
+
+def test_an_outer_join_emits_an_unmatched_row_once_the_watermark_passes_it_not_before() -> None:
+    left, right = TestSource(), TestSource()
+    left.add_batch([{"k": "lonely", "t": T0}, {"k": "a", "t": T0 + 2_500}])  # epoch 1: watermark 2.5 s
+    right.add_batch([{"k": "alone", "t": T0}, {"k": "a", "t": T0 + 2_500}])
+    left.add_batch([{"k": "b", "t": T0 + 3_500}])  # epoch 2: watermark 3.5 s, past both lonely rows' last chance
+    right.add_batch([{"k": "b", "t": T0 + 3_600}])
+    left.end()
+    right.end()
+    sink = ListSink()
+    joined = left.stream(time_column="t").join(
+        right.stream(time_column="t"), on="k", between=("-3s", "3s"), how="outer"
+    )
+    joined.write(sink, rs.RunConfig(parallelism=1))
+    epoch_of = {row["k"]: epoch for epoch, rows in sink.batches for row in rows.to_pylist()}
+    assert epoch_of["a"] < epoch_of["lonely"] == epoch_of["alone"] == epoch_of["b"]
+
+
+def test_a_window_after_an_interval_join_equals_duckdb_and_sees_no_late_row() -> None:
+    rng = np.random.default_rng(5)
+    n = 3_000
+    left = pd.DataFrame({"k": rng.integers(0, 10, n), "t": T0 + np.sort(rng.integers(0, 120_000, n)), "v": 1})
+    right = pd.DataFrame({"k": rng.integers(0, 10, n), "t": T0 + np.sort(rng.integers(0, 120_000, n)), "v": 2})
+    joined = rs.from_pandas(left, time_column="t").join(
+        rs.from_pandas(right, time_column="t"), on="k", between=("-2s", "8s"), how="left"
+    )
+    windows = joined.key_by("k").window(rs.Tumbling("5s")).agg(n=rs.count(), matched=rs.count("t_right"))
+    job = windows.start(rs.RunConfig(parallelism=2, max_batch_rows=200)).wait(120)
+    assert job.metrics()["late_rows"] == 0  # the window's watermark lags the join's by the interval
+    got = job.results()
+    got["window_start"] = got["window_start"].astype("datetime64[ms]").astype("int64")
+    joined_sql = expected(left, right, "left", -2_000, 8_000)  # noqa: F841 - read by DuckDB
+    want = duckdb.sql(
+        "select k, t // 5000 * 5000 as window_start, count(*) as n, count(t_right) as matched from joined_sql "
+        "group by all"
+    ).df()
+    columns = ["k", "window_start", "n", "matched"]
+    pd.testing.assert_frame_equal(
+        sorted_frame(got.astype({c: "int64" for c in columns}), columns),
+        sorted_frame(want.astype({c: "int64" for c in columns}), columns),
+    )
+
+
+def test_a_row_behind_its_inputs_watermark_is_late_counted_and_matches_nothing() -> None:
+    left, right = TestSource(), TestSource()
+    left.add_batch([{"k": 1, "t": T0 + 10_000}])
+    right.add_batch([{"k": 1, "t": T0 + 10_000}])
+    left.add_batch([{"k": 1, "t": T0 + 20_000}])
+    right.add_batch([{"k": 1, "t": T0 + 20_000}, {"k": 1, "t": T0 + 1_000}])  # 1 s: behind the 10 s watermark
+    left.end()
+    right.end()
+    joined = left.stream(time_column="t").join(right.stream(time_column="t"), on="k", between=("-10s", "0s"))
+    job = joined.start(rs.RunConfig(parallelism=2)).wait(60)
+    assert job.metrics()["late_rows"] == 1
+    assert len(job.results()) == 3  # (10, 10), (20, 10), (20, 20): the late row matched nothing
+
+
+def test_the_state_of_an_interval_join_stays_within_what_the_interval_implies() -> None:
+    n, batch = 60_000, 1_000  # 100 rows per second per side, over 10 minutes, 10 s per batch
+    frame = pd.DataFrame({"k": np.arange(n) % 50, "t": T0 + np.arange(n, dtype=np.int64) * 10, "v": np.arange(n)})
+    sides = [TestSource(), TestSource()]
+    for source in sides:
+        for first in range(0, n, batch):
+            source.add_batch(frame.iloc[first : first + batch])
+        source.end()
+    left, right = (source.stream(time_column="t") for source in sides)
+    joined = left.join(right, on="k", between=("-1s", "1s"), name="pairs")
+    job = joined.start(rs.RunConfig(parallelism=2)).wait(300)
+    assert len(job.results()) == len(expected(frame, frame, "inner", -1_000, 1_000))
+    # Each side holds the 1 s of rows a later row could still meet, and the epoch's batch it just read.
+    assert job.metrics()["peak_state_rows"]["pairs"] <= 2 * (100 + 2 * batch)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda s: s.join(s, on="k", between=("2s", "1s")), "lower bound after its upper bound"),
+        (lambda s: s.join(rs.from_pandas(pd.DataFrame({"k": [1]})), on="k", between=("0s", "1s")), "no event time"),
+        (lambda s: s.join(s, on="k", between=("0s", "soon")), "is not a duration"),
+        (lambda s: s.join(s, on="k", between=("1s",)), r"between= is \(lower, upper\)"),
+        (lambda s: s.join(s, on="nope", between=("0s", "1s")), "'nope'"),
+        (lambda s: s.join(s, on="k", between=("0s", "1s"), how="sideways"), "how must be"),
+        (lambda s: s.join(s, on="k", how="outer"), "with a table, how must be 'inner' or 'left'"),
+    ],
+)
+def test_bad_interval_joins_are_plan_errors_that_say_what_to_do(build: object, message: str) -> None:
+    stream = rs.from_pandas(pd.DataFrame({"k": [1], "t": [T0]}), time_column="t")
+    with pytest.raises(rs.PlanError, match=message):
+        build(stream)  # type: ignore[operator]
+
+
+def test_two_unbounded_streams_without_between_are_refused_at_plan_time() -> None:
+    unbounded = TestSource().add_batch([{"k": 1, "t": T0}]).stream(time_column="t")
+    with pytest.raises(rs.PlanError, match=r"between=\(lower, upper\)"):
+        unbounded.join(TestSource().add_batch([{"k": 1, "t": T0}]).stream(time_column="t"), on="k")
+
+
+# -- an interval join job killed and restored ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def join_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    rng = np.random.default_rng(8)
+    folder = tmp_path_factory.mktemp("stream_join")
+    for name, count in (("views", 12_000), ("clicks", 6_000)):
+        times = T0 + np.sort(rng.integers(0, 120_000, count))
+        frame = pd.DataFrame({"ad": rng.integers(0, 30, count), "t": times, "v": np.arange(count)})
+        (folder / name).mkdir()
+        for part in range(2):
+            chunk = frame.iloc[part * count // 2 : (part + 1) * count // 2]
+            pq.write_table(pa.Table.from_pandas(chunk, preserve_index=False), folder / name / f"part-{part}.parquet")
+    return {"views": folder / "views", "clicks": folder / "clicks"}
+
+
+def expected_job_output(inputs: dict[str, Path]) -> pd.DataFrame:
+    views, clicks = (f"{inputs[name]}/*.parquet" for name in ("views", "clicks"))
+    return duckdb.sql(
+        f"select coalesce(l.ad, r.ad) as ad, coalesce(l.t, r.t) as t, l.v, r.t as t_right, r.v as v_right "
+        f"from '{views}' l full join '{clicks}' r on l.ad = r.ad and r.t between l.t - 1000 and l.t + 5000"
+    ).df()
+
+
+def assert_job_output(out: Path, inputs: dict[str, Path]) -> None:
+    columns = ["ad", "t", "v", "t_right", "v_right"]
+    got = pq.read_table(out).to_pandas()
+    pd.testing.assert_frame_equal(
+        sorted_frame(got, columns), sorted_frame(expected_job_output(inputs), columns), check_dtype=False
+    )
+
+
+@pytest.mark.slow
+def test_an_interval_join_job_killed_three_times_gives_its_output_exactly(
+    join_inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    args = [str(join_inputs["views"]), str(join_inputs["clicks"]), str(tmp_path / "out"), str(tmp_path / "ck")]
+    checkpoints = tmp_path / "ck"
+    rng = random.Random(5)
+    for _ in range(3):
+        target = last_commit(checkpoints) + rng.randint(1, 3) if (checkpoints / "commits").exists() else 1
+        pause = rng.uniform(0.0, 0.3)
+        ready_at: list[float] = []
+
+        def due(target: int = target, pause: float = pause, ready_at: list[float] = ready_at) -> bool:
+            if not ready_at and (checkpoints / "commits").exists() and last_commit(checkpoints) >= target:
+                ready_at.append(time.monotonic())
+            return bool(ready_at) and time.monotonic() - ready_at[0] >= pause
+
+        assert not run_job_process(JOB, [*args, "--delay", "0.1"], kill_when=due), "the job ended too soon"
+    assert run_job_process(JOB, args)
+    assert_job_output(tmp_path / "out", join_inputs)
+
+
+def test_restoring_an_interval_join_at_another_parallelism_gives_the_same_output(
+    join_inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(HERE))
+    from stream_join_job import build
+
+    checkpoints = str(tmp_path / "ck")
+    for parallelism, stop_early in ((3, True), (1, False)):
+        config = rs.RunConfig(
+            parallelism=parallelism, max_batch_rows=1_000, checkpoint_dir=checkpoints, checkpoint_every=1
+        )
+        job = build(str(join_inputs["views"]), str(join_inputs["clicks"]), 0.0).write_parquet(
+            str(tmp_path / "out"), config, wait=False
+        )
+        if stop_early:
+            deadline = time.monotonic() + 60
+            while job.metrics()["rows_read"] < 8_000:
+                assert time.monotonic() < deadline and job.status() == "running", job.metrics()
+                time.sleep(0.02)
+            job.stop()
+            assert job.status() == "stopped"
+        else:
+            job.wait(120)
+    assert_job_output(tmp_path / "out", join_inputs)
