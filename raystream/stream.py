@@ -296,6 +296,7 @@ class Stream:
         right_on: str | list[str] | None = None,
         suffix: str = "_right",
         between: tuple[Duration, Duration] | None = None,
+        ttl: Duration | None = None,
         name: str = "join",
     ) -> Stream:
         """Join with a bounded table, or, with ``between``, with another stream in event time.
@@ -329,6 +330,14 @@ class Stream:
         the join behind its stream's watermark is late: it is counted in
         ``metrics()["late_rows"]`` and matches nothing.
 
+        **A regular join** (``ttl=``): the rows of both streams match on
+        equal keys when their times are at most ``ttl`` apart, both ways:
+        the interval join ``between=(-ttl, ttl)``. ``ttl`` is part of the
+        answer, not only a memory setting, so the result is the same on
+        history and live; each row is freed once the watermark is ``ttl``
+        past it. Over unbounded streams only ``how="inner"`` is allowed (a
+        regular outer join could never say that a row has no match).
+
         Args:
             other: A bounded stream (the table), or any stream with event time for an interval join.
             on: The key column(s), named alike on both sides.
@@ -337,6 +346,7 @@ class Stream:
             right_on: ... and the other's, in the same order.
             suffix: Added to an other column's name that this stream has too.
             between: ``(lower, upper)``: durations such as ``"-5s"`` and ``"10m"``, relative to this stream's time.
+            ttl: A duration: how far apart in time two rows of a regular join may be.
             name: The operator's name (in metrics and checkpoints).
 
         Raises:
@@ -347,8 +357,27 @@ class Stream:
         """
         if not isinstance(other, Stream):
             raise PlanError(f"join: expected a raystream Stream to join with, got {type(other).__name__}")
+        if between is not None and ttl is not None:
+            raise PlanError("join: give between= (an interval join) or ttl= (a regular join), not both")
+        if ttl is not None:
+            ttl_ms = duration_ms(ttl, "join: ttl")
+            if how != "inner" and not (is_bounded(self._node) and is_bounded(other.node)):
+                raise PlanError(
+                    f"join: a regular join with how={how!r} over unbounded streams could never emit its rows "
+                    "without a match; use how='inner', or an interval join (between=(lower, upper)), which emits "
+                    "them once the watermark passes the interval"
+                )
+            return self._interval_join(other, on, how, left_on, right_on, suffix, (-ttl_ms, ttl_ms), name)
         if between is not None:
-            return self._interval_join(other, on, how, left_on, right_on, suffix, between, name)
+            if not isinstance(between, tuple) or len(between) != 2:
+                raise PlanError(f"join: between= is (lower, upper), such as ('-5s', '10m'); got {between!r}")
+            lower, upper = (_signed_duration_ms(bound, f"join: between[{i}]") for i, bound in enumerate(between))
+            if lower > upper:
+                raise PlanError(
+                    f"join: between=({between[0]!r}, {between[1]!r}) has its lower bound after its upper bound, so "
+                    "no rows could match; give (lower, upper) with lower <= upper"
+                )
+            return self._interval_join(other, on, how, left_on, right_on, suffix, (lower, upper), name)
         if how not in ("inner", "left"):
             raise PlanError(
                 f"join: with a table, how must be 'inner' or 'left', got {how!r}; 'right' and 'outer' join two "
@@ -358,7 +387,7 @@ class Stream:
             raise PlanError(
                 "join: the table is unbounded (it never ends, so it can never be read before the stream); bound it "
                 "(a file read without watch, read_kafka(..., stop='latest')), or join the two streams in event "
-                "time with between=(lower, upper)"
+                "time: an interval join (between=(lower, upper)) or a regular join (ttl=)"
             )
         left, right = _join_keys(on, left_on, right_on)
         stream_schema, table_schema = self.schema, other.schema
@@ -390,24 +419,18 @@ class Stream:
         left_on: str | list[str] | None,
         right_on: str | list[str] | None,
         suffix: str,
-        between: tuple[Duration, Duration],
+        between_ms: tuple[int, int],
         name: str,
     ) -> Stream:
+        """Both interval joins (``between=``) and regular joins (``ttl=``): ``between_ms`` in milliseconds."""
         if how not in ("inner", "left", "right", "outer"):
             raise PlanError(f"join: how must be 'inner', 'left', 'right' or 'outer', got {how!r}")
-        if not isinstance(between, tuple) or len(between) != 2:
-            raise PlanError(f"join: between= is (lower, upper), such as ('-5s', '10m'); got {between!r}")
-        lower, upper = (_signed_duration_ms(bound, f"join: between[{i}]") for i, bound in enumerate(between))
-        if lower > upper:
-            raise PlanError(
-                f"join: between=({between[0]!r}, {between[1]!r}) has its lower bound after its upper bound, so no "
-                "rows could match; give (lower, upper) with lower <= upper"
-            )
+        lower, upper = between_ms
         for side, stream in (("left (this stream)", self), ("right (the other stream)", other)):
             if stream.node.time_column is None:
                 raise PlanError(
-                    f"join: the {side} has no event time, which between= compares; give its source a time_column "
-                    "or call with_watermark() on it"
+                    f"join: the {side} has no event time, which between= and ttl= compare; give its source a "
+                    "time_column or call with_watermark() on it"
                 )
         left, right = _join_keys(on, left_on, right_on)
         left_schema, right_schema = self.schema, other.schema

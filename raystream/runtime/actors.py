@@ -384,6 +384,7 @@ class PartitionActor(_HoldsBroadcastTables):
             "rows_in": sum(getattr(p, "num_rows", 0) for group in grouped for p in group),
             "rows_out": table.num_rows,
             "state_rows": self.state.num_rows,
+            "state_by_input": self.state.state_by_input(),
             "late_count": emitted.late_count + routed.late_count,
             "outputs": routed.outputs,
             "seconds": time.perf_counter() - started,

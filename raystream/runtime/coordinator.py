@@ -78,6 +78,19 @@ class _EpochInFlight:
     end_of_input: bool = False
 
 
+def _merged_state_by_input(held: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``state_by_input`` of a stage's partition actors as one: rows summed, the oldest time the smallest."""
+    merged: dict[str, Any] = {}
+    for entry in held:
+        for name, value in entry.items():
+            if name == "oldest_time_ms":
+                known = [v for v in (merged.get(name), value) if v is not None]
+                merged[name] = min(known) if known else None
+            else:
+                merged[name] = merged.get(name, 0) + value
+    return merged
+
+
 class ActorDiedError(JobFailedError):
     """A reader or partition actor died (its node failed, or it was killed)."""
 
@@ -105,6 +118,8 @@ class Metrics:
     state_rows: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, dict[str, int]] = field(default_factory=dict)
     peak_state_rows: dict[str, int] = field(default_factory=dict)
+    #: For a stage of two inputs (a join): the rows it holds of each input, and the oldest event time held.
+    state_by_input: dict[str, dict[str, Any]] = field(default_factory=dict)
     actor_nodes: dict[str, str] = field(default_factory=dict)
     busy_seconds: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
@@ -131,6 +146,7 @@ class Metrics:
             "state_rows": dict(self.state_rows),
             "outputs": {name: dict(counts) for name, counts in self.outputs.items()},
             "peak_state_rows": dict(self.peak_state_rows),
+            "state_by_input": {name: dict(held) for name, held in self.state_by_input.items()},
             "busy_seconds": dict(self.busy_seconds),
             "cpu_seconds": dict(self.cpu_seconds),
             "actor_nodes": dict(self.actor_nodes),
@@ -868,6 +884,9 @@ class Coordinator:
                 rows = sum(m["state_rows"] for m in metas if m.get("stage") == stage.name)
                 metrics.state_rows[stage.name] = rows
                 metrics.peak_state_rows[stage.name] = max(rows, metrics.peak_state_rows.get(stage.name, 0))
+                sides = [m["state_by_input"] for m in metas if m.get("stage") == stage.name and m["state_by_input"]]
+                if sides:
+                    metrics.state_by_input[stage.name] = _merged_state_by_input(sides)
             for meta in everyone:
                 layer = meta["stage"] if meta["kind"] == "partition" else "readers"
                 metrics.busy_seconds[layer] = metrics.busy_seconds.get(layer, 0.0) + meta["seconds"]

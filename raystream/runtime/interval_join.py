@@ -255,8 +255,18 @@ class _IntervalJoinState(OperatorState):
     def num_rows(self) -> int:
         return self.left.num_rows + self.right.num_rows
 
-    def side_rows(self) -> dict[str, int]:
-        return {LEFT: self.left.num_rows, RIGHT: self.right.num_rows}
+    def state_by_input(self) -> dict[str, Any]:
+        times = [
+            pc.min(to_epoch_ms(rows.column(column))).as_py()
+            for rows, column in ((self.left, self.spec.left_time), (self.right, self.spec.right_time))
+            if rows.num_rows
+        ]
+        known = [t for t in times if t is not None]
+        return {
+            "left_rows": self.left.num_rows,
+            "right_rows": self.right.num_rows,
+            "oldest_time_ms": min(known) if known else None,
+        }
 
     def keys_table(self) -> pa.Table:
         keys = list(self.spec.left_on)

@@ -82,6 +82,10 @@ class OperatorState(ABC):
     def num_rows(self) -> int:
         """Rows of state held: one per key, or per key and open window."""
 
+    def state_by_input(self) -> dict[str, Any]:
+        """For an operator of two inputs: the rows held of each (``left_rows``...) and ``oldest_time_ms``."""
+        return {}
+
     @abstractmethod
     def keys_table(self) -> pa.Table:
         """The key columns of every state row (to compute key groups)."""

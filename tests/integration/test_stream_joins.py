@@ -110,6 +110,20 @@ def test_an_interval_join_equals_duckdb_at_any_parallelism_and_batch_size(
     pd.testing.assert_frame_equal(sorted_frame(got, COLUMNS), sorted_frame(want, COLUMNS), check_dtype=False)
 
 
+@pytest.mark.parametrize("how", ["inner", "outer"])
+def test_a_regular_join_matches_rows_at_most_ttl_apart_as_sql_does(how: str) -> None:
+    rng = np.random.default_rng(2)
+    n = 400
+    left = pd.DataFrame({"k": rng.integers(0, 8, n), "t": T0 + np.sort(rng.integers(0, 60_000, n)), "v": np.arange(n)})
+    right = pd.DataFrame(
+        {"k": rng.integers(0, 8, n), "t": T0 + np.sort(rng.integers(0, 60_000, n)), "v": -np.arange(n)}
+    )
+    joined = timed(left).join(timed(right), on="k", ttl="1500ms", how=how)  # type: ignore[arg-type]
+    got = as_ms(joined.to_pandas(rs.RunConfig(parallelism=2, max_batch_rows=50)), "t", "t_right")
+    want = expected(left, right, how, -1_500, 1_500)  # |l.t - r.t| <= ttl
+    pd.testing.assert_frame_equal(sorted_frame(got, COLUMNS), sorted_frame(want, COLUMNS), check_dtype=False)
+
+
 def test_left_on_and_right_on_keep_both_keys_and_a_right_only_row_has_no_left_key() -> None:
     left = pd.DataFrame({"user": [1, 2], "t": [T0, T0 + 1_000], "page": ["a", "b"]})
     right = pd.DataFrame({"uid": [1, 3], "ts": [T0 + 500, T0 + 900], "page": ["x", "y"]})
@@ -196,6 +210,7 @@ def test_the_state_of_an_interval_join_stays_within_what_the_interval_implies() 
     assert len(job.results()) == len(expected(frame, frame, "inner", -1_000, 1_000))
     # Each side holds the 1 s of rows a later row could still meet, and the epoch's batch it just read.
     assert job.metrics()["peak_state_rows"]["pairs"] <= 2 * (100 + 2 * batch)
+    assert job.metrics()["state_by_input"]["pairs"] == {"left_rows": 0, "right_rows": 0, "oldest_time_ms": None}
 
 
 @pytest.mark.parametrize(
@@ -208,6 +223,8 @@ def test_the_state_of_an_interval_join_stays_within_what_the_interval_implies() 
         (lambda s: s.join(s, on="nope", between=("0s", "1s")), "'nope'"),
         (lambda s: s.join(s, on="k", between=("0s", "1s"), how="sideways"), "how must be"),
         (lambda s: s.join(s, on="k", how="outer"), "with a table, how must be 'inner' or 'left'"),
+        (lambda s: s.join(s, on="k", between=("0s", "1s"), ttl="1s"), "not both"),
+        (lambda s: s.join(s, on="k", ttl="a while"), "is not a duration"),
     ],
 )
 def test_bad_interval_joins_are_plan_errors_that_say_what_to_do(build: object, message: str) -> None:
@@ -216,10 +233,15 @@ def test_bad_interval_joins_are_plan_errors_that_say_what_to_do(build: object, m
         build(stream)  # type: ignore[operator]
 
 
-def test_two_unbounded_streams_without_between_are_refused_at_plan_time() -> None:
-    unbounded = TestSource().add_batch([{"k": 1, "t": T0}]).stream(time_column="t")
-    with pytest.raises(rs.PlanError, match=r"between=\(lower, upper\)"):
-        unbounded.join(TestSource().add_batch([{"k": 1, "t": T0}]).stream(time_column="t"), on="k")
+def test_two_unbounded_streams_need_an_interval_or_a_ttl_and_a_regular_outer_join_is_refused() -> None:
+    def unbounded() -> rs.Stream:
+        return TestSource().add_batch([{"k": 1, "t": T0}]).stream(time_column="t")
+
+    with pytest.raises(rs.PlanError, match=r"an interval join \(between=\(lower, upper\)\) or a regular join"):
+        unbounded().join(unbounded(), on="k")
+    with pytest.raises(rs.PlanError, match="could never emit its rows without a match; use how='inner'"):
+        unbounded().join(unbounded(), on="k", ttl="1h", how="left")
+    assert unbounded().join(unbounded(), on="k", ttl="1h").columns == ["k", "t", "t_right"]
 
 
 # -- an interval join job killed and restored ------------------------------------------------------
