@@ -51,6 +51,7 @@ from raystream.plan.logical import (
     UnionNode,
     WatermarkNode,
     WindowAggNode,
+    WindowJoinNode,
     WindowNode,
     WindowTopNode,
     WithColumnsNode,
@@ -296,6 +297,7 @@ class Stream:
         right_on: str | list[str] | None = None,
         suffix: str = "_right",
         between: tuple[Duration, Duration] | None = None,
+        window: Window | None = None,
         ttl: Duration | None = None,
         name: str = "join",
     ) -> Stream:
@@ -338,6 +340,12 @@ class Stream:
         past it. Over unbounded streams only ``how="inner"`` is allowed (a
         regular outer join could never say that a row has no match).
 
+        **A window join** (``window=rs.Tumbling("10s")`` or ``rs.Sliding``):
+        the rows of both streams with the same key in the same window are
+        joined, once, when the watermark passes the window's end, with any
+        ``how``. The output gets ``window_start`` and ``window_end``. A row
+        whose windows have all ended is late.
+
         Args:
             other: A bounded stream (the table), or any stream with event time for an interval join.
             on: The key column(s), named alike on both sides.
@@ -346,6 +354,7 @@ class Stream:
             right_on: ... and the other's, in the same order.
             suffix: Added to an other column's name that this stream has too.
             between: ``(lower, upper)``: durations such as ``"-5s"`` and ``"10m"``, relative to this stream's time.
+            window: ``rs.Tumbling(...)`` or ``rs.Sliding(...)``: a window join.
             ttl: A duration: how far apart in time two rows of a regular join may be.
             name: The operator's name (in metrics and checkpoints).
 
@@ -357,8 +366,11 @@ class Stream:
         """
         if not isinstance(other, Stream):
             raise PlanError(f"join: expected a raystream Stream to join with, got {type(other).__name__}")
-        if between is not None and ttl is not None:
-            raise PlanError("join: give between= (an interval join) or ttl= (a regular join), not both")
+        if sum(option is not None for option in (between, window, ttl)) > 1:
+            raise PlanError(
+                "join: give one of between= (an interval join), window= (a window join) and ttl= (a regular join), "
+                "not several"
+            )
         if ttl is not None:
             ttl_ms = duration_ms(ttl, "join: ttl")
             if how != "inner" and not (is_bounded(self._node) and is_bounded(other.node)):
@@ -367,7 +379,8 @@ class Stream:
                     "without a match; use how='inner', or an interval join (between=(lower, upper)), which emits "
                     "them once the watermark passes the interval"
                 )
-            return self._interval_join(other, on, how, left_on, right_on, suffix, (-ttl_ms, ttl_ms), name)
+            interval = {"lower_ms": -ttl_ms, "upper_ms": ttl_ms}
+            return self._stream_join(other, on, how, left_on, right_on, suffix, name, interval)
         if between is not None:
             if not isinstance(between, tuple) or len(between) != 2:
                 raise PlanError(f"join: between= is (lower, upper), such as ('-5s', '10m'); got {between!r}")
@@ -377,17 +390,25 @@ class Stream:
                     f"join: between=({between[0]!r}, {between[1]!r}) has its lower bound after its upper bound, so "
                     "no rows could match; give (lower, upper) with lower <= upper"
                 )
-            return self._interval_join(other, on, how, left_on, right_on, suffix, (lower, upper), name)
+            interval = {"lower_ms": lower, "upper_ms": upper}
+            return self._stream_join(other, on, how, left_on, right_on, suffix, name, interval)
+        if window is not None:
+            if not isinstance(window, (Tumbling, Sliding)):
+                raise PlanError(
+                    f"join: window= takes rs.Tumbling(...) or rs.Sliding(...), got {window!r}; session windows do "
+                    "not join"
+                )
+            return self._stream_join(other, on, how, left_on, right_on, suffix, name, {"window": window})
         if how not in ("inner", "left"):
             raise PlanError(
                 f"join: with a table, how must be 'inner' or 'left', got {how!r}; 'right' and 'outer' join two "
-                "streams in event time (between=)"
+                "streams in event time (between=, window=)"
             )
         if not is_bounded(other.node):
             raise PlanError(
                 "join: the table is unbounded (it never ends, so it can never be read before the stream); bound it "
                 "(a file read without watch, read_kafka(..., stop='latest')), or join the two streams in event "
-                "time: an interval join (between=(lower, upper)) or a regular join (ttl=)"
+                "time: an interval join (between=(lower, upper)), a window join (window=) or a regular join (ttl=)"
             )
         left, right = _join_keys(on, left_on, right_on)
         stream_schema, table_schema = self.schema, other.schema
@@ -411,7 +432,7 @@ class Stream:
         )
         return Stream(node)
 
-    def _interval_join(
+    def _stream_join(
         self,
         other: Stream,
         on: str | list[str] | None,
@@ -419,18 +440,18 @@ class Stream:
         left_on: str | list[str] | None,
         right_on: str | list[str] | None,
         suffix: str,
-        between_ms: tuple[int, int],
         name: str,
+        kind: dict[str, Any],
     ) -> Stream:
-        """Both interval joins (``between=``) and regular joins (``ttl=``): ``between_ms`` in milliseconds."""
+        """A join of two streams in event time: a window join when ``kind`` has a ``window``, else an interval join
+        (``lower_ms`` and ``upper_ms``; a regular join is one)."""
         if how not in ("inner", "left", "right", "outer"):
             raise PlanError(f"join: how must be 'inner', 'left', 'right' or 'outer', got {how!r}")
-        lower, upper = between_ms
         for side, stream in (("left (this stream)", self), ("right (the other stream)", other)):
             if stream.node.time_column is None:
                 raise PlanError(
-                    f"join: the {side} has no event time, which between= and ttl= compare; give its source a "
-                    "time_column or call with_watermark() on it"
+                    f"join: the {side} has no event time, which between=, window= and ttl= compare; give its "
+                    "source a time_column or call with_watermark() on it"
                 )
         left, right = _join_keys(on, left_on, right_on)
         left_schema, right_schema = self.schema, other.schema
@@ -443,19 +464,26 @@ class Stream:
         kept = [c for c in right_schema.names if on is None or c not in right]
         right_columns = _joined_names(left_schema, kept, suffix, ("the left stream", "the right stream"))
         payload = [pa.field(out, right_schema.field(col).type) for col, out in right_columns]
-        node = IntervalJoinNode(
-            inputs=(self._node, other.node),
-            schema=pa.schema([*left_schema, *payload]),
-            left_on=left,
-            right_on=right,
-            how=how,
-            lower_ms=lower,
-            upper_ms=upper,
-            right_columns=tuple(right_columns),
-            coalesce_keys=on is not None,
-            name=name,
-        )
-        return Stream(node)
+        common: dict[str, Any] = {
+            "inputs": (self._node, other.node),
+            "left_on": left,
+            "right_on": right,
+            "how": how,
+            "right_columns": tuple(right_columns),
+            "coalesce_keys": on is not None,
+            "name": name,
+        }
+        if "window" not in kind:
+            return Stream(IntervalJoinNode(schema=pa.schema([*left_schema, *payload]), **common, **kind))
+        time_type = left_schema.field(self._node.time_column).type
+        for column in (WINDOW_START, WINDOW_END):
+            if column in left_schema.names or column in dict(right_columns).values():
+                raise PlanError(
+                    f"join: a window join adds the column {column!r}, which a stream has already; rename it first "
+                    "(with_columns, select)"
+                )
+        schema = pa.schema([*left_schema, *payload, (WINDOW_START, time_type), (WINDOW_END, time_type)])
+        return Stream(WindowJoinNode(schema=schema, **common, **kind))
 
     # -- terminals -----------------------------------------------------------
 

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from raystream.aggregates import Aggregate, Top
 from raystream.errors import PlanError
-from raystream.windows import WINDOW_END, Window
+from raystream.windows import WINDOW_END, Sliding, Tumbling, Window
 
 if TYPE_CHECKING:
     from raystream.sources.base import Source
@@ -231,8 +231,8 @@ StreamJoinHow = Literal["inner", "left", "right", "outer"]
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class IntervalJoinNode(Node):
-    """Two streams (inputs 0 and 1) joined on equal keys where ``l.time + lower <= r.time <= l.time + upper``.
+class StreamJoinNode(Node):
+    """Two streams (inputs 0 and 1) joined on equal keys in event time: what both kinds share.
 
     ``right_columns`` maps each right column kept to its output name (a clash
     got the suffix); with ``coalesce_keys`` (``on=``) the right's keys are
@@ -242,8 +242,6 @@ class IntervalJoinNode(Node):
     left_on: tuple[str, ...]
     right_on: tuple[str, ...]
     how: StreamJoinHow
-    lower_ms: int
-    upper_ms: int
     right_columns: tuple[tuple[str, str], ...]
     coalesce_keys: bool
     name: str = "join"
@@ -251,6 +249,21 @@ class IntervalJoinNode(Node):
     @property
     def time_column(self) -> str | None:
         return self.inputs[0].time_column
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class IntervalJoinNode(StreamJoinNode):
+    """Rows match where ``l.time + lower_ms <= r.time <= l.time + upper_ms`` (a regular join: ``(-ttl, ttl)``)."""
+
+    lower_ms: int
+    upper_ms: int
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class WindowJoinNode(StreamJoinNode):
+    """Rows match within each tumbling or sliding window, joined once when it fires."""
+
+    window: Tumbling | Sliding
 
 
 def walk(node: Node) -> list[Node]:

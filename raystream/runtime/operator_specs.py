@@ -18,7 +18,6 @@ import pyarrow as pa
 
 from raystream.aggregates import Aggregate, Top
 from raystream.errors import RaystreamError
-from raystream.runtime.interval_join import IntervalJoin, IntervalJoinSpec
 from raystream.runtime.joins import JoinSpec, TableJoin
 from raystream.runtime.stateful import (
     KeyedOperator,
@@ -30,6 +29,7 @@ from raystream.runtime.stateful import (
     WindowAggregate,
     WindowTop,
 )
+from raystream.runtime.stream_joins import IntervalJoin, StreamJoinSpec, WindowJoin
 from raystream.windows import Session, Sliding, Tumbling, Window
 
 __all__ = ["OperatorSpecError", "operator_from_spec", "operator_spec"]
@@ -67,18 +67,21 @@ def operator_spec(operator: KeyedOperator) -> dict[str, Any]:
             "payload": _schema_text(join.payload),
             "max_table_bytes": join.max_table_bytes,
         }
-    if isinstance(operator, IntervalJoin):
-        interval = operator.spec
-        spec["interval_join"] = {
-            "right_on": list(interval.right_on),
-            "how": interval.how,
-            "between_ms": [interval.lower_ms, interval.upper_ms],
-            "time_columns": [interval.left_time, interval.right_time],
-            "left_schema": _schema_text(interval.left_schema),
-            "right_columns": [list(pair) for pair in interval.right_columns],
-            "right_schema": _schema_text(interval.right_schema),
-            "coalesce_keys": interval.coalesce_keys,
+    if isinstance(operator, (IntervalJoin, WindowJoin)):
+        sides = operator.spec
+        spec["stream_join"] = {
+            "right_on": list(sides.right_on),
+            "how": sides.how,
+            "time_columns": [sides.left_time, sides.right_time],
+            "left_schema": _schema_text(sides.left_schema),
+            "right_columns": [list(pair) for pair in sides.right_columns],
+            "right_schema": _schema_text(sides.right_schema),
+            "coalesce_keys": sides.coalesce_keys,
         }
+    if isinstance(operator, IntervalJoin):
+        spec["between_ms"] = [operator.lower_ms, operator.upper_ms]
+    if isinstance(operator, WindowJoin):
+        spec["window"] = _window_spec(operator.window)
     return spec
 
 
@@ -135,34 +138,34 @@ def _table_join(spec: dict[str, Any], name: str, keys: tuple[str, ...]) -> Table
     )
 
 
-def _interval_join(spec: dict[str, Any], name: str, keys: tuple[str, ...]) -> IntervalJoin:
-    join = spec["interval_join"]
+def _stream_join_spec(spec: dict[str, Any], name: str, keys: tuple[str, ...]) -> StreamJoinSpec:
+    join = spec["stream_join"]
     how = join["how"]
     if how not in ("inner", "left", "right", "outer"):
         raise ValueError(f"how={how!r}")
-    lower, upper = (int(bound) for bound in join["between_ms"])
     left_time, right_time = (_text(column) for column in join["time_columns"])
     right_columns = tuple((_text(column), _text(output)) for column, output in join["right_columns"])
     right_on = tuple(_text(k) for k in join["right_on"])
     right_schema = _schema(join["right_schema"])
     if len(right_on) != len(keys) or right_schema.names != [*keys, *(out for _, out in right_columns)]:
         raise ValueError("the join's keys and columns do not pair up")
-    return IntervalJoin(
-        IntervalJoinSpec(
-            name=name,
-            left_on=keys,
-            right_on=right_on,
-            how=how,
-            lower_ms=lower,
-            upper_ms=upper,
-            left_time=left_time,
-            right_time=right_time,
-            left_schema=_schema(join["left_schema"]),
-            right_columns=right_columns,
-            right_types=tuple(right_schema.types[len(keys) :]),
-            coalesce_keys=bool(join["coalesce_keys"]),
-        )
+    return StreamJoinSpec(
+        name=name,
+        left_on=keys,
+        right_on=right_on,
+        how=how,
+        left_time=left_time,
+        right_time=right_time,
+        left_schema=_schema(join["left_schema"]),
+        right_columns=right_columns,
+        right_types=tuple(right_schema.types[len(keys) :]),
+        coalesce_keys=bool(join["coalesce_keys"]),
     )
+
+
+def _interval_join(spec: dict[str, Any], name: str, keys: tuple[str, ...]) -> IntervalJoin:
+    lower, upper = (int(bound) for bound in spec["between_ms"])
+    return IntervalJoin(_stream_join_spec(spec, name, keys), lower, upper)
 
 
 def _window_spec(window: Window) -> dict[str, Any]:
@@ -246,4 +249,5 @@ _BUILDERS: dict[str, _Builder] = {
     "WindowTop": lambda s, n, k: WindowTop(_fixed_window(s), _top(s), **_window_options(s, n, k)),
     "TableJoin": _table_join,
     "IntervalJoin": _interval_join,
+    "WindowJoin": lambda s, n, k: WindowJoin(_stream_join_spec(s, n, k), _fixed_window(s)),
 }

@@ -53,11 +53,13 @@ from raystream.plan.logical import (
     Node,
     SelectNode,
     SourceNode,
+    StreamJoinNode,
     TableJoinNode,
     TopNode,
     UnionNode,
     WatermarkNode,
     WindowAggNode,
+    WindowJoinNode,
     WindowNode,
     WindowTopNode,
     WithColumnsNode,
@@ -65,7 +67,6 @@ from raystream.plan.logical import (
     walk,
 )
 from raystream.run_config import RunConfig
-from raystream.runtime.interval_join import IntervalJoin, IntervalJoinSpec
 from raystream.runtime.joins import BroadcastJoinOp, JoinSpec, TableJoin
 from raystream.runtime.operators import (
     EventTimeOp,
@@ -86,6 +87,7 @@ from raystream.runtime.stateful import (
     WindowAggregate,
     WindowTop,
 )
+from raystream.runtime.stream_joins import IntervalJoin, StreamJoinSpec, WindowJoin
 from raystream.sources.base import Source
 from raystream.windows import Session
 
@@ -355,8 +357,7 @@ def _build_hybrid(node: HybridNode, inputs: list[_Vertex], ctx: _Context) -> _Ve
     return _Vertex("union", inputs, node=node, ordered=True)
 
 
-@builds(IntervalJoinNode)
-def _build_interval_join(node: IntervalJoinNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+def _stream_join_spec(node: StreamJoinNode, ctx: _Context) -> StreamJoinSpec:
     left, right = node.inputs
     assert left.schema is not None and right.schema is not None and left.time_column and right.time_column
     right_time = dict(node.right_columns).get(right.time_column)
@@ -365,13 +366,11 @@ def _build_interval_join(node: IntervalJoinNode, inputs: list[_Vertex], ctx: _Co
             f"join ({node.name}): the right stream's time column {right.time_column!r} is one of its keys; "
             "join on other columns, or give the right stream another time column"
         )
-    spec = IntervalJoinSpec(
+    return StreamJoinSpec(
         name=ctx.unique(node.name),
         left_on=node.left_on,
         right_on=node.right_on,
         how=node.how,
-        lower_ms=node.lower_ms,
-        upper_ms=node.upper_ms,
         left_time=left.time_column,
         right_time=right_time,
         left_schema=left.schema,
@@ -379,7 +378,18 @@ def _build_interval_join(node: IntervalJoinNode, inputs: list[_Vertex], ctx: _Co
         right_types=tuple(right.schema.field(column).type for column, _ in node.right_columns),
         coalesce_keys=node.coalesce_keys,
     )
-    return _Vertex("keyed", inputs, operator=IntervalJoin(spec), node=node)
+
+
+@builds(IntervalJoinNode)
+def _build_interval_join(node: IntervalJoinNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    operator = IntervalJoin(_stream_join_spec(node, ctx), node.lower_ms, node.upper_ms)
+    return _Vertex("keyed", inputs, operator=operator, node=node)
+
+
+@builds(WindowJoinNode)
+def _build_window_join(node: WindowJoinNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    operator = WindowJoin(_stream_join_spec(node, ctx), node.window)
+    return _Vertex("keyed", inputs, operator=operator, node=node)
 
 
 @builds(KeyedAggNode)

@@ -379,24 +379,9 @@ class _FixedWindows(_WindowedOperator):
             when that is every time once, in order) and the window's start; then
             the mask of times with no open window (``None``: none), the late ones.
         """
-        last_start = np.floor_divide(times, self.slide_ms) * self.slide_ms
-        if latest_only or self.windows_per_event == 1:
-            # The last window of a time closes last: the time is late when that one is closed.
-            on_time = last_start + self.size_ms + self.allowed_lateness_ms > watermark_ms
-            if valid is not None:
-                on_time &= valid
-            if on_time.all():
-                return None, last_start, None
-            rows = np.flatnonzero(on_time)
-            return rows, last_start[rows], ~on_time
-        starts = last_start[:, None] - self.slide_ms * np.arange(self.windows_per_event)[None, :]
-        ends = starts + self.size_ms
-        keep = (ends > times[:, None]) & (ends + self.allowed_lateness_ms > watermark_ms)
-        if valid is not None:
-            keep &= valid[:, None]
-        rows = np.nonzero(keep)[0]
-        late = np.bincount(rows, minlength=len(times)) == 0
-        return rows, starts[keep], late if late.any() else None
+        return open_fixed_windows(
+            times, valid, watermark_ms, self.size_ms, self.slide_ms, self.allowed_lateness_ms, latest_only
+        )
 
     def assign(self, table: pa.Table, columns: Sequence[str], watermark_ms: int) -> tuple[pa.Table, Prepared]:
         """One row per event and open window it belongs to: ``columns`` and ``window_start`` (int64 ms).
@@ -427,6 +412,40 @@ class _FixedWindows(_WindowedOperator):
         panes = np.asarray(table.column(WINDOW_START), dtype=np.int64)
         rows, starts, _ = self.open_windows(panes, None, watermark_ms)
         return _with_window_start(table.drop_columns([WINDOW_START]), rows, starts)
+
+
+def open_fixed_windows(
+    times: np.ndarray,
+    valid: np.ndarray | None,
+    watermark_ms: int,
+    size_ms: int,
+    slide_ms: int,
+    allowed_lateness_ms: int = 0,
+    latest_only: bool = False,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """The tumbling or sliding windows, still open by the watermark, that each time (ms) belongs to.
+
+    See :meth:`_FixedWindows.open_windows`, which this computes, vectorized.
+    """
+    windows_per_event = -(-size_ms // slide_ms)
+    last_start = np.floor_divide(times, slide_ms) * slide_ms
+    if latest_only or windows_per_event == 1:
+        # The last window of a time closes last: the time is late when that one is closed.
+        on_time = last_start + size_ms + allowed_lateness_ms > watermark_ms
+        if valid is not None:
+            on_time &= valid
+        if on_time.all():
+            return None, last_start, None
+        rows = np.flatnonzero(on_time)
+        return rows, last_start[rows], ~on_time
+    starts = last_start[:, None] - slide_ms * np.arange(windows_per_event)[None, :]
+    ends = starts + size_ms
+    keep = (ends > times[:, None]) & (ends + allowed_lateness_ms > watermark_ms)
+    if valid is not None:
+        keep &= valid[:, None]
+    rows = np.nonzero(keep)[0]
+    late = np.bincount(rows, minlength=len(times)) == 0
+    return rows, starts[keep], late if late.any() else None
 
 
 def _with_window_start(table: pa.Table, rows: np.ndarray | None, starts: np.ndarray) -> pa.Table:

@@ -11,6 +11,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -108,6 +109,68 @@ def test_an_interval_join_equals_duckdb_at_any_parallelism_and_batch_size(
     assert list(got.columns) == COLUMNS
     want = expected(left, right, how, lower, upper)
     pd.testing.assert_frame_equal(sorted_frame(got, COLUMNS), sorted_frame(want, COLUMNS), check_dtype=False)
+
+
+def expected_window_join(left: pd.DataFrame, right: pd.DataFrame, how: str, size: int, slide: int) -> pd.DataFrame:
+    """Each row in each window it belongs to, joined on the key and the window, in SQL."""
+    con = duckdb.connect()
+    con.register("l", left)
+    con.register("r", right)
+    windows = f"unnest(generate_series(t // {slide} * {slide} - {size} + {slide}, t // {slide} * {slide}, {slide}))"
+    return con.sql(
+        f"with lw as (select *, ws from l, {windows} w(ws)), rw as (select *, ws from r, {windows} w(ws)) "
+        "select coalesce(l.k, r.k) as k, coalesce(l.t, r.t) as t, l.v, r.t as t_right, r.v as v_right, "
+        f"coalesce(l.ws, r.ws) as window_start, coalesce(l.ws, r.ws) + {size} as window_end "
+        f"from lw l {SQL_JOIN[how]} rw r on l.k = r.k and l.ws = r.ws"
+    ).df()
+
+
+WINDOWS = st.sampled_from([(rs.Tumbling("2s"), 2_000, 2_000), (rs.Sliding("3s", "1s"), 3_000, 1_000)])
+
+
+@pytest.mark.parametrize("how", HOWS)
+@settings(PROPERTY, max_examples=2)
+@given(
+    data=st.data(),
+    batch=st.sampled_from([1, 7, 1_000, 100_000]),
+    parallelism=st.integers(1, 4),
+    window=WINDOWS,
+)
+def test_a_window_join_equals_duckdb_at_any_parallelism_and_batch_size(
+    how: str, data: st.DataObject, batch: int, parallelism: int, window: tuple[rs.Window, int, int]
+) -> None:
+    kind, size, slide = window
+    most = 30 if batch == 1 else 300
+    left = data.draw(events(data.draw(st.integers(0, most))))
+    right = data.draw(events(data.draw(st.integers(0, most))))
+    joined = timed(left).join(timed(right), on="k", window=kind, how=how)  # type: ignore[arg-type]
+    job = joined.start(rs.RunConfig(parallelism=parallelism, max_batch_rows=batch)).wait(120)
+    assert job.metrics()["late_rows"] == 0
+    columns = [*COLUMNS, "window_start", "window_end"]
+    got = as_ms(job.results(), "t", "t_right", "window_start", "window_end")
+    assert list(got.columns) == columns
+    want = expected_window_join(left, right, how, size, slide)
+    pd.testing.assert_frame_equal(sorted_frame(got, columns), sorted_frame(want, columns), check_dtype=False)
+
+
+def test_a_window_join_emits_each_window_once_when_it_fires() -> None:
+    left, right = TestSource(), TestSource()
+    left.add_batch([{"k": 1, "t": T0 + 1_000}, {"k": 2, "t": T0 + 2_000}])
+    right.add_batch([{"k": 1, "t": T0 + 4_000}, {"k": 3, "t": T0 + 4_500}])  # epoch 1: watermark 2 s
+    left.add_batch([{"k": 1, "t": T0 + 6_000}])  # epoch 2: watermark 6 s, past the first window's end (5 s)
+    right.add_batch([{"k": 1, "t": T0 + 7_000}])
+    left.end()
+    right.end()
+    sink = ListSink()
+    joined = left.stream(time_column="t").join(
+        right.stream(time_column="t"), on="k", window=rs.Tumbling("5s"), how="outer"
+    )
+    joined.write(sink, rs.RunConfig(parallelism=2))
+    first = [
+        (row["k"], row["t_right"] is not None) for epoch, rows in sink.batches for row in rows.to_pylist() if epoch == 2
+    ]
+    assert sorted(first) == [(1, True), (2, False), (3, True)]  # the window [0 s, 5 s), once, in epoch 2
+    assert len(sink.rows()) == 4  # and the window [5 s, 10 s) at the end
 
 
 @pytest.mark.parametrize("how", ["inner", "outer"])
@@ -223,7 +286,12 @@ def test_the_state_of_an_interval_join_stays_within_what_the_interval_implies() 
         (lambda s: s.join(s, on="nope", between=("0s", "1s")), "'nope'"),
         (lambda s: s.join(s, on="k", between=("0s", "1s"), how="sideways"), "how must be"),
         (lambda s: s.join(s, on="k", how="outer"), "with a table, how must be 'inner' or 'left'"),
-        (lambda s: s.join(s, on="k", between=("0s", "1s"), ttl="1s"), "not both"),
+        (lambda s: s.join(s, on="k", between=("0s", "1s"), ttl="1s"), "not several"),
+        (lambda s: s.join(s, on="k", window=rs.Session("1s")), "session windows do not join"),
+        (
+            lambda s: s.with_columns(window_start=pc.field("t")).join(s, on="k", window=rs.Tumbling("1s")),
+            "adds the column 'window_start'",
+        ),
         (lambda s: s.join(s, on="k", ttl="a while"), "is not a duration"),
     ],
 )

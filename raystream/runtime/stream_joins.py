@@ -1,0 +1,498 @@
+"""Joining two streams in event time: interval joins (regular joins are one) and window joins.
+
+Both sides are hash-partitioned by the key into partition actors, which hold
+each side's rows as one Arrow table. What the two kinds share is here: how
+a side's rows are held (:class:`StreamJoinSpec`), the shape of the output,
+and the rows without a match, which ``how="left"`` (left rows), ``"right"``
+(right rows) and ``"outer"`` (both) emit with nulls for the other side.
+
+**Interval joins** (``between=(lower, upper)``, and ``ttl=`` as
+``(-ttl, ttl)``): a left row ``l`` and a right row ``r`` match when their
+keys are equal and ``l.time + lower <= r.time <= l.time + upper``, both
+bounds inclusive. Each epoch, in one partition actor:
+
+1. The new left rows are joined with every right row held (the new ones
+   included), and the held left rows with the new right rows: a hash join on
+   the key (``pyarrow.Table.join``), then a vectorized filter on the times.
+   Each match is emitted once, in the epoch its second row arrives.
+2. The new rows join the held ones; the rows that matched are marked.
+3. A row is freed once the watermark ``W`` passes the last time a row of the
+   other side could still match it: a left row when ``l.time + upper < W``, a
+   right row when ``r.time - lower < W``. Rows that arrive later are on time
+   only at or after ``W``, so none of them could match what was freed. A
+   freed row that never matched is emitted then, by an outer side, as
+   Spark's outer interval joins do.
+
+**Window joins** (``window=rs.Tumbling(...)`` or ``rs.Sliding(...)``): each
+row is held in each window it belongs to. Once the watermark passes a
+window's end, its rows of both sides are joined on the key, once, by
+``Table.join`` with the join's ``how``, and freed; the output gets
+``window_start`` and ``window_end``.
+
+The output's event time is the left row's time (the right row's, in the
+left's time column, for a right-only row). It can lag the join's watermark:
+by ``max(upper, -lower, 0)`` for an interval join, by the window's size for
+a window join. The stages after a join see their watermark that much later
+(``KeyedOperator.output_delay_ms``), so that no row of the join is late
+downstream. A row that reaches the join behind its input's watermark (an
+interval join), or whose windows have all ended (a window join), is late:
+counted in ``metrics()["late_rows"]``, and it matches nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raystream._time import to_epoch_ms
+from raystream.plan.checks import check_columns
+from raystream.runtime.stateful import (
+    Emitted,
+    KeyedOperator,
+    OperatorState,
+    Prepared,
+    open_fixed_windows,
+    split_table,
+)
+from raystream.windows import WINDOW_END, WINDOW_START, Sliding, Tumbling
+
+__all__ = ["IntervalJoin", "StreamJoinSpec", "WindowJoin"]
+
+StreamJoinHow = Literal["inner", "left", "right", "outer"]
+
+#: The state tables of the two sides, as checkpoints name them.
+LEFT, RIGHT = "left", "right"
+#: Bookkeeping columns of the held rows: a row id (unique within an actor and side), whether the row matched.
+_ID, _MATCHED = "__row", "__matched"
+#: The held right row's bookkeeping columns, renamed apart from the left's in the joined table.
+_RIGHT_ID, _RIGHT_MATCHED = "__right_row", "__right_matched"
+#: A window join's held rows: the start of the window each is held in (int64 ms).
+_WINDOW = "__window_start"
+#: Set on the left rows of a window join, so that the joined rows without one (right-only) can be told.
+_FROM_LEFT = "__from_left"
+#: Held rows are copied into one chunk once they are spread over more chunks than this.
+_MAX_CHUNKS = 16
+_JOIN_TYPES = {"inner": "inner", "left": "left outer", "right": "right outer", "outer": "full outer"}
+
+
+@dataclass(frozen=True)
+class StreamJoinSpec:
+    """What a join of two streams keeps of each side and outputs.
+
+    Attributes:
+        name: The join's name (in metrics, errors and checkpoints).
+        left_on: The left's key columns; the right's keys travel and are held under these names.
+        right_on: The right's key columns, in the same order.
+        how: ``inner``, ``left``, ``right`` or ``outer``.
+        left_time: The left's time column.
+        right_time: The output name of the right's time column.
+        left_schema: The left's columns, as they reach the join.
+        right_columns: Each right column in the output and its output name (a clash got the suffix).
+            With ``on=``, the right's keys are not among them: they equal the left's.
+        right_types: The types of ``right_columns``.
+        coalesce_keys: ``on=``: a right-only row's keys fill the left's key columns, as SQL's ``USING`` does.
+    """
+
+    name: str
+    left_on: tuple[str, ...]
+    right_on: tuple[str, ...]
+    how: StreamJoinHow
+    left_time: str
+    right_time: str
+    left_schema: pa.Schema
+    right_columns: tuple[tuple[str, str], ...]
+    right_types: tuple[pa.DataType, ...]
+    coalesce_keys: bool
+
+    @property
+    def right_schema(self) -> pa.Schema:
+        """The right's rows as the join holds them: keys under the left's names, then the output columns."""
+        keys = [self.left_schema.field(k) for k in self.left_on]
+        payload = [pa.field(out, kind) for (_, out), kind in zip(self.right_columns, self.right_types, strict=True)]
+        return pa.schema([*keys, *payload])
+
+    @property
+    def output_schema(self) -> pa.Schema:
+        """The left's columns, then the right's (but the keys, with ``on=``)."""
+        payload = self.right_schema
+        return pa.schema([*self.left_schema, *(payload.field(out) for _, out in self.right_columns)])
+
+    def side_rows(self, index: int, table: pa.Table) -> tuple[pa.Table, str]:
+        """A batch of input ``index`` as the join holds it, and its time column."""
+        if index == 0:
+            check_columns(f"join ({self.name}, left)", tuple(self.left_schema.names), table.schema)
+            return table.select(self.left_schema.names), self.left_time
+        names = [column for column, _ in self.right_columns]
+        check_columns(f"join ({self.name}, right)", (*self.right_on, *names), table.schema)
+        columns = {
+            left: table.column(right).cast(self.left_schema.field(left).type)
+            for left, right in zip(self.left_on, self.right_on, strict=True)
+        }
+        for column, output in self.right_columns:
+            columns[output] = table.column(column)
+        return pa.table(columns), self.right_time
+
+    def left_only(self, rows: pa.Table) -> pa.Table:
+        """Left rows that matched nothing, with nulls for the right's columns."""
+        schema, left = self.output_schema, set(self.left_schema.names)
+        columns = [
+            rows.column(field.name) if field.name in left else pa.nulls(rows.num_rows, field.type) for field in schema
+        ]
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    def right_only(self, rows: pa.Table) -> pa.Table:
+        """Right rows that matched nothing: the left's columns null but the keys (with ``on=``) and the time."""
+        payload = {out for _, out in self.right_columns}
+        columns = []
+        for field in self.output_schema:
+            if field.name in payload:
+                columns.append(rows.column(field.name))
+            elif field.name == self.left_time:
+                columns.append(_as_time(rows.column(self.right_time), field.type))
+            elif field.name in self.left_on and self.coalesce_keys:
+                columns.append(rows.column(field.name))
+            else:
+                columns.append(pa.nulls(rows.num_rows, field.type))
+        return pa.Table.from_arrays(columns, schema=self.output_schema)
+
+    def state_by_input(self, left: pa.Table, right: pa.Table) -> dict[str, Any]:
+        """The rows held of each side, and the oldest event time among them."""
+        times = [
+            pc.min(to_epoch_ms(rows.column(column))).as_py()
+            for rows, column in ((left, self.left_time), (right, self.right_time))
+            if rows.num_rows
+        ]
+        known = [t for t in times if t is not None]
+        return {
+            "left_rows": left.num_rows,
+            "right_rows": right.num_rows,
+            "oldest_time_ms": min(known) if known else None,
+        }
+
+
+class _StreamJoin(KeyedOperator):
+    """What both kinds of stream join share as operators: two inputs, hash-partitioned by the key."""
+
+    num_inputs = 2
+
+    def __init__(self, spec: StreamJoinSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.keys = spec.left_on
+
+    @property
+    def upsert_keys(self) -> tuple[str, ...] | None:
+        return None  # a row per match: the output is appended
+
+    def input_keys(self, index: int) -> tuple[str, ...]:
+        return self.spec.left_on if index == 0 else self.spec.right_on
+
+    def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:
+        return self.prepare_input(0, table, watermark_ms)
+
+    def split(self, payload: Any, num_key_groups: int, num_partitions: int) -> list[Any | None]:
+        return split_table(payload, self.keys, num_key_groups, num_partitions)
+
+
+# -- interval joins -------------------------------------------------------------------------------
+
+
+class IntervalJoin(_StreamJoin):
+    """Two streams joined on equal keys where ``l.time + lower <= r.time <= l.time + upper``."""
+
+    def __init__(self, spec: StreamJoinSpec, lower_ms: int, upper_ms: int) -> None:
+        super().__init__(spec)
+        self.lower_ms = lower_ms
+        self.upper_ms = upper_ms
+        # A match's time is its left row's, up to `upper` before the right row that completes it; a right-only
+        # row's is its own, freed up to `-lower` after the watermark passed it.
+        self.output_delay_ms = max(upper_ms, -lower_ms, 0)
+
+    def prepare_input(self, index: int, table: pa.Table, watermark_ms: int) -> Prepared:
+        rows, time = self.spec.side_rows(index, table)
+        on_time = pc.fill_null(pc.greater_equal(to_epoch_ms(rows.column(time)), watermark_ms), False)
+        kept = rows.filter(on_time)
+        return Prepared(kept if kept.num_rows else None, late_count=rows.num_rows - kept.num_rows)
+
+    def new_state(self) -> OperatorState:
+        return _IntervalJoinState(self)
+
+
+class _IntervalJoinState(OperatorState):
+    """One partition actor's held rows of both sides, each with a row id and whether it matched."""
+
+    def __init__(self, operator: IntervalJoin) -> None:
+        self.operator = operator
+        self.spec = operator.spec
+        self.left = _held(self.spec.left_schema.empty_table(), 0)
+        self.right = _held(self.spec.right_schema.empty_table(), 0)
+        self.next_id = 0
+
+    def process(self, payloads: Sequence[Any], watermark_ms: int, end_of_input: bool) -> Emitted:
+        return self.process_inputs([list(payloads), []], watermark_ms, end_of_input)
+
+    def process_inputs(self, payloads: Sequence[Sequence[Any]], watermark_ms: int, end_of_input: bool) -> Emitted:
+        spec, lower, upper = self.spec, self.operator.lower_ms, self.operator.upper_ms
+        new_left = self._take(payloads[0], spec.left_schema)
+        new_right = self._take(payloads[1], spec.right_schema)
+        outputs: list[pa.Table] = []
+        matched_left: list[pa.Array] = []
+        matched_right: list[pa.Array] = []
+        # 1. New left rows against every right row; held left rows against the new right rows.
+        everything_right = _concat([self.right, new_right])
+        for left, right in ((new_left, everything_right), (self.left, new_right)):
+            if left.num_rows and right.num_rows:
+                pairs = self._match(left, right)
+                if pairs.num_rows:
+                    outputs.append(pairs.select(spec.output_schema.names))
+                    matched_left.append(pairs.column(_ID).combine_chunks())
+                    matched_right.append(pairs.column(_RIGHT_ID).combine_chunks())
+        # 2. Hold the new rows; mark what matched.
+        self.left = _mark(_concat([self.left, new_left]), matched_left)
+        self.right = _mark(everything_right, matched_right)
+        # 3. Free what the watermark passed; emit the unmatched rows of the outer sides.
+        free_left = pc.less(pc.add(to_epoch_ms(self.left.column(spec.left_time)), upper), watermark_ms)
+        free_right = pc.less(pc.subtract(to_epoch_ms(self.right.column(spec.right_time)), lower), watermark_ms)
+        if spec.how in ("left", "outer"):
+            outputs.append(spec.left_only(self.left.filter(pc.and_(free_left, pc.invert(self.left[_MATCHED])))))
+        if spec.how in ("right", "outer"):
+            outputs.append(spec.right_only(self.right.filter(pc.and_(free_right, pc.invert(self.right[_MATCHED])))))
+        self.left = _compact(self.left.filter(pc.invert(free_left)))
+        self.right = _compact(self.right.filter(pc.invert(free_right)))
+        return _emitted(outputs)
+
+    def _take(self, payloads: Sequence[Any], schema: pa.Schema) -> pa.Table:
+        """This epoch's rows of one side, with fresh row ids, not matched yet."""
+        present = [p for p in payloads if p is not None and p.num_rows]
+        rows = _concat(present) if present else schema.empty_table()
+        held = _held(rows, self.next_id)
+        self.next_id += rows.num_rows
+        return held
+
+    def _match(self, left: pa.Table, right: pa.Table) -> pa.Table:
+        """The pairs of equal keys whose times fall in the interval (nulls never match)."""
+        spec = self.spec
+        right = right.rename_columns(
+            [{_ID: _RIGHT_ID, _MATCHED: _RIGHT_MATCHED}.get(name, name) for name in right.column_names]
+        )
+        pairs = left.join(right, keys=list(spec.left_on), join_type="inner", use_threads=False, coalesce_keys=True)
+        if pairs.num_rows == 0:
+            return pairs
+        left_ms = to_epoch_ms(pairs.column(spec.left_time))
+        right_ms = to_epoch_ms(pairs.column(spec.right_time))
+        within = pc.and_(
+            pc.greater_equal(right_ms, pc.add(left_ms, self.operator.lower_ms)),
+            pc.less_equal(right_ms, pc.add(left_ms, self.operator.upper_ms)),
+        )
+        return pairs.filter(within)
+
+    @property
+    def num_rows(self) -> int:
+        return self.left.num_rows + self.right.num_rows
+
+    def state_by_input(self) -> dict[str, Any]:
+        return self.spec.state_by_input(self.left, self.right)
+
+    def keys_table(self) -> pa.Table:
+        keys = list(self.spec.left_on)
+        return _concat([self.left.select(keys), self.right.select(keys)])
+
+    def values(self) -> pa.Table:
+        return _concat([self.spec.left_only(self.left), self.spec.right_only(self.right)])
+
+    def snapshot(self) -> dict[str, pa.Table]:
+        return {LEFT: self.left.drop_columns([_ID]), RIGHT: self.right.drop_columns([_ID])}
+
+    def restore(self, tables: dict[str, pa.Table], watermark_ms: int) -> None:
+        """Take back the held rows of both sides, with new row ids (they are unique within an actor only)."""
+        left = tables.get(LEFT)
+        right = tables.get(RIGHT)
+        self.next_id = 0
+        if left is not None:
+            self.left = _with_ids(left, 0)
+            self.next_id = left.num_rows
+        if right is not None:
+            self.right = _with_ids(right, self.next_id)
+            self.next_id += right.num_rows
+
+
+# -- window joins ---------------------------------------------------------------------------------
+
+
+class WindowJoin(_StreamJoin):
+    """Two streams joined on equal keys within each tumbling or sliding window, once, when the window fires."""
+
+    def __init__(self, spec: StreamJoinSpec, window: Tumbling | Sliding) -> None:
+        super().__init__(spec)
+        self.window = window
+        self.size_ms = window.size_ms
+        self.slide_ms = window.slide_ms if isinstance(window, Sliding) else window.size_ms
+        self.output_delay_ms = self.size_ms  # a window's rows come out once it ended: its start, or later
+
+    @property
+    def output_schema(self) -> pa.Schema:
+        time_type = self.spec.left_schema.field(self.spec.left_time).type
+        return pa.schema([*self.spec.output_schema, (WINDOW_START, time_type), (WINDOW_END, time_type)])
+
+    def prepare_input(self, index: int, table: pa.Table, watermark_ms: int) -> Prepared:
+        """Each row once per window it belongs to that is still open, with the window's start; the rest is late."""
+        rows, time = self.spec.side_rows(index, table)
+        times = to_epoch_ms(rows.column(time))
+        valid = None
+        if times.null_count:
+            valid = np.asarray(pc.is_valid(times))
+            times = times.fill_null(0)
+        picked, starts, late = open_fixed_windows(
+            np.asarray(times, dtype=np.int64), valid, watermark_ms, self.size_ms, self.slide_ms
+        )
+        held = rows if picked is None else rows.take(pa.array(picked))
+        held = held.append_column(_WINDOW, pa.array(starts, pa.int64()))
+        return Prepared(held if held.num_rows else None, late_count=0 if late is None else int(late.sum()))
+
+    def new_state(self) -> OperatorState:
+        return _WindowJoinState(self)
+
+
+class _WindowJoinState(OperatorState):
+    """One partition actor's held rows of both sides, each once per window it belongs to."""
+
+    def __init__(self, operator: WindowJoin) -> None:
+        self.operator = operator
+        self.spec = operator.spec
+        self.left = _in_windows(self.spec.left_schema.empty_table())
+        self.right = _in_windows(self.spec.right_schema.empty_table())
+
+    def process(self, payloads: Sequence[Any], watermark_ms: int, end_of_input: bool) -> Emitted:
+        return self.process_inputs([list(payloads), []], watermark_ms, end_of_input)
+
+    def process_inputs(self, payloads: Sequence[Sequence[Any]], watermark_ms: int, end_of_input: bool) -> Emitted:
+        self.left = _concat([self.left, *(p for p in payloads[0] if p is not None and p.num_rows)])
+        self.right = _concat([self.right, *(p for p in payloads[1] if p is not None and p.num_rows)])
+        size = self.operator.size_ms
+        fired_left = pc.less_equal(pc.add(self.left.column(_WINDOW), size), watermark_ms)
+        fired_right = pc.less_equal(pc.add(self.right.column(_WINDOW), size), watermark_ms)
+        left, right = self.left.filter(fired_left), self.right.filter(fired_right)
+        self.left = _compact(self.left.filter(pc.invert(fired_left)))
+        self.right = _compact(self.right.filter(pc.invert(fired_right)))
+        if left.num_rows == 0 and right.num_rows == 0:
+            return Emitted(None)
+        return Emitted(self._join(left, right))
+
+    def _join(self, left: pa.Table, right: pa.Table) -> pa.Table:
+        """The rows of fired windows of both sides, joined on the key and the window with the join's ``how``."""
+        spec = self.spec
+        left = left.append_column(_FROM_LEFT, pa.array(np.ones(left.num_rows, dtype=bool)))
+        joined = left.join(
+            right,
+            keys=[*spec.left_on, _WINDOW],
+            join_type=_JOIN_TYPES[spec.how],
+            use_threads=False,
+            coalesce_keys=True,
+        )
+        right_only = pc.is_null(joined.column(_FROM_LEFT))
+        if spec.how in ("right", "outer") and joined.num_rows and pc.any(right_only).as_py():
+            time_type = spec.left_schema.field(spec.left_time).type
+            fixed = {
+                spec.left_time: pc.if_else(
+                    right_only, _as_time(joined.column(spec.right_time), time_type), joined.column(spec.left_time)
+                )
+            }
+            if not spec.coalesce_keys:  # with left_on/right_on, a right-only row has no left key, as in SQL
+                for key in spec.left_on:
+                    column = joined.column(key)
+                    fixed[key] = pc.if_else(right_only, pa.nulls(len(column), column.type), column)
+            for name, column in fixed.items():
+                joined = joined.set_column(joined.schema.get_field_index(name), name, column)
+        schema = self.operator.output_schema
+        starts = joined.column(_WINDOW)
+        ends = pc.add(starts, self.operator.size_ms)
+        time_type = schema.field(WINDOW_START).type
+        columns = [joined.column(name) for name in spec.output_schema.names]
+        columns += [_as_time(starts, time_type), _as_time(ends, time_type)]
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    @property
+    def num_rows(self) -> int:
+        return self.left.num_rows + self.right.num_rows
+
+    def state_by_input(self) -> dict[str, Any]:
+        return self.spec.state_by_input(self.left, self.right)
+
+    def keys_table(self) -> pa.Table:
+        keys = list(self.spec.left_on)
+        return _concat([self.left.select(keys), self.right.select(keys)])
+
+    def values(self) -> pa.Table:
+        held = [
+            self.spec.left_only(self.left.drop_columns([_WINDOW])),
+            self.spec.right_only(self.right.drop_columns([_WINDOW])),
+        ]
+        return _concat(held)
+
+    def snapshot(self) -> dict[str, pa.Table]:
+        return {LEFT: self.left, RIGHT: self.right}
+
+    def restore(self, tables: dict[str, pa.Table], watermark_ms: int) -> None:
+        self.left = tables.get(LEFT, self.left)
+        self.right = tables.get(RIGHT, self.right)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _emitted(outputs: list[pa.Table]) -> Emitted:
+    present = [t for t in outputs if t.num_rows]
+    if not present:
+        return Emitted(None)
+    return Emitted(present[0] if len(present) == 1 else pa.concat_tables(present))
+
+
+def _held(rows: pa.Table, first_id: int) -> pa.Table:
+    """``rows`` as an interval join holds them: with row ids from ``first_id`` and not matched."""
+    return _with_ids(rows.append_column(_MATCHED, pa.array(np.zeros(rows.num_rows, dtype=bool))), first_id)
+
+
+def _with_ids(rows: pa.Table, first_id: int) -> pa.Table:
+    ids = pa.array(np.arange(first_id, first_id + rows.num_rows, dtype=np.int64))
+    return rows.append_column(_ID, ids)
+
+
+def _in_windows(rows: pa.Table) -> pa.Table:
+    """``rows`` as a window join holds them: with the start of their window."""
+    return rows.append_column(_WINDOW, pa.array(np.zeros(rows.num_rows, dtype=np.int64)))
+
+
+def _mark(rows: pa.Table, matched: list[pa.Array]) -> pa.Table:
+    """``rows`` with the rows whose id is in ``matched`` marked as matched."""
+    if not matched or rows.num_rows == 0:
+        return rows
+    ids = pa.concat_arrays(matched)
+    flags = pc.or_(rows.column(_MATCHED), pc.is_in(rows.column(_ID), value_set=ids))
+    return rows.set_column(rows.schema.get_field_index(_MATCHED), _MATCHED, flags)
+
+
+def _compact(rows: pa.Table) -> pa.Table:
+    """``rows`` in one chunk once they are in many: each epoch adds a chunk, and filters keep them apart."""
+    return rows.combine_chunks() if rows.num_columns and rows.column(0).num_chunks > _MAX_CHUNKS else rows
+
+
+def _as_time(column: pa.ChunkedArray | pa.Array, kind: pa.DataType) -> pa.ChunkedArray | pa.Array:
+    """A time column (a timestamp or int64 ms) as type ``kind`` (the left's time type)."""
+    if column.type == kind:
+        return column
+    millis = to_epoch_ms(column)
+    if pa.types.is_int64(kind):
+        return millis
+    return pc.cast(pc.cast(millis, pa.timestamp("ms", tz=getattr(kind, "tz", None))), kind)
+
+
+def _concat(tables: Sequence[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t.num_columns]
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="default")
