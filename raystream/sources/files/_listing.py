@@ -85,6 +85,7 @@ def _check_paths(name: str, urls: Any) -> list[str]:
     return roots
 
 
+# Not ds.HivePartitioning (pyarrow 26): 'k=' stays '' not null, a repeated key is dropped silently, ints are int32.
 def _hive_partitions(name: str, shown: str, relative: str) -> tuple[tuple[str, str | None], ...]:
     """The ``key=value`` folders of ``relative`` (a path below the root, ending with the file name)."""
     found: dict[str, str | None] = {}
@@ -150,6 +151,7 @@ def _list(
     return files
 
 
+# Not ds.dataset(): its fragments carry no file size (estimated_bytes, empty files, bytes_total), and it has no globs.
 def _list_root(name: str, url: str, fs: fsspec.AbstractFileSystem, root: str) -> list[tuple[str, str, int | None]]:
     """Return ``(path, path relative to the root, size)`` of each data file under one root."""
     shown = redact(url)
@@ -218,6 +220,7 @@ def _infer_partition_fields(files: Sequence[_File]) -> list[pa.Field]:
     ]
 
 
+# Not get_fragments(filter=): a day/hour folder (20260101, 2026-01-01T03) is a time range, not a column's value.
 def _partition_range_ns(day: str | None, hour: str | None) -> tuple[int, int] | None:
     """``[start, end)`` in epoch ns of a day (or hour) partition value and an optional hour value.
 

@@ -61,6 +61,7 @@ class _RowGroups:
     bytes: tuple[int, ...] = ()
 
 
+# Not split_by_row_group(filter=): it keeps the same row groups, but reads 240 footers 2.5-3x slower (pyarrow 26).
 def _time_statistics(
     metadata: pq.FileMetaData, column: str | None
 ) -> tuple[tuple[int | None, ...], tuple[int | None, ...]]:

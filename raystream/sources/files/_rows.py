@@ -23,6 +23,7 @@ from raystream.sources.files._source import _NS_PER_MS, _FileSource
 #: Rows one ``next_batch`` may skip as outside [start, end) before it returns an
 #: empty batch, so that one epoch does not scan a whole large file.
 _FILTER_SCAN_ROWS = 1 << 20
+#: Not pa.Codec.detect(path): it knows these suffixes but '.br' (checked on pyarrow 26).
 _COMPRESSION_BY_SUFFIX = {
     ".gz": "gzip",
     ".bz2": "bz2",
