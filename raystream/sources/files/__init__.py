@@ -79,6 +79,12 @@ name, which is ignored) and then renamed into place, never modified after.
 The schema is fixed at plan time, from the files already there or from
 ``schema=``; a new Parquet file must have its columns (extra ones are
 ignored), and a new file's partition values must fit their column types.
+
+**Modules.** ``_listing`` (steps 1 to 3: paths, hidden names, Hive
+partitions, partition time ranges), ``_source`` (the common
+``_FileSource``, step 4's unification), ``_rows`` (the row reader:
+``_RowBuffer``, ``_RowReader``), ``_parquet`` (step 5), ``_line_records``
+(what CSV and JSON lines share), ``_csv_files``, ``_json_files`` and ``_text``.
 """
 
 from __future__ import annotations
@@ -87,13 +93,15 @@ import fsspec
 import pyarrow as pa
 
 from raystream._fs import to_arrow_fs
-from raystream.sources.files._line_records import CsvSource, JsonSource
+from raystream.sources.files._csv_files import CsvSource
+from raystream.sources.files._json_files import JsonSource
 from raystream.sources.files._parquet import ParquetSource
 from raystream.sources.files._text import TextSource
 
 __all__ = ["CsvSource", "JsonSource", "ParquetSource", "TextSource"]
 
-#: Rows taken from a file at a time when rows outside [start, end) are filtered out.
+#: Rows taken from a file at a time when rows outside [start, end) are filtered out. It lives here, with
+#: :func:`_open_file`, because the readers read both through the package: a test changes them here.
 _FILTER_CHUNK_ROWS = 64 * 1024
 
 

@@ -15,8 +15,8 @@ from raystream._fs import redact
 from raystream._time import Duration
 from raystream.errors import PlanError
 
-# The opener and the filter chunk are looked up on the package at each call, never imported by name:
-# a test replaces them there (monkeypatch.setattr(files, "_open_file", ...)) to see every open.
+# _open_file is looked up on the package at each call, never imported by name: a test replaces it there
+# (monkeypatch.setattr(files, "_open_file", ...)) to see every open.
 from raystream.sources import files as package
 from raystream.sources.base import Split, SplitReader
 from raystream.sources.files._listing import PartitionTime, _File, _plan_map

@@ -13,8 +13,8 @@ import pyarrow.compute as pc
 from raystream._fs import redact
 from raystream.errors import RaystreamError
 
-# The opener and the filter chunk are looked up on the package at each call, never imported by name:
-# a test replaces them there (monkeypatch.setattr(files, "_open_file", ...)) to see every open.
+# _FILTER_CHUNK_ROWS is looked up on the package at each call, never imported by name: a test replaces it
+# there (monkeypatch.setattr(files, "_FILTER_CHUNK_ROWS", 4)) to filter in small chunks.
 from raystream.sources import files as package
 from raystream.sources.base import SplitReader
 from raystream.sources.files._listing import _File
