@@ -31,6 +31,7 @@ from raystream.plan.checks import (
 )
 from raystream.plan.logical import (
     KEYED_NODES,
+    AsOfJoinNode,
     BatchFormat,
     ColumnExpr,
     DeadLettersNode,
@@ -432,6 +433,62 @@ class Stream:
         )
         return Stream(node)
 
+    def join_asof(
+        self,
+        other: Stream,
+        by: str | list[str] | None = None,
+        *,
+        left_by: str | list[str] | None = None,
+        right_by: str | list[str] | None = None,
+        tolerance: Duration | None = None,
+        how: Literal["inner", "left"] = "inner",
+        suffix: str = "_right",
+        name: str = "join_asof",
+    ) -> Stream:
+        """Join each row with the row of ``other`` in force at its time: the latest of its key at or before it.
+
+        As pandas' ``merge_asof`` and Flink's ``FOR SYSTEM_TIME AS OF`` do:
+        each trade with the quote in force, each event with the user's
+        profile as of then, from a changelog. With ``tolerance``, the right
+        row must also be at most that much older (``l.time - r.time <=
+        tolerance``). When several right rows of a key share that time, the
+        one read last wins, as the latest update of a changelog does. A row
+        is emitted once the watermark passes its time, so that every right
+        row that could apply has been read, and the answer does not depend
+        on arrival order. Of ``other``, only the rows the watermark has not
+        passed and the newest per key are kept. ``how="left"`` keeps the
+        rows that nothing applies to, with nulls. With ``by=`` the keys
+        appear once (with ``left_by``/``right_by`` both sides' are kept); a
+        right column whose name clashes gets ``suffix``, its time column
+        included. Both streams need event time.
+
+        Args:
+            other: The stream of versions (quotes, profiles...), with event time.
+            by: The key column(s), named alike on both sides.
+            left_by: Or this stream's key column(s)...
+            right_by: ... and the other's, in the same order.
+            tolerance: How much older than the row the right row may be, at most: a duration such as ``"1m"``.
+            how: ``"inner"`` or ``"left"``.
+            suffix: Added to an other column's name that this stream has too.
+            name: The operator's name (in metrics and checkpoints).
+
+        Raises:
+            PlanError: a stream has no event time, a key is missing or of types that cannot match, ``how`` is
+                neither ``"inner"`` nor ``"left"``, or ``tolerance`` is not a duration.
+        """
+        if not isinstance(other, Stream):
+            raise PlanError(f"join_asof: expected a raystream Stream to join with, got {type(other).__name__}")
+        if how not in ("inner", "left"):
+            raise PlanError(f"join_asof: how must be 'inner' or 'left', got {how!r}")
+        tolerance_ms = None if tolerance is None else duration_ms(tolerance, "join_asof: tolerance")
+        if tolerance_ms is not None and tolerance_ms < 0:
+            raise PlanError(f"join_asof: tolerance must not be negative, got {tolerance!r}")
+        if by is None and (left_by is None or right_by is None):
+            raise PlanError("join_asof: give the key columns: by='symbol', or left_by='symbol' and right_by='ticker'")
+        return self._stream_join(
+            other, by, how, left_by, right_by, suffix, name, {"tolerance_ms": tolerance_ms}, what="join_asof"
+        )
+
     def _stream_join(
         self,
         other: Stream,
@@ -442,15 +499,16 @@ class Stream:
         suffix: str,
         name: str,
         kind: dict[str, Any],
+        what: str = "join",
     ) -> Stream:
-        """A join of two streams in event time: a window join when ``kind`` has a ``window``, else an interval join
-        (``lower_ms`` and ``upper_ms``; a regular join is one)."""
+        """A join of two streams in event time, by ``kind``: a window join (``window``), an as-of join
+        (``tolerance_ms``), else an interval join (``lower_ms`` and ``upper_ms``; a regular join is one)."""
         if how not in ("inner", "left", "right", "outer"):
             raise PlanError(f"join: how must be 'inner', 'left', 'right' or 'outer', got {how!r}")
         for side, stream in (("left (this stream)", self), ("right (the other stream)", other)):
             if stream.node.time_column is None:
                 raise PlanError(
-                    f"join: the {side} has no event time, which between=, window= and ttl= compare; give its "
+                    f"{what}: the {side} has no event time, which a join of two streams compares; give its "
                     "source a time_column or call with_watermark() on it"
                 )
         left, right = _join_keys(on, left_on, right_on)
@@ -473,6 +531,8 @@ class Stream:
             "coalesce_keys": on is not None,
             "name": name,
         }
+        if "tolerance_ms" in kind:
+            return Stream(AsOfJoinNode(schema=pa.schema([*left_schema, *payload]), **common, **kind))
         if "window" not in kind:
             return Stream(IntervalJoinNode(schema=pa.schema([*left_schema, *payload]), **common, **kind))
         time_type = left_schema.field(self._node.time_column).type

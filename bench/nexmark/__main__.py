@@ -1,14 +1,15 @@
-"""Nexmark on raystream next to DuckDB, on the same Parquet bids.
+"""Nexmark on raystream next to DuckDB, on the same Parquet events.
 
-    python -m bench.nexmark --events 20000000 --queries q0,q1,q2,q5,w1,w2,q13 --parallelism 2
+    python -m bench.nexmark --events 20000000 --queries q0,q1,q2,q5,w1,w2,q13,q3,q8 --parallelism 2
 
-Generates the bids once (or reuses a dataset made with the same arguments),
+Generates the events once (or reuses a dataset made with the same arguments),
 starts one local Ray, and runs each query on raystream, timed from the
 source's first read to the sink's last write (``run_seconds``; Ray's and the
 actors' start-up are reported apart), then the same query in DuckDB. Both
 write Parquet; every run checks that raystream's output equals DuckDB's (row
 count and an order-independent hash of the rows) and exits with status 1 if
-one differs. events/s counts the bids a query reads.
+one differs. events/s counts the events of the kinds a query reads (the
+bids, or the auctions and persons of q3 and q8).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import ray
 
 import raystream as rs
 from bench.nexmark.generate import write_parquet
-from bench.nexmark.queries import QUERIES, bid_view, compare, run_duckdb, run_raystream
+from bench.nexmark.queries import QUERIES, compare, events_read, input_views, run_duckdb, run_raystream
 from raystream.datagen import count_events, events_for
 
 
@@ -99,8 +100,10 @@ def main() -> None:
     bids = count_events("bid", 0, events)
     data = Path(args.data or Path(tempfile.gettempdir()) / "raystream-nexmark" / f"events-{events}-seed-{args.seed}")
 
+    kinds = sorted({kind for name in names for kind in QUERIES[name].inputs})
+    data = data.with_name(data.name + ("" if kinds == ["bid"] else "-" + "-".join(kinds)))
     started = time.perf_counter()
-    write_parquet(data, events, kinds=["bid"], seed=args.seed)
+    write_parquet(data, events, kinds=kinds, seed=args.seed)
     generate_seconds = time.perf_counter() - started
     print(f"data: {data} ({events:,} events, {bids:,} bids; ready in {generate_seconds:.1f}s)")
 
@@ -110,7 +113,7 @@ def main() -> None:
     ray_seconds = time.perf_counter() - started
     config = rs.RunConfig(parallelism=args.parallelism, max_batch_rows=args.max_batch_rows)
     con = duckdb.connect()
-    bid_view(con, str(data / "bid"))
+    input_views(con, str(data), kinds)
     work = Path(args.work or tempfile.mkdtemp(prefix="raystream-nexmark-"))
 
     results: dict[str, Any] = {
@@ -137,17 +140,19 @@ def main() -> None:
         shutil.rmtree(work / name, ignore_errors=True)
         (work / name).mkdir(parents=True)
         with PeakMemory() as memory:
-            metrics = run_raystream(query, str(data / "bid"), ours, config)
+            metrics = run_raystream(query, str(data), ours, config)
         begin = time.perf_counter()
         run_duckdb(con, query, theirs)
         duckdb_seconds = time.perf_counter() - begin
         check = compare(con, query, ours, theirs)
         shutil.rmtree(work / name, ignore_errors=True)
         seconds = metrics["run_seconds"]
+        read = events_read(query, events)
         run = {
             "title": query.title,
+            "events_read": read,
             "seconds": seconds,
-            "events_per_second": bids / seconds,
+            "events_per_second": read / seconds,
             "actor_startup_seconds": metrics["startup_seconds"],
             "coordinator_ms_per_epoch": metrics["coordinator_ms_per_epoch"],
             "epochs": metrics["epochs_completed"],
@@ -158,7 +163,7 @@ def main() -> None:
             "busy_seconds": metrics["busy_seconds"],
             "cpu_seconds": metrics["cpu_seconds"],
             "duckdb_seconds": duckdb_seconds,
-            "duckdb_events_per_second": bids / duckdb_seconds,
+            "duckdb_events_per_second": read / duckdb_seconds,
             "check": check,
         }
         results["queries"][name] = run

@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from bench.nexmark.generate import write_parquet
-from bench.nexmark.queries import QUERIES, WATERMARK_DELAY, bid_stream
+from bench.nexmark.queries import QUERIES, WATERMARK_DELAY, input_stream
 from raystream._time import duration_ms
 from raystream.runtime.actors import Layout, ReaderActor, Route, use_system_allocator
 from raystream.runtime.planner import plan
@@ -35,7 +35,8 @@ from raystream.sinks.parquet import ParquetSink
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--query", default="w2", choices=sorted(QUERIES))
+    bid_queries = sorted(name for name, query in QUERIES.items() if list(query.inputs) == ["bid"])
+    parser.add_argument("--query", default="w2", choices=bid_queries, help="a query of the bids alone")
     parser.add_argument("--events", type=int, default=20_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--readers", type=int, default=2, help="profile the share of one of this many readers")
@@ -48,7 +49,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     use_system_allocator()
     query = QUERIES[args.query]
-    physical = plan(query.build(bid_stream(str(data / "bid"), query))._node)
+    physical = plan(query.build(bid=input_stream(str(data), "bid", query))._node)
     out = tempfile.mkdtemp(prefix="raystream-profile-")
     (source,) = physical.sources
     (edge,) = physical.edges_from(source.name)

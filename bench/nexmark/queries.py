@@ -1,8 +1,9 @@
 """The Nexmark queries as raystream pipelines, the same queries in DuckDB SQL, and the check between them.
 
-Each raystream pipeline starts from the bids as a stream with event time
-``date_time`` and uses only the public API. Each SQL query reads a view
-named ``bid`` over the same Parquet files. :func:`compare` checks two
+Each raystream pipeline starts from the streams of the kinds it reads
+(``bid``, ``auction``, ``person``), each with event time ``date_time``, and
+uses only the public API. Each SQL query reads views of the same names over
+the same Parquet files. :func:`compare` checks two
 outputs by their row count and an order-independent hash of their rows,
 computed by DuckDB over both, with times as epoch milliseconds and floats
 rounded to cents.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import raystream as rs
+from raystream.datagen import KINDS, count_events
 
 #: How an output column is made comparable: as BIGINT, as epoch ms, as a float rounded to cents, as text.
 ColumnKind = Literal["int", "time", "float", "text"]
@@ -36,21 +38,21 @@ class Query:
     Attributes:
         name: ``q0``, ``q1``...
         title: What it computes, in a few words.
-        inputs: The bid columns it reads.
-        build: The raystream pipeline over the bid stream.
-        sql: The DuckDB query over the view ``bid``.
+        inputs: The columns it reads, by kind (``bid``, ``auction``, ``person``).
+        build: The raystream pipeline over a stream per kind, passed by kind.
+        sql: The DuckDB query over the views ``bid``, ``auction`` and ``person``.
         output: The output columns, in order, and how to compare each.
     """
 
     name: str
     title: str
-    inputs: tuple[str, ...]
-    build: Callable[[rs.Stream], rs.Stream]
+    inputs: dict[str, tuple[str, ...]]
+    build: Callable[..., rs.Stream]
     sql: str
     output: tuple[tuple[str, ColumnKind], ...]
 
 
-def _hot_items(bids: rs.Stream) -> rs.Stream:
+def _hot_items(bid: rs.Stream) -> rs.Stream:
     """q5: the bids per auction per sliding window, then per window the auctions with the most, ties included.
 
     Two keyed stages: the window counts, partitioned by auction; the
@@ -60,7 +62,7 @@ def _hot_items(bids: rs.Stream) -> rs.Stream:
     any subset of its rows), and each window is ranked in the epoch it fires.
     """
     counts = (
-        bids.with_watermark("date_time", delay=WATERMARK_DELAY)
+        bid.with_watermark("date_time", delay=WATERMARK_DELAY)
         .key_by("auction")
         .window(rs.Sliding("10s", "2s"))
         .agg(num=rs.count())
@@ -79,15 +81,42 @@ def side_input() -> rs.Stream:
     return rs.from_arrow(pa.table({"key": keys, "value": values}))
 
 
-def _side_input_join(bids: rs.Stream) -> rs.Stream:
+def _side_input_join(bid: rs.Stream) -> rs.Stream:
     """q13: each bid joined with the side input on ``auction % 10000``.
 
     The table (10,000 rows, about 150 kB) is under
     ``RunConfig.broadcast_join_max_bytes``, so it is read once, broadcast
     to the readers and joined there: the bids are never shuffled.
     """
-    keyed = bids.with_columns(key=pc.modulo(pc.field("auction"), SIDE_INPUT_KEYS))
+    keyed = bid.with_columns(key=pc.modulo(pc.field("auction"), SIDE_INPUT_KEYS))
     return keyed.join(side_input(), on="key").select("auction", "bidder", "price", "date_time", "value")
+
+
+#: q3's states, and the category its auctions are in.
+LOCAL_STATES = ("OR", "ID", "CA")
+LOCAL_CATEGORY = 10
+
+
+def _local_item_suggestion(auction: rs.Stream, person: rs.Stream) -> rs.Stream:
+    """q3: the auctions of category 10 joined with their sellers, when these live in OR, ID or CA.
+
+    Both inputs are bounded here, so the regular join needs no ``ttl``: the
+    persons are the table, and the planner broadcasts them to the readers of
+    the auctions or partitions both by the key, by their size.
+    """
+    local = person.filter(pc.is_in(pc.field("state"), pa.array(LOCAL_STATES)))
+    auctions = auction.filter(pc.field("category") == LOCAL_CATEGORY)
+    return auctions.join(local, left_on="seller", right_on="id").select("name", "city", "state", "id")
+
+
+def _new_users(person: rs.Stream, auction: rs.Stream) -> rs.Stream:
+    """q8: the persons who opened an auction in the 10 s tumbling window they joined in, once per window.
+
+    A window join of persons and auctions on id = seller, then one row per
+    person and window (a seller may open several auctions in one window).
+    """
+    joined = person.join(auction, left_on="id", right_on="seller", window=rs.Tumbling("10s"))
+    return joined.key_by("id", "window_start").agg({"name": rs.min("name")}).select("id", "name", "window_start")
 
 
 QUERIES: dict[str, Query] = {
@@ -96,16 +125,16 @@ QUERIES: dict[str, Query] = {
         Query(
             "q0",
             "pass-through",
-            ("auction", "bidder", "price", "date_time", "extra"),
-            lambda bids: bids.select("auction", "bidder", "price", "date_time", "extra"),
+            {"bid": ("auction", "bidder", "price", "date_time", "extra")},
+            lambda bid: bid.select("auction", "bidder", "price", "date_time", "extra"),
             "SELECT auction, bidder, price, date_time, extra FROM bid",
             (("auction", "int"), ("bidder", "int"), ("price", "int"), ("date_time", "time"), ("extra", "text")),
         ),
         Query(
             "q1",
             "price * 0.908",
-            ("auction", "bidder", "price", "date_time", "extra"),
-            lambda bids: bids.with_columns(price=pc.field("price") * 0.908).select(
+            {"bid": ("auction", "bidder", "price", "date_time", "extra")},
+            lambda bid: bid.with_columns(price=pc.field("price") * 0.908).select(
                 "auction", "bidder", "price", "date_time", "extra"
             ),
             "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid",
@@ -114,15 +143,15 @@ QUERIES: dict[str, Query] = {
         Query(
             "q2",
             "auction % 123 == 0",
-            ("auction", "price"),
-            lambda bids: bids.filter(pc.modulo(pc.field("auction"), 123) == 0).select("auction", "price"),
+            {"bid": ("auction", "price")},
+            lambda bid: bid.filter(pc.modulo(pc.field("auction"), 123) == 0).select("auction", "price"),
             "SELECT auction, price FROM bid WHERE auction % 123 = 0",
             (("auction", "int"), ("price", "int")),
         ),
         Query(
             "q5",
             "hot items, 10 s windows sliding by 2 s",
-            ("auction", "date_time"),
+            {"bid": ("auction", "date_time")},
             _hot_items,
             """
             WITH counts AS (
@@ -143,17 +172,17 @@ QUERIES: dict[str, Query] = {
         Query(
             "w1",
             "price * 0.908 over the four bid columns of the reference figures",
-            ("auction", "bidder", "price", "date_time"),
-            lambda bids: bids.with_columns(price=pc.field("price") * 0.908),
+            {"bid": ("auction", "bidder", "price", "date_time")},
+            lambda bid: bid.with_columns(price=pc.field("price") * 0.908),
             "SELECT auction, bidder, 0.908 * price AS price, date_time FROM bid",
             (("auction", "int"), ("bidder", "int"), ("price", "float"), ("date_time", "time")),
         ),
         Query(
             "w2",
             "count and max(price) per auction, 10 s tumbling windows",
-            ("auction", "price", "date_time"),
-            lambda bids: (
-                bids.with_watermark("date_time", delay=WATERMARK_DELAY)
+            {"bid": ("auction", "price", "date_time")},
+            lambda bid: (
+                bid.with_watermark("date_time", delay=WATERMARK_DELAY)
                 .key_by("auction")
                 .window(rs.Tumbling("10s"))
                 .agg(num=rs.count(), max_price=rs.max("price"))
@@ -175,7 +204,7 @@ QUERIES: dict[str, Query] = {
         Query(
             "q13",
             "bids joined with a bounded side input on auction % 10000",
-            ("auction", "bidder", "price", "date_time"),
+            {"bid": ("auction", "bidder", "price", "date_time")},
             _side_input_join,
             f"""
             SELECT auction, bidder, price, date_time, s.value
@@ -184,6 +213,33 @@ QUERIES: dict[str, Query] = {
             """,
             (("auction", "int"), ("bidder", "int"), ("price", "int"), ("date_time", "time"), ("value", "text")),
         ),
+        Query(
+            "q3",
+            "local item suggestion: auctions of category 10 joined with their sellers in OR, ID and CA",
+            {"auction": ("id", "seller", "category"), "person": ("id", "name", "city", "state")},
+            _local_item_suggestion,
+            f"""
+            SELECT P.name, P.city, P.state, A.id
+            FROM auction AS A JOIN person AS P ON A.seller = P.id
+            WHERE A.category = {LOCAL_CATEGORY} AND P.state IN {LOCAL_STATES}
+            """,
+            (("name", "text"), ("city", "text"), ("state", "text"), ("id", "int")),
+        ),
+        Query(
+            "q8",
+            "new users: persons who opened an auction in the 10 s window they joined in",
+            {"person": ("id", "name", "date_time"), "auction": ("seller", "date_time")},
+            _new_users,
+            """
+            SELECT P.id, P.name, epoch_ms(P.starttime) AS window_start
+            FROM (SELECT id, name, epoch_ms(date_time) // 10000 * 10000 AS starttime FROM person
+                  GROUP BY id, name, starttime) P
+            JOIN (SELECT seller, epoch_ms(date_time) // 10000 * 10000 AS starttime FROM auction
+                  GROUP BY seller, starttime) A
+            ON P.id = A.seller AND P.starttime = A.starttime
+            """,
+            (("id", "int"), ("name", "text"), ("window_start", "time")),
+        ),
     ]
 }
 
@@ -191,29 +247,40 @@ QUERIES: dict[str, Query] = {
 # -- running a query ---------------------------------------------------------------------
 
 
-def bid_stream(path: str, query: Query) -> rs.Stream:
-    """The bids under ``path`` as a stream of the columns ``query`` reads, with event time ``date_time`` if read."""
-    time_column = "date_time" if "date_time" in query.inputs else None
-    return rs.read_parquet(path, columns=list(query.inputs), time_column=time_column)
+def input_stream(data: str, kind: str, query: Query) -> rs.Stream:
+    """The events of ``kind`` under ``data/<kind>`` as a stream of the columns ``query`` reads.
+
+    Its event time is ``date_time`` when the query reads it.
+    """
+    columns = query.inputs[kind]
+    time_column = "date_time" if "date_time" in columns else None
+    return rs.read_parquet(f"{data}/{kind}", columns=list(columns), time_column=time_column)
 
 
-def run_raystream(query: Query, bids: str | rs.Stream, out: str, config: rs.RunConfig) -> dict[str, Any]:
-    """Run ``query`` over the bids (a Parquet folder, or a stream) into Parquet files under ``out``.
+def run_raystream(query: Query, data: str | dict[str, rs.Stream], out: str, config: rs.RunConfig) -> dict[str, Any]:
+    """Run ``query`` over its inputs (a dataset folder, or a stream per kind) into Parquet files under ``out``.
 
     Returns:
         The job's metrics (``run_seconds``, ``startup_seconds``, ``rows_read``...).
     """
-    stream = bid_stream(bids, query) if isinstance(bids, str) else bids
-    return query.build(stream).write_parquet(out, config).metrics()
+    streams = {kind: input_stream(data, kind, query) for kind in query.inputs} if isinstance(data, str) else data
+    return query.build(**streams).write_parquet(out, config).metrics()
 
 
-def bid_view(con: duckdb.DuckDBPyConnection, path: str) -> None:
-    """Make ``bid`` a view over the Parquet files under ``path``."""
-    con.execute(f"CREATE OR REPLACE VIEW bid AS SELECT * FROM read_parquet('{_sql_text(path)}/**/*.parquet')")
+def input_views(con: duckdb.DuckDBPyConnection, data: str, kinds: Sequence[str] = KINDS) -> None:
+    """Make ``bid``, ``auction`` and ``person`` views over the Parquet files under ``data/<kind>``."""
+    for kind in kinds:
+        folder = _sql_text(f"{data}/{kind}")
+        con.execute(f"CREATE OR REPLACE VIEW {kind} AS SELECT * FROM read_parquet('{folder}/**/*.parquet')")
+
+
+def events_read(query: Query, events: int) -> int:
+    """How many of the events ``0 .. events - 1`` are of the kinds ``query`` reads."""
+    return sum(count_events(kind, 0, events) for kind in query.inputs)
 
 
 def run_duckdb(con: duckdb.DuckDBPyConnection, query: Query, out_file: str) -> None:
-    """Run ``query``'s SQL over the view ``bid`` into one Parquet file."""
+    """Run ``query``'s SQL over the views ``bid``, ``auction`` and ``person`` into one Parquet file."""
     con.execute(f"COPY ({query.sql}) TO '{_sql_text(out_file)}' (FORMAT parquet)")
 
 

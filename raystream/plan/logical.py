@@ -266,6 +266,13 @@ class WindowJoinNode(StreamJoinNode):
     window: Tumbling | Sliding
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
+class AsOfJoinNode(StreamJoinNode):
+    """Each left row with the right row of its key whose time is the latest at or before its own."""
+
+    tolerance_ms: int | None
+
+
 def walk(node: Node) -> list[Node]:
     """Every node that ``node`` depends on, and ``node``, each once, inputs before the nodes that use them."""
     order: list[Node] = []

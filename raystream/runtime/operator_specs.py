@@ -29,7 +29,7 @@ from raystream.runtime.stateful import (
     WindowAggregate,
     WindowTop,
 )
-from raystream.runtime.stream_joins import IntervalJoin, StreamJoinSpec, WindowJoin
+from raystream.runtime.stream_joins import AsOfJoin, IntervalJoin, StreamJoinSpec, WindowJoin
 from raystream.windows import Session, Sliding, Tumbling, Window
 
 __all__ = ["OperatorSpecError", "operator_from_spec", "operator_spec"]
@@ -67,7 +67,7 @@ def operator_spec(operator: KeyedOperator) -> dict[str, Any]:
             "payload": _schema_text(join.payload),
             "max_table_bytes": join.max_table_bytes,
         }
-    if isinstance(operator, (IntervalJoin, WindowJoin)):
+    if isinstance(operator, (IntervalJoin, WindowJoin, AsOfJoin)):
         sides = operator.spec
         spec["stream_join"] = {
             "right_on": list(sides.right_on),
@@ -82,6 +82,8 @@ def operator_spec(operator: KeyedOperator) -> dict[str, Any]:
         spec["between_ms"] = [operator.lower_ms, operator.upper_ms]
     if isinstance(operator, WindowJoin):
         spec["window"] = _window_spec(operator.window)
+    if isinstance(operator, AsOfJoin):
+        spec["tolerance_ms"] = operator.tolerance_ms
     return spec
 
 
@@ -250,4 +252,7 @@ _BUILDERS: dict[str, _Builder] = {
     "TableJoin": _table_join,
     "IntervalJoin": _interval_join,
     "WindowJoin": lambda s, n, k: WindowJoin(_stream_join_spec(s, n, k), _fixed_window(s)),
+    "AsOfJoin": lambda s, n, k: AsOfJoin(
+        _stream_join_spec(s, n, k), None if s["tolerance_ms"] is None else int(s["tolerance_ms"])
+    ),
 }

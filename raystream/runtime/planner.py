@@ -42,6 +42,7 @@ import pyarrow as pa
 from raystream._time import END_OF_TIME_MS, START_OF_TIME_MS
 from raystream.errors import PlanError
 from raystream.plan.logical import (
+    AsOfJoinNode,
     DeadLettersNode,
     FilterNode,
     HybridNode,
@@ -87,7 +88,7 @@ from raystream.runtime.stateful import (
     WindowAggregate,
     WindowTop,
 )
-from raystream.runtime.stream_joins import IntervalJoin, StreamJoinSpec, WindowJoin
+from raystream.runtime.stream_joins import AsOfJoin, IntervalJoin, StreamJoinSpec, WindowJoin
 from raystream.sources.base import Source
 from raystream.windows import Session
 
@@ -383,6 +384,12 @@ def _stream_join_spec(node: StreamJoinNode, ctx: _Context) -> StreamJoinSpec:
 @builds(IntervalJoinNode)
 def _build_interval_join(node: IntervalJoinNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
     operator = IntervalJoin(_stream_join_spec(node, ctx), node.lower_ms, node.upper_ms)
+    return _Vertex("keyed", inputs, operator=operator, node=node)
+
+
+@builds(AsOfJoinNode)
+def _build_asof_join(node: AsOfJoinNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
+    operator = AsOfJoin(_stream_join_spec(node, ctx), node.tolerance_ms)
     return _Vertex("keyed", inputs, operator=operator, node=node)
 
 

@@ -61,7 +61,7 @@ from raystream.runtime.stateful import (
 )
 from raystream.windows import WINDOW_END, WINDOW_START, Sliding, Tumbling
 
-__all__ = ["IntervalJoin", "StreamJoinSpec", "WindowJoin"]
+__all__ = ["AsOfJoin", "IntervalJoin", "StreamJoinSpec", "WindowJoin"]
 
 StreamJoinHow = Literal["inner", "left", "right", "outer"]
 
@@ -440,6 +440,200 @@ class _WindowJoinState(OperatorState):
     def restore(self, tables: dict[str, pa.Table], watermark_ms: int) -> None:
         self.left = tables.get(LEFT, self.left)
         self.right = tables.get(RIGHT, self.right)
+
+
+# -- as-of joins ---------------------------------------------------------------------------------
+
+
+class AsOfJoin(_StreamJoin):
+    """Each left row with the right row of its key whose time is the latest at or before its own.
+
+    A left row waits until the watermark passes its time, so that every right
+    row that could apply has arrived; then it is matched and emitted (or, with
+    ``how="left"``, emitted with nulls when nothing applies). Of the right
+    rows, a partition actor keeps those the watermark has not passed and, per
+    key, the newest one it has: the only ones a waiting or later left row can
+    still need.
+    """
+
+    def __init__(self, spec: StreamJoinSpec, tolerance_ms: int | None) -> None:
+        super().__init__(spec)
+        self.tolerance_ms = tolerance_ms
+        # A left row leaves once the watermark passed it, so its time is at or after the watermark before.
+
+    def prepare_input(self, index: int, table: pa.Table, watermark_ms: int) -> Prepared:
+        rows, time = self.spec.side_rows(index, table)
+        on_time = pc.fill_null(pc.greater_equal(to_epoch_ms(rows.column(time)), watermark_ms), False)
+        kept = rows.filter(on_time)
+        return Prepared(kept if kept.num_rows else None, late_count=rows.num_rows - kept.num_rows)
+
+    def new_state(self) -> OperatorState:
+        return _AsOfJoinState(self)
+
+
+class _AsOfJoinState(OperatorState):
+    """The left rows that wait for the watermark, and the right rows that may still apply, in arrival order."""
+
+    def __init__(self, operator: AsOfJoin) -> None:
+        self.operator = operator
+        self.spec = operator.spec
+        self.left = self.spec.left_schema.empty_table()
+        self.right = _with_ids(self.spec.right_schema.empty_table(), 0)
+        self.next_id = 0
+
+    def process(self, payloads: Sequence[Any], watermark_ms: int, end_of_input: bool) -> Emitted:
+        return self.process_inputs([list(payloads), []], watermark_ms, end_of_input)
+
+    def process_inputs(self, payloads: Sequence[Sequence[Any]], watermark_ms: int, end_of_input: bool) -> Emitted:
+        spec = self.spec
+        self.left = _concat([self.left, *(p for p in payloads[0] if p is not None and p.num_rows)])
+        arrived = [p for p in payloads[1] if p is not None and p.num_rows]
+        if arrived:
+            rows = _concat(arrived)
+            self.right = _concat([self.right, _with_ids(rows, self.next_id)])
+            self.next_id += rows.num_rows
+        due = pc.less(to_epoch_ms(self.left.column(spec.left_time)), watermark_ms)
+        ready = self.left.filter(due)
+        self.left = _compact(self.left.filter(pc.invert(due)))
+        output = self._match(ready) if ready.num_rows else None
+        self.right = self._still_needed(watermark_ms)
+        return Emitted(output if output is not None and output.num_rows else None)
+
+    def _match(self, left: pa.Table) -> pa.Table:
+        """``left`` with the columns of its right row: the latest of its key at or before its time, within tolerance.
+
+        The rows of both sides are sorted together by key, time, side (right
+        first) and arrival; a left row's match is then the last right row
+        before it in its key's run, found by a running maximum: no loop.
+        """
+        spec = self.spec
+        keys = list(spec.left_on)
+        right = self.right
+        if right.num_rows == 0:
+            return spec.left_only(left) if spec.how == "left" else left.slice(0, 0)
+        left_ms = np.asarray(to_epoch_ms(left.column(spec.left_time)).fill_null(0), dtype=np.int64)
+        right_ms = np.asarray(to_epoch_ms(right.column(spec.right_time)).fill_null(0), dtype=np.int64)
+        both = pa.table(
+            {
+                **{
+                    k: pa.chunked_array([*left.column(k).chunks, *right.column(k).chunks], left.schema.field(k).type)
+                    for k in keys
+                },
+                "__ms": np.concatenate([left_ms, right_ms]),
+                "__left": np.concatenate([np.ones(left.num_rows, bool), np.zeros(right.num_rows, bool)]),
+                "__order": np.concatenate(
+                    [np.arange(left.num_rows, dtype=np.int64), np.asarray(right.column(_ID), dtype=np.int64)]
+                ),
+            }
+        )
+        order = pc.sort_indices(
+            both,
+            sort_keys=[
+                *((k, "ascending") for k in keys),
+                ("__ms", "ascending"),
+                ("__left", "ascending"),
+                ("__order", "ascending"),
+            ],
+        )
+        ordered = both.take(order)
+        n = ordered.num_rows
+        new_key = np.zeros(n, dtype=bool)
+        new_key[0:1] = True
+        valid = np.ones(n, dtype=bool)
+        for k in keys:
+            column = ordered.column(k).combine_chunks()
+            valid &= np.asarray(column.is_valid())
+            if n > 1:
+                differs = pc.fill_null(pc.not_equal(column.slice(1), column.slice(0, n - 1)), True)
+                new_key[1:] |= np.asarray(differs)
+        is_left = np.asarray(ordered.column("__left"))
+        positions = np.arange(n)
+        run_start = np.maximum.accumulate(np.where(new_key, positions, 0))
+        last_right = np.maximum.accumulate(np.where(~is_left, positions, -1))
+        found = (last_right >= run_start) & valid
+        times = np.asarray(ordered.column("__ms"))
+        if self.operator.tolerance_ms is not None:
+            found &= times - times[np.maximum(last_right, 0)] <= self.operator.tolerance_ms
+        at = np.flatnonzero(is_left)
+        left_index = np.asarray(ordered.column("__order"))[at]
+        matched = found[at]
+        right_position = np.asarray(order)[np.maximum(last_right[at], 0)] - left.num_rows
+        rows = left.take(pa.array(left_index))
+        payload = right.take(pa.array(np.where(matched, right_position, 0)))
+        if spec.how == "inner":
+            rows, payload = rows.filter(pa.array(matched)), payload.filter(pa.array(matched))
+            matched = np.ones(rows.num_rows, dtype=bool)
+        columns = [rows.column(name) for name in spec.left_schema.names]
+        unmatched = pa.array(~matched)
+        for _, name in spec.right_columns:
+            column = payload.column(name)
+            columns.append(
+                column if matched.all() else pc.if_else(unmatched, pa.nulls(len(column), column.type), column)
+            )
+        return pa.Table.from_arrays(columns, schema=spec.output_schema)
+
+    def _still_needed(self, watermark_ms: int) -> pa.Table:
+        """The right rows a left row can still need: those at or after the watermark, and the newest per key before.
+
+        With a tolerance, one older than the watermark less the tolerance can match nothing more.
+        """
+        right = self.right
+        if right.num_rows == 0:
+            return right
+        spec = self.spec
+        keys = list(spec.left_on)
+        ms = pc.fill_null(to_epoch_ms(right.column(spec.right_time)), 0)
+        right = right.append_column("__ms", ms)
+        right = right.take(
+            pc.sort_indices(right, [*((k, "ascending") for k in keys), ("__ms", "ascending"), (_ID, "ascending")])
+        )
+        n = right.num_rows
+        times = np.asarray(right.column("__ms"), dtype=np.int64)
+        before = times < watermark_ms
+        last_of_key = np.ones(n, dtype=bool)
+        for k in keys:
+            column = right.column(k).combine_chunks()
+            if n > 1:
+                same = pc.fill_null(pc.equal(column.slice(1), column.slice(0, n - 1)), False)
+                last_of_key[:-1] &= ~np.asarray(same)
+        # The newest row before the watermark is the last of its key, or the last before a row after it.
+        newest_before = before & (last_of_key | np.append(~before[1:], True))
+        keep = ~before | newest_before
+        if self.operator.tolerance_ms is not None:
+            keep &= times >= watermark_ms - self.operator.tolerance_ms
+        kept = right.filter(pa.array(keep)).drop_columns(["__ms"])
+        # Ids follow the order of arrival again, from 0, so that they stay small.
+        self.next_id = kept.num_rows
+        return _compact(
+            kept.set_column(kept.schema.get_field_index(_ID), _ID, pa.array(np.arange(kept.num_rows, dtype=np.int64)))
+        )
+
+    @property
+    def num_rows(self) -> int:
+        return self.left.num_rows + self.right.num_rows
+
+    def state_by_input(self) -> dict[str, Any]:
+        return self.spec.state_by_input(self.left, self.right)
+
+    def keys_table(self) -> pa.Table:
+        keys = list(self.spec.left_on)
+        return _concat([self.left.select(keys), self.right.select(keys)])
+
+    def values(self) -> pa.Table:
+        return _concat([self.spec.left_only(self.left), self.spec.right_only(self.right)])
+
+    def snapshot(self) -> dict[str, pa.Table]:
+        return {LEFT: self.left, RIGHT: self.right}
+
+    def restore(self, tables: dict[str, pa.Table], watermark_ms: int) -> None:
+        """Take back the held rows; the right rows' order of arrival is kept by their ids."""
+        self.left = tables.get(LEFT, self.left)
+        right = tables.get(RIGHT)
+        if right is not None:
+            right = right.take(pc.sort_indices(right, [(_ID, "ascending")]))
+            ids = pa.array(np.arange(right.num_rows, dtype=np.int64))
+            self.right = right.set_column(right.schema.get_field_index(_ID), _ID, ids)
+            self.next_id = right.num_rows
 
 
 # -- helpers --------------------------------------------------------------------------------------

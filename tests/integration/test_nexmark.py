@@ -19,7 +19,7 @@ import pytest
 
 import raystream as rs
 from bench.nexmark.generate import json_lines, produce_kafka, write_parquet
-from bench.nexmark.queries import QUERIES, SIDE_INPUT_KEYS, bid_view, compare, run_duckdb, run_raystream
+from bench.nexmark.queries import QUERIES, SIDE_INPUT_KEYS, compare, events_read, input_views, run_duckdb, run_raystream
 from raystream.datagen import KINDS, SCHEMAS, NexmarkGenerator, NexmarkSource, count_events
 
 EVENTS = 100_000
@@ -34,15 +34,14 @@ def by_content(table: pa.Table) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def bids_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    data = write_parquet(tmp_path_factory.mktemp("nexmark"), EVENTS, kinds=["bid"], seed=SEED)
-    return str(data / "bid")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(write_parquet(tmp_path_factory.mktemp("nexmark"), EVENTS, kinds=rs.datagen.KINDS, seed=SEED))
 
 
 @pytest.fixture(scope="module")
-def con(bids_dir: str) -> Iterator[duckdb.DuckDBPyConnection]:
+def con(data_dir: str) -> Iterator[duckdb.DuckDBPyConnection]:
     connection = duckdb.connect()
-    bid_view(connection, bids_dir)
+    input_views(connection, data_dir)
     yield connection
     connection.close()
 
@@ -52,18 +51,18 @@ def con(bids_dir: str) -> Iterator[duckdb.DuckDBPyConnection]:
 
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("name", list(QUERIES))
-def test_query_equals_duckdb(name: str, bids_dir: str, con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+def test_query_equals_duckdb(name: str, data_dir: str, con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
     query = QUERIES[name]
-    metrics = run_raystream(query, bids_dir, str(tmp_path / "raystream"), CONFIG)
+    metrics = run_raystream(query, data_dir, str(tmp_path / "raystream"), CONFIG)
     run_duckdb(con, query, str(tmp_path / "duckdb.parquet"))
     check = compare(con, query, str(tmp_path / "raystream"), str(tmp_path / "duckdb.parquet"))
     assert check["rows"] > 0
     assert check["equal"], check
     side_input = SIDE_INPUT_KEYS if name == "q13" else 0  # q13 reads its table too, once
-    assert metrics["rows_read"] == count_events("bid", 0, EVENTS) + side_input
+    assert metrics["rows_read"] == events_read(query, EVENTS) + side_input
     assert metrics["late_rows"] == 0
     # Where the time went, per layer: the readers, then each keyed stage by name.
-    layers = {"w2": {"window"}, "q5": {"window", "top"}}.get(name, set())
+    layers = {"w2": {"window"}, "q5": {"window", "top"}, "q8": {"join", "agg"}}.get(name, set())
     assert set(metrics["busy_seconds"]) == set(metrics["cpu_seconds"]) == {"readers", *layers}
     assert all(seconds > 0 for seconds in metrics["busy_seconds"].values())
 
@@ -88,7 +87,7 @@ def test_windowed_query_on_the_datagen_source_equals_duckdb(
 ) -> None:
     query = QUERIES[name]
     bids = rs.datagen.nexmark(events=EVENTS, seed=SEED, splits=3, block_events=4_000)
-    run_raystream(query, bids, str(tmp_path / "raystream"), CONFIG)
+    run_raystream(query, {"bid": bids}, str(tmp_path / "raystream"), CONFIG)
     run_duckdb(con, query, str(tmp_path / "duckdb.parquet"))
     assert compare(con, query, str(tmp_path / "raystream"), str(tmp_path / "duckdb.parquet"))["equal"]
 
