@@ -89,10 +89,11 @@ partitions, partition time ranges), ``_source`` (the common
 
 from __future__ import annotations
 
-import fsspec
-import pyarrow as pa
+import sys
+import types
+from typing import Any
 
-from raystream._fs import to_arrow_fs
+from raystream.sources.files import _opening
 from raystream.sources.files._csv_files import CsvSource
 from raystream.sources.files._json_files import JsonSource
 from raystream.sources.files._parquet import ParquetSource
@@ -100,17 +101,21 @@ from raystream.sources.files._text import TextSource
 
 __all__ = ["CsvSource", "JsonSource", "ParquetSource", "TextSource"]
 
-#: Rows taken from a file at a time when rows outside [start, end) are filtered out. It lives here, with
-#: :func:`_open_file`, because the readers read both through the package: a test changes them here.
-_FILTER_CHUNK_ROWS = 64 * 1024
+#: Every open of a data file goes through this (see :func:`_opening.open_file`); a test may wrap it.
+_open_file = _opening.open_file
+#: Rows taken from a file at a time when rows outside [start, end) are filtered out; a test may lower it.
+_FILTER_CHUNK_ROWS = _opening.FILTER_CHUNK_ROWS
+#: The package's names that are forwarded, when set, to what the readers use in :mod:`._opening`.
+_FORWARDED = {"_open_file": "open_file", "_FILTER_CHUNK_ROWS": "FILTER_CHUNK_ROWS"}
 
 
-def _open_file(fs: fsspec.AbstractFileSystem, path: str) -> pa.NativeFile:
-    """Open ``path`` for reading (random access, so that the bytes read can be told).
+class _Package(types.ModuleType):
+    """This package: setting ``_open_file`` or ``_FILTER_CHUNK_ROWS`` on it sets what the readers use too."""
 
-    Every open of a data file in this package, at plan time or by a reader,
-    goes through here: a test counts the files opened by wrapping it. The
-    submodules call it as ``package._open_file``, looked up at each call, so
-    that a wrapper set on this package sees their opens too.
-    """
-    return to_arrow_fs(fs).open_input_file(path)
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _FORWARDED:
+            setattr(_opening, _FORWARDED[name], value)
+
+
+sys.modules[__name__].__class__ = _Package

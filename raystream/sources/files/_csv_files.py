@@ -13,13 +13,13 @@ import pyarrow.csv as pa_csv
 
 from raystream._time import Duration
 from raystream.errors import PlanError
-
-# _open_file is looked up on the package at each call, never imported by name: a test replaces it there
-# (monkeypatch.setattr(files, "_open_file", ...)) to see every open.
-from raystream.sources import files as package
 from raystream.sources._csv import decode_lines, header_names
 from raystream.sources._json import Decoded, utf8_valid
 from raystream.sources.base import Split, SplitReader
+
+# _opening.open_file is looked up at each call, never imported by name: a test that wraps the package's
+# _open_file wraps it too (see _Package in the package), and sees every open.
+from raystream.sources.files import _opening
 from raystream.sources.files._line_records import (
     Errors,
     _line_batches,
@@ -232,7 +232,7 @@ def _first_invalid_utf8_line(fs: fsspec.AbstractFileSystem, file: _File, block_b
     Only called to explain a failure, so it reads the file again from its start.
     """
     seen = 0
-    with package._open_file(fs, file.path) as raw:
+    with _opening.open_file(fs, file.path) as raw:
         for batch in _line_batches(_decompressed(raw, file.path), block_bytes):
             valid = utf8_valid(batch.column(0))
             if valid is not None:

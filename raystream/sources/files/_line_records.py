@@ -13,12 +13,12 @@ import pyarrow.compute as pc
 from raystream._fs import redact
 from raystream._time import Duration
 from raystream.errors import PlanError, RaystreamError
-
-# _open_file is looked up on the package at each call, never imported by name: a test replaces it there
-# (monkeypatch.setattr(files, "_open_file", ...)) to see every open.
-from raystream.sources import files as package
 from raystream.sources._json import Decoded
 from raystream.sources.base import Split, dead_letter_table
+
+# _opening.open_file is looked up at each call, never imported by name: a test that wraps the package's
+# _open_file wraps it too (see _Package in the package), and sees every open.
+from raystream.sources.files import _opening
 from raystream.sources.files._listing import PartitionTime, _File, _plan_map
 from raystream.sources.files._rows import _FILTER_SCAN_ROWS, _decompressed, _RowBuffer, _RowReader
 from raystream.sources.files._source import TimeBound, _FileSource, _unify
@@ -89,7 +89,7 @@ class _StreamSource(_FileSource):
             return None
         fs = self._filesystem(file)
         try:
-            with package._open_file(fs, file.path) as raw:
+            with _opening.open_file(fs, file.path) as raw:
                 expected = self._file_schema(file) if self._explicit is not None else None
                 return self._sniff(_decompressed(raw, file.path), expected, file)
         except FileNotFoundError:
@@ -139,7 +139,7 @@ class _StreamReader(_RowReader):
 
     def _stream(self) -> pa.NativeFile:
         """Open the file (decompressed), to be closed by :meth:`close`."""
-        self._raw = package._open_file(self._rows.fs, self._file.path)
+        self._raw = _opening.open_file(self._rows.fs, self._file.path)
         stream = _decompressed(self._raw, self._file.path)
         self._closer = stream
         return stream

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 from raystream._fs import redact
 from raystream._time import Duration
 from raystream.errors import PlanError
-
-# _open_file is looked up on the package at each call, never imported by name: a test replaces it there
-# (monkeypatch.setattr(files, "_open_file", ...)) to see every open.
-from raystream.sources import files as package
 from raystream.sources.base import Split, SplitReader
+
+# _opening.open_file is looked up at each call, never imported by name: a test that wraps the package's
+# _open_file wraps it too (see _Package in the package), and sees every open.
+from raystream.sources.files import _opening
 from raystream.sources.files._listing import PartitionTime, _File, _plan_map
 from raystream.sources.files._rows import _RowReader
 from raystream.sources.files._source import _NS_PER_MS, TimeBound, _FileSource, _unify
@@ -225,7 +225,7 @@ class ParquetSource(_FileSource):
             return cached
         fs = self._filesystem(file)
         try:
-            with package._open_file(fs, file.path) as handle:
+            with _opening.open_file(fs, file.path) as handle:
                 metadata = pq.ParquetFile(handle).metadata
                 schema = metadata.schema.to_arrow_schema()
         except FileNotFoundError:
@@ -338,7 +338,7 @@ class _ParquetReader(_RowReader):
         groups = list(range(self._groups.start + skipped, self._groups.stop))
         if not groups:  # Resumed at the end of the split: nothing to open.
             return iter(()), first_row
-        handle = package._open_file(self._rows.fs, self._file.path)
+        handle = _opening.open_file(self._rows.fs, self._file.path)
         self._closer = handle
         batches = pq.ParquetFile(handle).iter_batches(
             batch_size=min(max(max_rows, 1024), _PARQUET_BATCH_ROWS),

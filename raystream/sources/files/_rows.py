@@ -12,11 +12,11 @@ import pyarrow.compute as pc
 
 from raystream._fs import redact
 from raystream.errors import RaystreamError
+from raystream.sources.base import SplitReader
 
 # _FILTER_CHUNK_ROWS is looked up on the package at each call, never imported by name: a test replaces it
 # there (monkeypatch.setattr(files, "_FILTER_CHUNK_ROWS", 4)) to filter in small chunks.
-from raystream.sources import files as package
-from raystream.sources.base import SplitReader
+from raystream.sources.files import _opening
 from raystream.sources.files._listing import _File
 from raystream.sources.files._source import _NS_PER_MS, _FileSource
 
@@ -252,7 +252,7 @@ class _RowReader(SplitReader):
 
     def _chunk_rows(self, max_rows: int) -> int:
         """Rows to take from the file for a batch of ``max_rows``: more when rows outside [start, end) are dropped."""
-        return max_rows if self._rows.bounds is None else max(max_rows, package._FILTER_CHUNK_ROWS)
+        return max_rows if self._rows.bounds is None else max(max_rows, _opening.FILTER_CHUNK_ROWS)
 
     def position(self) -> int:
         """Return the number of rows of the split consumed so far (returned or filtered out)."""

@@ -11,11 +11,11 @@ import pyarrow.compute as pc
 
 from raystream._time import Duration
 from raystream.errors import PlanError, RaystreamError
-
-# _open_file is looked up on the package at each call, never imported by name: a test replaces it there
-# (monkeypatch.setattr(files, "_open_file", ...)) to see every open.
-from raystream.sources import files as package
 from raystream.sources.base import Split, SplitReader
+
+# _opening.open_file is looked up at each call, never imported by name: a test that wraps the package's
+# _open_file wraps it too (see _Package in the package), and sees every open.
+from raystream.sources.files import _opening
 from raystream.sources.files._listing import _File
 from raystream.sources.files._rows import _check_max_rows, _decompressed, _Rows
 from raystream.sources.files._source import _FileSource
@@ -175,7 +175,7 @@ class _TextReader(SplitReader):
         return self._raw_bytes
 
     def _open(self) -> pa.NativeFile:
-        self._raw = package._open_file(self._rows.fs, self._file.path)
+        self._raw = _opening.open_file(self._rows.fs, self._file.path)
         stream = _decompressed(self._raw, self._file.path)
         if stream is self._raw:
             stream.seek(self._offset)
