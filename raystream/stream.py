@@ -47,6 +47,7 @@ from raystream.plan.logical import (
     SelectNode,
     SourceNode,
     StreamJoinHow,
+    StreamJoinNode,
     TableJoinNode,
     TopNode,
     UnionNode,
@@ -236,16 +237,21 @@ class Stream:
     def late_events(self) -> Stream:
         """The rows a window dropped as late, as a stream that can go to any sink.
 
-        Only for the output of ``window(..., late="side")``. Running this
-        stream runs the whole pipeline and writes the late rows, as they
-        reached the window, instead of the windows. A job started on the
+        Only for the output of ``window(..., late="side")``, or of a join of
+        two streams with ``late="side"``. Running this stream runs the whole
+        pipeline and writes the late rows, as they reached the window,
+        instead of the windows; a join's late rows of either side are shaped
+        as its rows without a match (the other side's columns null). A job started on the
         windows themselves collects its late rows too: ``Job.late_events()``.
         """
         node = self._node
+        if isinstance(node, StreamJoinNode) and node.late == "side":
+            # A join's late rows, of either side, are shaped as its rows without a match.
+            return Stream(LateEventsNode(inputs=(node,), schema=node.schema))
         if not isinstance(node, WindowNode) or node.late != "side":
             raise PlanError(
-                "late_events: only the output of key_by(...).window(w, late='side').agg(...) (or .top(...)) "
-                "has late events"
+                "late_events: only the output of key_by(...).window(w, late='side').agg(...) (or .top(...)), "
+                "or of a join of two streams with late='side', has late events"
             )
         return Stream(LateEventsNode(inputs=(node,), schema=node.input.schema))
 
@@ -300,6 +306,7 @@ class Stream:
         between: tuple[Duration, Duration] | None = None,
         window: Window | None = None,
         ttl: Duration | None = None,
+        late: Literal["drop", "side"] = "drop",
         name: str = "join",
     ) -> Stream:
         """Join with a bounded table, or, with ``between``, with another stream in event time.
@@ -357,6 +364,8 @@ class Stream:
             between: ``(lower, upper)``: durations such as ``"-5s"`` and ``"10m"``, relative to this stream's time.
             window: ``rs.Tumbling(...)`` or ``rs.Sliding(...)``: a window join.
             ttl: A duration: how far apart in time two rows of a regular join may be.
+            late: With two streams, ``"side"`` makes the rows late at the join its ``late_events()``;
+                ``"drop"`` counts them only.
             name: The operator's name (in metrics and checkpoints).
 
         Raises:
@@ -381,7 +390,7 @@ class Stream:
                     "them once the watermark passes the interval"
                 )
             interval = {"lower_ms": -ttl_ms, "upper_ms": ttl_ms}
-            return self._stream_join(other, on, how, left_on, right_on, suffix, name, interval)
+            return self._stream_join(other, on, how, left_on, right_on, suffix, name, interval, late)
         if between is not None:
             if not isinstance(between, tuple) or len(between) != 2:
                 raise PlanError(f"join: between= is (lower, upper), such as ('-5s', '10m'); got {between!r}")
@@ -392,14 +401,14 @@ class Stream:
                     "no rows could match; give (lower, upper) with lower <= upper"
                 )
             interval = {"lower_ms": lower, "upper_ms": upper}
-            return self._stream_join(other, on, how, left_on, right_on, suffix, name, interval)
+            return self._stream_join(other, on, how, left_on, right_on, suffix, name, interval, late)
         if window is not None:
             if not isinstance(window, (Tumbling, Sliding)):
                 raise PlanError(
                     f"join: window= takes rs.Tumbling(...) or rs.Sliding(...), got {window!r}; session windows do "
                     "not join"
                 )
-            return self._stream_join(other, on, how, left_on, right_on, suffix, name, {"window": window})
+            return self._stream_join(other, on, how, left_on, right_on, suffix, name, {"window": window}, late)
         if how not in ("inner", "left"):
             raise PlanError(
                 f"join: with a table, how must be 'inner' or 'left', got {how!r}; 'right' and 'outer' join two "
@@ -443,6 +452,7 @@ class Stream:
         tolerance: Duration | None = None,
         how: Literal["inner", "left"] = "inner",
         suffix: str = "_right",
+        late: Literal["drop", "side"] = "drop",
         name: str = "join_asof",
     ) -> Stream:
         """Join each row with the row of ``other`` in force at its time: the latest of its key at or before it.
@@ -470,6 +480,7 @@ class Stream:
             tolerance: How much older than the row the right row may be, at most: a duration such as ``"1m"``.
             how: ``"inner"`` or ``"left"``.
             suffix: Added to an other column's name that this stream has too.
+            late: ``"side"`` makes the rows late at the join its ``late_events()``; ``"drop"`` counts them only.
             name: The operator's name (in metrics and checkpoints).
 
         Raises:
@@ -486,7 +497,7 @@ class Stream:
         if by is None and (left_by is None or right_by is None):
             raise PlanError("join_asof: give the key columns: by='symbol', or left_by='symbol' and right_by='ticker'")
         return self._stream_join(
-            other, by, how, left_by, right_by, suffix, name, {"tolerance_ms": tolerance_ms}, what="join_asof"
+            other, by, how, left_by, right_by, suffix, name, {"tolerance_ms": tolerance_ms}, late, "join_asof"
         )
 
     def _stream_join(
@@ -499,6 +510,7 @@ class Stream:
         suffix: str,
         name: str,
         kind: dict[str, Any],
+        late: Literal["drop", "side"] = "drop",
         what: str = "join",
     ) -> Stream:
         """A join of two streams in event time, by ``kind``: a window join (``window``), an as-of join
@@ -529,8 +541,11 @@ class Stream:
             "how": how,
             "right_columns": tuple(right_columns),
             "coalesce_keys": on is not None,
+            "late": late,
             "name": name,
         }
+        if late not in ("drop", "side"):
+            raise PlanError(f"{what}: late must be 'drop' or 'side', got {late!r}")
         if "tolerance_ms" in kind:
             return Stream(AsOfJoinNode(schema=pa.schema([*left_schema, *payload]), **common, **kind))
         if "window" not in kind:

@@ -170,12 +170,13 @@ KEYED_NODES = (KeyedAggNode, TopNode, WindowNode)
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class LateEventsNode(Node):
-    """The late rows of the window operator that is its input, instead of its windows."""
+    """The late rows of the window or join that is its input, instead of its output."""
 
     @property
     def time_column(self) -> str | None:
-        assert isinstance(self.input, WindowNode)
-        return self.input.window_time_column
+        if isinstance(self.input, WindowNode):
+            return self.input.window_time_column
+        return self.input.time_column  # a join's: its late rows are shaped as its rows without a match
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -244,6 +245,8 @@ class StreamJoinNode(Node):
     how: StreamJoinHow
     right_columns: tuple[tuple[str, str], ...]
     coalesce_keys: bool
+    #: ``"side"``: the rows late at the join are its late events (``late_events()``); ``"drop"``: counted only.
+    late: Literal["drop", "side"] = "drop"
     name: str = "join"
 
     @property

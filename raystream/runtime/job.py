@@ -108,18 +108,18 @@ class Job:
         return sink.table().to_pandas()
 
     def late_events(self, name: str | None = None) -> pd.DataFrame:
-        """The rows that windows with ``late="side"`` found late so far.
+        """The rows that windows and joins with ``late="side"`` found late so far.
 
         Args:
-            name: The window operator's name (``agg(name=...)``), needed only
-                when the pipeline has several such windows.
+            name: The window's or join's name (``agg(name=...)``, ``join(name=...)``), needed only
+                when the pipeline has several with ``late="side"``.
         """
         windows = [tag for tag in self._coordinator.side_sinks if tag != DEAD_LETTERS]
         if not windows:
-            raise TypeError("late_events(): no window of this job has late='side'")
+            raise TypeError("late_events(): no window or join of this job has late='side'")
         if name is None:
             if len(windows) > 1:
-                raise TypeError(f"late_events(): name one of the windows: {', '.join(windows)}")
+                raise TypeError(f"late_events(): name one of them: {', '.join(windows)}")
             name = windows[0]
         return self._side_output(name, "late_events()")
 

@@ -77,6 +77,7 @@ def operator_spec(operator: KeyedOperator) -> dict[str, Any]:
             "right_columns": [list(pair) for pair in sides.right_columns],
             "right_schema": _schema_text(sides.right_schema),
             "coalesce_keys": sides.coalesce_keys,
+            "late_side_output": sides.late_side_output,
         }
     if isinstance(operator, IntervalJoin):
         spec["between_ms"] = [operator.lower_ms, operator.upper_ms]
@@ -162,6 +163,7 @@ def _stream_join_spec(spec: dict[str, Any], name: str, keys: tuple[str, ...]) ->
         right_columns=right_columns,
         right_types=tuple(right_schema.types[len(keys) :]),
         coalesce_keys=bool(join["coalesce_keys"]),
+        late_side_output=bool(join["late_side_output"]),
     )
 
 

@@ -378,6 +378,7 @@ def _stream_join_spec(node: StreamJoinNode, ctx: _Context) -> StreamJoinSpec:
         right_columns=node.right_columns,
         right_types=tuple(right.schema.field(column).type for column, _ in node.right_columns),
         coalesce_keys=node.coalesce_keys,
+        late_side_output=node.late == "side",
     )
 
 

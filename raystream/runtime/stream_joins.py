@@ -96,6 +96,7 @@ class StreamJoinSpec:
             With ``on=``, the right's keys are not among them: they equal the left's.
         right_types: The types of ``right_columns``.
         coalesce_keys: ``on=``: a right-only row's keys fill the left's key columns, as SQL's ``USING`` does.
+        late_side_output: The rows late at the join are its late events (a side output), not only counted.
     """
 
     name: str
@@ -108,6 +109,7 @@ class StreamJoinSpec:
     right_columns: tuple[tuple[str, str], ...]
     right_types: tuple[pa.DataType, ...]
     coalesce_keys: bool
+    late_side_output: bool = False
 
     @property
     def right_schema(self) -> pa.Schema:
@@ -184,6 +186,7 @@ class _StreamJoin(KeyedOperator):
         self.spec = spec
         self.name = spec.name
         self.keys = spec.left_on
+        self.late_side_output = spec.late_side_output
 
     @property
     def upsert_keys(self) -> tuple[str, ...] | None:
@@ -197,6 +200,21 @@ class _StreamJoin(KeyedOperator):
 
     def split(self, payload: Any, num_key_groups: int, num_partitions: int) -> list[Any | None]:
         return split_table(payload, self.keys, num_key_groups, num_partitions)
+
+    def late(self, index: int, rows: pa.Table) -> pa.Table | None:
+        """Late rows of input ``index`` as the join's late events, shaped as its rows without a match."""
+        if not self.late_side_output or rows.num_rows == 0:
+            return None
+        return self.spec.left_only(rows) if index == 0 else self.spec.right_only(rows)
+
+    def _on_time(self, index: int, table: pa.Table, watermark_ms: int) -> Prepared:
+        """The rows at or after the watermark, held as they are; the others late."""
+        rows, time = self.spec.side_rows(index, table)
+        on_time = pc.fill_null(pc.greater_equal(to_epoch_ms(rows.column(time)), watermark_ms), False)
+        kept = rows.filter(on_time)
+        late = rows.num_rows - kept.num_rows
+        late_rows = self.late(index, rows.filter(pc.invert(on_time))) if late else None
+        return Prepared(kept if kept.num_rows else None, late=late_rows, late_count=late)
 
 
 # -- interval joins -------------------------------------------------------------------------------
@@ -214,10 +232,7 @@ class IntervalJoin(_StreamJoin):
         self.output_delay_ms = max(upper_ms, -lower_ms, 0)
 
     def prepare_input(self, index: int, table: pa.Table, watermark_ms: int) -> Prepared:
-        rows, time = self.spec.side_rows(index, table)
-        on_time = pc.fill_null(pc.greater_equal(to_epoch_ms(rows.column(time)), watermark_ms), False)
-        kept = rows.filter(on_time)
-        return Prepared(kept if kept.num_rows else None, late_count=rows.num_rows - kept.num_rows)
+        return self._on_time(index, table, watermark_ms)
 
     def new_state(self) -> OperatorState:
         return _IntervalJoinState(self)
@@ -352,7 +367,18 @@ class WindowJoin(_StreamJoin):
         )
         held = rows if picked is None else rows.take(pa.array(picked))
         held = held.append_column(_WINDOW, pa.array(starts, pa.int64()))
-        return Prepared(held if held.num_rows else None, late_count=0 if late is None else int(late.sum()))
+        late_rows = None if late is None else self.late(index, rows.filter(pa.array(late)))
+        late_count = 0 if late is None else int(late.sum())
+        return Prepared(held if held.num_rows else None, late=late_rows, late_count=late_count)
+
+    def late(self, index: int, rows: pa.Table) -> pa.Table | None:
+        shaped = super().late(index, rows)
+        if shaped is None:
+            return None
+        kind = self.output_schema.field(WINDOW_START).type
+        return shaped.append_column(WINDOW_START, pa.nulls(shaped.num_rows, kind)).append_column(
+            WINDOW_END, pa.nulls(shaped.num_rows, kind)
+        )
 
     def new_state(self) -> OperatorState:
         return _WindowJoinState(self)
@@ -462,10 +488,7 @@ class AsOfJoin(_StreamJoin):
         # A left row leaves once the watermark passed it, so its time is at or after the watermark before.
 
     def prepare_input(self, index: int, table: pa.Table, watermark_ms: int) -> Prepared:
-        rows, time = self.spec.side_rows(index, table)
-        on_time = pc.fill_null(pc.greater_equal(to_epoch_ms(rows.column(time)), watermark_ms), False)
-        kept = rows.filter(on_time)
-        return Prepared(kept if kept.num_rows else None, late_count=rows.num_rows - kept.num_rows)
+        return self._on_time(index, table, watermark_ms)
 
     def new_state(self) -> OperatorState:
         return _AsOfJoinState(self)

@@ -306,18 +306,37 @@ def test_a_window_after_an_interval_join_equals_duckdb_and_sees_no_late_row() ->
     )
 
 
-def test_a_row_behind_its_inputs_watermark_is_late_counted_and_matches_nothing() -> None:
+def late_script() -> tuple[TestSource, TestSource]:
+    """Two streams where one right row, at 1 s, comes behind the 10 s watermark."""
     left, right = TestSource(), TestSource()
     left.add_batch([{"k": 1, "t": T0 + 10_000}])
     right.add_batch([{"k": 1, "t": T0 + 10_000}])
     left.add_batch([{"k": 1, "t": T0 + 20_000}])
-    right.add_batch([{"k": 1, "t": T0 + 20_000}, {"k": 1, "t": T0 + 1_000}])  # 1 s: behind the 10 s watermark
+    right.add_batch([{"k": 1, "t": T0 + 20_000}, {"k": 1, "t": T0 + 1_000}])
     left.end()
     right.end()
-    joined = left.stream(time_column="t").join(right.stream(time_column="t"), on="k", between=("-10s", "0s"))
+    return left, right
+
+
+@pytest.mark.parametrize("kind", ["interval", "window", "asof"])
+def test_a_row_behind_its_inputs_watermark_is_late_counted_delivered_with_late_side_and_matches_nothing(
+    kind: str,
+) -> None:
+    left, right = late_script()
+    streams = left.stream(time_column="t"), right.stream(time_column="t")
+    joined = {
+        "interval": lambda: streams[0].join(streams[1], on="k", between=("-10s", "0s"), late="side"),
+        "window": lambda: streams[0].join(streams[1], on="k", window=rs.Tumbling("5s"), late="side"),
+        "asof": lambda: streams[0].join_asof(streams[1], by="k", late="side"),
+    }[kind]()
     job = joined.start(rs.RunConfig(parallelism=2)).wait(60)
     assert job.metrics()["late_rows"] == 1
-    assert len(job.results()) == 3  # (10, 10), (20, 10), (20, 20): the late row matched nothing
+    late = as_ms(job.late_events(), "t", "t_right")
+    assert late[["k", "t", "t_right"]].values.tolist() == [[1, T0 + 1_000, T0 + 1_000]]  # a right-only row
+    expected_rows = {"interval": 3, "window": 2, "asof": 2}[kind]  # the late row matched nothing
+    assert len(job.results()) == expected_rows
+    late_only = joined.late_events().to_pandas(rs.RunConfig(parallelism=1))
+    assert len(late_only) == 1
 
 
 def test_the_state_of_an_interval_join_stays_within_what_the_interval_implies() -> None:
