@@ -92,6 +92,26 @@ def _side_input_join(bid: rs.Stream) -> rs.Stream:
     return keyed.join(side_input(), on="key").select("auction", "bidder", "price", "date_time", "value")
 
 
+def _highest_bids(bid: rs.Stream) -> rs.Stream:
+    """q7: the bids at the highest price of their 10 s tumbling window, found by joining the maxima back.
+
+    The maxima come from a window over all bids (one key); each is joined with
+    the bids of its price in the 10 s up to its ``window_end``, as Nexmark's
+    ``B.date_time BETWEEN B1.window_end - INTERVAL '10' SECOND AND B1.window_end``:
+    an interval join of the bids with the maxima, partitioned by the price.
+    """
+    timed = bid.with_watermark("date_time", delay=WATERMARK_DELAY)
+    maxima = (
+        timed.with_columns(every=pc.scalar(0))
+        .key_by("every")
+        .window(rs.Tumbling("10s"))
+        .agg(maxprice=rs.max("price"))
+        .select("maxprice", "window_end")
+    )
+    joined = timed.join(maxima, left_on="price", right_on="maxprice", between=("0s", "10s"))
+    return joined.select("auction", "price", "bidder", "date_time", "extra")
+
+
 #: q3's states, and the category its auctions are in.
 LOCAL_STATES = ("OR", "ID", "CA")
 LOCAL_CATEGORY = 10
@@ -212,6 +232,21 @@ QUERIES: dict[str, Query] = {
                 ON auction % {SIDE_INPUT_KEYS} = s.key
             """,
             (("auction", "int"), ("bidder", "int"), ("price", "int"), ("date_time", "time"), ("value", "text")),
+        ),
+        Query(
+            "q7",
+            "highest bid: the bids at the maximum price of each 10 s window, by an interval join",
+            {"bid": ("auction", "bidder", "price", "date_time", "extra")},
+            _highest_bids,
+            """
+            SELECT B.auction, B.price, B.bidder, B.date_time, B.extra
+            FROM bid AS B JOIN (
+                SELECT max(price) AS maxprice, epoch_ms(date_time) // 10000 * 10000 + 10000 AS window_end
+                FROM bid GROUP BY window_end
+            ) AS B1 ON B.price = B1.maxprice
+            WHERE epoch_ms(B.date_time) BETWEEN B1.window_end - 10000 AND B1.window_end
+            """,
+            (("auction", "int"), ("price", "int"), ("bidder", "int"), ("date_time", "time"), ("extra", "text")),
         ),
         Query(
             "q3",
