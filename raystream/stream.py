@@ -327,7 +327,12 @@ class Stream:
         **An interval join** (``between=(lower, upper)``): a row ``l`` of this
         stream and a row ``r`` of ``other`` match when their keys are equal
         and ``l.time + lower <= r.time <= l.time + upper``, both inclusive
-        (``between=("-5s", "10m")``). Both streams need event time. Each
+        (``between=("-5s", "10m")``). The upper bound may also be a time
+        column of this stream, and the lower one its time column itself:
+        ``between=("date_time", "expires")`` matches the bids of an auction
+        while it is open, as Nexmark's q4 does; a row is then held until the
+        watermark passes its upper bound, and the stages after the join see
+        their watermark held back by the oldest row held. Both streams need event time. Each
         match is emitted once, when its second row arrives; ``how="left"``,
         ``"right"`` and ``"outer"`` also emit the rows that matched nothing,
         with nulls for the other side, once the watermark passes the last
@@ -394,13 +399,7 @@ class Stream:
         if between is not None:
             if not isinstance(between, tuple) or len(between) != 2:
                 raise PlanError(f"join: between= is (lower, upper), such as ('-5s', '10m'); got {between!r}")
-            lower, upper = (_signed_duration_ms(bound, f"join: between[{i}]") for i, bound in enumerate(between))
-            if lower > upper:
-                raise PlanError(
-                    f"join: between=({between[0]!r}, {between[1]!r}) has its lower bound after its upper bound, so "
-                    "no rows could match; give (lower, upper) with lower <= upper"
-                )
-            interval = {"lower_ms": lower, "upper_ms": upper}
+            interval = self._interval_bounds(between)
             return self._stream_join(other, on, how, left_on, right_on, suffix, name, interval, late)
         if window is not None:
             if not isinstance(window, (Tumbling, Sliding)):
@@ -499,6 +498,35 @@ class Stream:
         return self._stream_join(
             other, by, how, left_by, right_by, suffix, name, {"tolerance_ms": tolerance_ms}, late, "join_asof"
         )
+
+    def _interval_bounds(self, between: tuple[Duration, Duration]) -> dict[str, Any]:
+        """``between=``'s bounds: durations from this stream's time, or, for the upper one, a time column of it."""
+        names = self.schema.names if self.schema is not None else []
+        time_column = self._node.time_column
+        lower_bound, upper_bound = between
+        if isinstance(lower_bound, str) and lower_bound in names:
+            if lower_bound != time_column:
+                raise PlanError(
+                    f"join: between[0] is the column {lower_bound!r}; a lower bound that is a column must be the "
+                    f"stream's time column ({time_column!r}), else give a duration from it, such as '-5s'"
+                )
+            lower_bound = 0  # the row's own time
+        lower = _signed_duration_ms(lower_bound, "join: between[0]")
+        if isinstance(upper_bound, str) and upper_bound in names:
+            kind = self.schema.field(upper_bound).type if self.schema is not None else None
+            if kind is None or not is_event_time_type(kind):
+                raise PlanError(
+                    f"join: between[1] is the column {upper_bound!r}, of type {kind}; a bound that is a column "
+                    "must hold times (a timestamp, or int64 epoch milliseconds)"
+                )
+            return {"lower_ms": lower, "upper_ms": 0, "upper_column": upper_bound}
+        upper = _signed_duration_ms(upper_bound, "join: between[1]")
+        if lower > upper:
+            raise PlanError(
+                f"join: between=({between[0]!r}, {between[1]!r}) has its lower bound after its upper bound, so "
+                "no rows could match; give (lower, upper) with lower <= upper"
+            )
+        return {"lower_ms": lower, "upper_ms": upper}
 
     def _stream_join(
         self,

@@ -260,6 +260,8 @@ class IntervalJoinNode(StreamJoinNode):
 
     lower_ms: int
     upper_ms: int
+    #: When set, the upper bound is this time column of the left (absolute), not ``l.time + upper_ms``.
+    upper_column: str | None = None
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -385,6 +385,7 @@ class PartitionActor(_HoldsBroadcastTables):
             "rows_out": table.num_rows,
             "state_rows": self.state.num_rows,
             "state_by_input": self.state.state_by_input(),
+            "output_hold_ms": self.state.output_hold_ms(),
             "late_count": emitted.late_count + routed.late_count,
             "outputs": routed.outputs,
             "seconds": time.perf_counter() - started,

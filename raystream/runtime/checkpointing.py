@@ -15,13 +15,18 @@ every other description points here. For each epoch ``E`` of a job:
    and its output per edge through the object store.
 2. Watermarks. The coordinator reads the readers' metadata only. Each
    source's watermark comes from its own splits (+infinity once all are
-   done); a stage's is the minimum over the sources upstream of it. An epoch
+   done); a stage's is the minimum over the sources upstream of it, less
+   the output delays of the stages before it (an interval join's interval),
+   and at most the *floor* of each stage before it whose output may lag by
+   more (a join held by a column): the smaller of its watermark and the
+   oldest time it held, after the last epoch it completed. An epoch
    that read nothing, moved no position and no watermark is not an epoch:
    no stage runs, nothing is logged or committed, and its number goes to the
    next one, so an idle job writes no file.
 3. Log (with a ``checkpoint_dir``). Before any of ``E``'s output is made,
    write ``offsets/E``: each split's position at the end of ``E``, the rows
-   it was allowed, and each source's watermark (the write-ahead offset log).
+   it was allowed, each source's watermark and the floors (the write-ahead
+   offset log).
 4. Process and stage. The partition actors of each keyed stage process
    ``E`` with the stage's watermark, and every sink stages ``E``'s output
    under the epoch id (files under ``_staging/epoch-E``, an open Kafka
@@ -35,7 +40,8 @@ every other description points here. For each epoch ``E`` of a job:
 6. Commit the sinks: the staged output becomes visible. Committing ``E``
    again replaces ``E``'s output, so a replayed epoch never doubles it.
 7. Commit the checkpoint: write the manifest of ``E``'s state files, then
-   ``commits/E`` last, naming the manifest's checksum. The commit of the
+   ``commits/E`` last, naming the manifest's checksum; the record holds the
+   positions, the watermarks and the floors. The commit of the
    epoch that ends every bounded input records that the job is complete.
    Checkpoints older than the newest ``checkpoints_to_keep`` are then pruned.
 
@@ -96,7 +102,7 @@ from raystream.sources.base import Source, Split
 
 _log = logging.getLogger("raystream")
 #: The layout of the commit record; a checkpoint of another layout is refused, never guessed at.
-FORMAT = 3
+FORMAT = 4
 #: The commit record's fields that recovery reads, and their JSON types.
 _RECORD_FIELDS: dict[str, type] = {
     "job_id": str,
@@ -104,6 +110,7 @@ _RECORD_FIELDS: dict[str, type] = {
     "num_key_groups": int,
     "watermark_ms": int,
     "watermarks": dict,
+    "floors": dict,
     "broadcast_ready": list,
     "positions": dict,
     "done": list,
@@ -185,6 +192,8 @@ class Recovery:
     done: set[str]
     #: By source stage.
     watermarks: dict[str, int]
+    #: By stage that holds its output back (see Step 2).
+    floors: dict[str, int]
     clocks: dict[str, Any]
     #: The broadcast joins whose table the checkpoint holds.
     broadcast_ready: set[str]
@@ -263,6 +272,7 @@ class Checkpointing:
             positions=record["positions"],
             done=set(record["done"]),
             watermarks=record["watermarks"],
+            floors=record["floors"],
             clocks=record["clocks"],
             broadcast_ready=set(record["broadcast_ready"]),
             state_files=list(checkpoint.state_files),
@@ -363,6 +373,7 @@ class Checkpointing:
         positions: dict[str, Any],
         done: set[str],
         watermarks: dict[str, int],
+        floors: dict[str, int],
         clocks: dict[str, Any],
         state_files: list[StateFile],
         job_id: str,
@@ -381,6 +392,7 @@ class Checkpointing:
             # The smallest of the sources' watermarks (read_state's), and each source's own.
             "watermark_ms": min(watermarks.values()),
             "watermarks": watermarks,
+            "floors": floors,
             "broadcast_ready": sorted(broadcast_ready),
             # A finished split needs no position: it is never read again.
             "positions": {split_id: p for split_id, p in positions.items() if split_id not in done},

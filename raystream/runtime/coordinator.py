@@ -60,6 +60,7 @@ class _Checkpoint:
     positions: dict[str, Any]
     done: set[str]
     watermarks: dict[str, int]
+    floors: dict[str, int]
     clocks: dict[str, Any]
     snapshot_refs: list[ray.ObjectRef]
 
@@ -76,6 +77,8 @@ class _EpochInFlight:
     checkpoint: _Checkpoint | None = None
     #: The epoch that ends a bounded input: its checkpoint records the job as complete.
     end_of_input: bool = False
+    #: Each keyed stage's watermark in this epoch (a stage that holds its output back makes its floor from it).
+    stage_watermarks: dict[str, int] = field(default_factory=dict)
 
 
 def _merged_state_by_input(held: list[dict[str, Any]]) -> dict[str, Any]:
@@ -184,6 +187,8 @@ class Coordinator:
         self.splits: dict[str, list[Split]] = {s.name: [] for s in plan.sources}
         #: The source stages that wait, unread, for the stages in their ``after`` to end.
         self.waiting: set[str] = set()
+        #: The floor of each stage that holds its output back, after the last epoch it completed (Step 2).
+        self.floors: dict[str, int] = {}
         self._corrupt_epochs: set[int] = set()
         self._restoring: int | None = None
         #: By qualified split id.
@@ -313,7 +318,7 @@ class Coordinator:
 
     def stage_watermark(self, stage: str) -> int:
         """A stage's watermark: the smallest of the sources upstream of it, less its delay (see ``plan.delays``)."""
-        return self.plan.watermark(stage, self._watermarks())
+        return self.plan.watermark(stage, self._watermarks(), self.floors)
 
     def _restart_actors(self) -> tuple[int, list[dict[str, Any]]]:
         """Kill the job's actors and start them again from the last checkpoint.
@@ -376,6 +381,7 @@ class Coordinator:
             self.already_complete, self.job_id, self.resumed = True, recovery.job_id, True
             return recovery.epoch + 1, []
         self.trackers = self._new_trackers()
+        self.floors = dict(recovery.floors) if recovery is not None else {}
         # Readers that resume with nothing left say so in their first epoch; until then, the stages after them wait.
         self.waiting = {stage.name for stage in plan.sources if stage.after}
         if recovery is not None:
@@ -455,11 +461,11 @@ class Coordinator:
         # Step 0, at the start: checkpoint 0 records the splits as they are now, so a replay reads the same input.
         for stage in plan.sources:
             self.checkpointing.record_splits(0, stage.name, self.splits[stage.name])
-        self.checkpointing.commit(0, {}, set(), self._watermarks(), self._clocks(), [], self.job_id, set())
+        self.checkpointing.commit(0, {}, set(), self._watermarks(), {}, self._clocks(), [], self.job_id, set())
         return 1, []
 
     def _saved_watermark(self, stage: str, recovery: Recovery) -> int:
-        return self.plan.watermark(stage, recovery.watermarks)
+        return self.plan.watermark(stage, recovery.watermarks, recovery.floors)
 
     def _qualified_ids(self, stage: str) -> set[str]:
         return {self._qualify(stage, split.split_id) for split in self.splits[stage]}
@@ -575,7 +581,8 @@ class Coordinator:
             blocked_before = self._blocked_seconds
             logged = to_replay.popleft() if to_replay else None
             before = logged["watermarks_before"] if logged else self._watermarks()
-            before_by_stage = {name: plan.watermark(name, before) for name in self._stage_names()}
+            floors = logged["floors"] if logged else dict(self.floors)  # fixed for the epoch, logged with it
+            before_by_stage = {name: plan.watermark(name, before, floors) for name in self._stage_names()}
             calls = self._read(epoch, active, logged, before_by_stage)
             # While the readers read, complete the epochs before: their stages ran during the previous read.
             while in_flight and len(in_flight) >= config.max_in_flight_epochs - 1:
@@ -619,11 +626,11 @@ class Coordinator:
             if self.checkpointing is not None:
                 if logged is None:  # Step 3: log what this epoch read before it makes output
                     self.checkpointing.log_epoch(
-                        epoch, {"watermarks_before": before, "watermarks": watermarks, "splits": read}
+                        epoch, {"watermarks_before": before, "watermarks": watermarks, "floors": floors, "splits": read}
                     )
                 if checkpoint_due:
                     checkpoint = _Checkpoint(
-                        dict(self.positions), set(self.done_splits), watermarks, self._clocks(), []
+                        dict(self.positions), set(self.done_splits), watermarks, floors, self._clocks(), []
                     )
             # The refs each actor returned, by producer stage, in actor order.
             returned: dict[str, list[list[ray.ObjectRef]]] = {}
@@ -636,15 +643,24 @@ class Coordinator:
                 for refs in groups
             ]
             self._gather_broadcasts(returned, sources_done)
+            stage_watermarks = {keyed.name: plan.watermark(keyed.name, watermarks, floors) for keyed in plan.stages}
             meta_refs, stage_side_refs = self._process(
-                epoch, returned, watermarks, before_by_stage, sources_done, checkpoint
+                epoch, returned, stage_watermarks, before_by_stage, sources_done, checkpoint
             )
             side_refs += stage_side_refs
             output_refs = self._output_refs(returned)
             unsaved = checkpoint is None
             in_flight.append(
                 _EpochInFlight(
-                    epoch, meta_refs, output_refs, side_refs, reader_metas, loop_started, checkpoint, end_of_input
+                    epoch,
+                    meta_refs,
+                    output_refs,
+                    side_refs,
+                    reader_metas,
+                    loop_started,
+                    checkpoint,
+                    end_of_input,
+                    stage_watermarks,
                 )
             )
             with self._lock:
@@ -725,7 +741,7 @@ class Coordinator:
         self,
         epoch: int,
         returned: dict[str, list[list[ray.ObjectRef]]],
-        watermarks: dict[str, int],
+        stage_watermarks: dict[str, int],
         before_by_stage: dict[str, int],
         sources_done: set[str],
         checkpoint: _Checkpoint | None,
@@ -741,7 +757,7 @@ class Coordinator:
         meta_refs: list[ray.ObjectRef] = []
         side_refs: list[ray.ObjectRef] = []
         for keyed in plan.stages:  # Step 4: the keyed stages process the epoch, without waiting
-            watermark = plan.watermark(keyed.name, watermarks)
+            watermark = stage_watermarks[keyed.name]
             edges_in = plan.edges_into(keyed.name)
             num_inputs = keyed.operator.num_inputs
             stage_end = all(s in sources_done for s in plan.upstream[keyed.name])
@@ -860,6 +876,7 @@ class Coordinator:
                 point.positions,
                 point.done,
                 point.watermarks,
+                point.floors,
                 point.clocks,
                 state_files,
                 self.job_id,
@@ -881,6 +898,10 @@ class Coordinator:
                 metrics.actor_nodes[meta["actor"]] = meta["node_id"]
             metrics.dead_letters += sum(m["dead_letters"] for m in epoch.reader_metas)
             for stage in self.plan.stages:
+                if stage.operator.holds_output:  # Step 2's floor, for the epochs after this one
+                    holds = [m["output_hold_ms"] for m in metas if m.get("stage") == stage.name]
+                    floor = min([epoch.stage_watermarks[stage.name], *(h for h in holds if h is not None)])
+                    self.floors[stage.name] = max(self.floors.get(stage.name, START_OF_TIME_MS), floor)
                 rows = sum(m["state_rows"] for m in metas if m.get("stage") == stage.name)
                 metrics.state_rows[stage.name] = rows
                 metrics.peak_state_rows[stage.name] = max(rows, metrics.peak_state_rows.get(stage.name, 0))

@@ -81,6 +81,7 @@ def operator_spec(operator: KeyedOperator) -> dict[str, Any]:
         }
     if isinstance(operator, IntervalJoin):
         spec["between_ms"] = [operator.lower_ms, operator.upper_ms]
+        spec["upper_column"] = operator.upper_column
     if isinstance(operator, WindowJoin):
         spec["window"] = _window_spec(operator.window)
     if isinstance(operator, AsOfJoin):
@@ -169,7 +170,8 @@ def _stream_join_spec(spec: dict[str, Any], name: str, keys: tuple[str, ...]) ->
 
 def _interval_join(spec: dict[str, Any], name: str, keys: tuple[str, ...]) -> IntervalJoin:
     lower, upper = (int(bound) for bound in spec["between_ms"])
-    return IntervalJoin(_stream_join_spec(spec, name, keys), lower, upper)
+    upper_column = None if spec["upper_column"] is None else _text(spec["upper_column"])
+    return IntervalJoin(_stream_join_spec(spec, name, keys), lower, upper, upper_column)
 
 
 def _window_spec(window: Window) -> dict[str, Any]:

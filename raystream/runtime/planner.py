@@ -185,14 +185,24 @@ class PhysicalPlan:
     #: For each keyed stage, how far its watermark lags its sources': the output delays of the stages before it
     #: (``KeyedOperator.output_delay_ms``), summed along the slowest path.
     delays: dict[str, int] = field(default_factory=dict)
+    #: For each stage, the keyed stages before it that hold their output back (``KeyedOperator.holds_output``).
+    holders: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def watermark(self, stage: str, by_source: dict[str, int]) -> int:
-        """A stage's watermark, from its sources' (by source stage): the smallest, less the stage's delay."""
+    def watermark(self, stage: str, by_source: dict[str, int], floors: dict[str, int] | None = None) -> int:
+        """A stage's watermark (Step 2 of the protocol in :mod:`raystream.runtime.checkpointing`).
+
+        The smallest of its sources' (``by_source``, by source stage), less
+        the stage's delay, and at most the floor of each stage before it that
+        holds its output back (``floors``, by stage). Once every source has
+        ended it is the end of time, so that every stage flushes.
+        """
         low = min(by_source.get(source, START_OF_TIME_MS) for source in self.upstream[stage])
-        delay = self.delays.get(stage, 0)
-        if delay == 0 or low in (START_OF_TIME_MS, END_OF_TIME_MS):
+        if low in (START_OF_TIME_MS, END_OF_TIME_MS):
             return low
-        return max(START_OF_TIME_MS, low - delay)
+        low = max(START_OF_TIME_MS, low - self.delays.get(stage, 0))
+        for holder in self.holders.get(stage, ()):
+            low = min(low, (floors or {}).get(holder, START_OF_TIME_MS))
+        return low
 
     def edges_from(self, producer: str) -> list[Edge]:
         """The edges out of ``producer`` that carry rows epoch by epoch (every kind but ``broadcast``)."""
@@ -384,7 +394,7 @@ def _stream_join_spec(node: StreamJoinNode, ctx: _Context) -> StreamJoinSpec:
 
 @builds(IntervalJoinNode)
 def _build_interval_join(node: IntervalJoinNode, inputs: list[_Vertex], ctx: _Context) -> _Vertex:
-    operator = IntervalJoin(_stream_join_spec(node, ctx), node.lower_ms, node.upper_ms)
+    operator = IntervalJoin(_stream_join_spec(node, ctx), node.lower_ms, node.upper_ms, node.upper_column)
     return _Vertex("keyed", inputs, operator=operator, node=node)
 
 
@@ -632,6 +642,7 @@ def plan(outputs: Sequence[OutputRequest] | Node, config: RunConfig | None = Non
     sources = _ordered(fused, vertices)
     upstream = _upstream(sources, fused)
     delays = _delays(fused)
+    holders = _holders(fused)
     planned = [
         Output(
             name=request.name,
@@ -644,7 +655,9 @@ def plan(outputs: Sequence[OutputRequest] | Node, config: RunConfig | None = Non
     ]
     for request in requests:
         _register_user_modules(request.node)
-    return PhysicalPlan(tuple(sources), tuple(fused.stages), tuple(fused.edges), tuple(planned), upstream, delays)
+    return PhysicalPlan(
+        tuple(sources), tuple(fused.stages), tuple(fused.edges), tuple(planned), upstream, delays, holders
+    )
 
 
 def _ordered(fused: _Fused, vertices: dict[int, _Vertex]) -> list[SourceStage]:
@@ -697,6 +710,18 @@ def _delays(fused: _Fused) -> dict[str, int]:
         into = [e.producer for e in fused.edges if e.consumer == stage.name and e.exchange != "broadcast"]
         delays[stage.name] = max((delays.get(p, 0) + own.get(p, 0) for p in into), default=0)
     return delays
+
+
+def _holders(fused: _Fused) -> dict[str, tuple[str, ...]]:
+    """For each keyed stage, the stages before it whose output may lag by more than a delay (their floors count)."""
+    found: dict[str, set[str]] = {}
+    holds = {stage.name for stage in fused.stages if stage.operator.holds_output}
+    for stage in fused.stages:  # stages come inputs first
+        found[stage.name] = set()
+        for edge in fused.edges:
+            if edge.consumer == stage.name and edge.exchange != "broadcast" and edge.producer in found:
+                found[stage.name] |= found[edge.producer] | ({edge.producer} & holds)
+    return {name: tuple(sorted(names)) for name, names in found.items() if names}
 
 
 def _upsert_keys(output: str, fused: _Fused) -> tuple[str, ...] | None:

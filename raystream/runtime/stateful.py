@@ -82,6 +82,14 @@ class OperatorState(ABC):
     def num_rows(self) -> int:
         """Rows of state held: one per key, or per key and open window."""
 
+    def output_hold_ms(self) -> int | None:
+        """The oldest event time the state could still emit, for an operator that ``holds_output`` (else ``None``).
+
+        Rows it emits later are at or after the smaller of this and the watermark it had: the stages after it
+        see their watermark held back to that (see ``PhysicalPlan.watermark``).
+        """
+        return None
+
     def state_by_input(self) -> dict[str, Any]:
         """For an operator of two inputs: the rows held of each (``left_rows``...) and ``oldest_time_ms``."""
         return {}
@@ -121,6 +129,9 @@ class KeyedOperator(ABC):
     #: How far the event times of its output can lag its watermark: the stages after it see their
     #: watermark that much later, so that none of its rows is late there (an interval join's interval).
     output_delay_ms: int = 0
+    #: Whether its output may lag its watermark by more than any fixed delay (an interval join whose upper bound
+    #: is a column): its partition actors then report ``OperatorState.output_hold_ms`` each epoch.
+    holds_output: bool = False
 
     @abstractmethod
     def prepare(self, table: pa.Table, watermark_ms: int) -> Prepared:

@@ -223,13 +223,22 @@ class _StreamJoin(KeyedOperator):
 class IntervalJoin(_StreamJoin):
     """Two streams joined on equal keys where ``l.time + lower <= r.time <= l.time + upper``."""
 
-    def __init__(self, spec: StreamJoinSpec, lower_ms: int, upper_ms: int) -> None:
+    def __init__(self, spec: StreamJoinSpec, lower_ms: int, upper_ms: int, upper_column: str | None = None) -> None:
         super().__init__(spec)
         self.lower_ms = lower_ms
         self.upper_ms = upper_ms
+        self.upper_column = upper_column
         # A match's time is its left row's, up to `upper` before the right row that completes it; a right-only
-        # row's is its own, freed up to `-lower` after the watermark passed it.
-        self.output_delay_ms = max(upper_ms, -lower_ms, 0)
+        # row's is its own, freed up to `-lower` after the watermark passed it. A left row held until a column
+        # says may be any age: the join then reports the oldest it holds instead (OperatorState.output_hold_ms).
+        self.output_delay_ms = max(-lower_ms, 0) if upper_column else max(upper_ms, -lower_ms, 0)
+        self.holds_output = upper_column is not None
+
+    def upper_ms_of(self, rows: pa.Table, left_ms: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+        """Each left row's upper bound in epoch ms: its time plus ``upper_ms``, or its ``upper_column``."""
+        if self.upper_column is None:
+            return pc.add(left_ms, self.upper_ms)
+        return to_epoch_ms(rows.column(self.upper_column))
 
     def prepare_input(self, index: int, table: pa.Table, watermark_ms: int) -> Prepared:
         return self._on_time(index, table, watermark_ms)
@@ -252,7 +261,7 @@ class _IntervalJoinState(OperatorState):
         return self.process_inputs([list(payloads), []], watermark_ms, end_of_input)
 
     def process_inputs(self, payloads: Sequence[Sequence[Any]], watermark_ms: int, end_of_input: bool) -> Emitted:
-        spec, lower, upper = self.spec, self.operator.lower_ms, self.operator.upper_ms
+        spec, lower = self.spec, self.operator.lower_ms
         new_left = self._take(payloads[0], spec.left_schema)
         new_right = self._take(payloads[1], spec.right_schema)
         outputs: list[pa.Table] = []
@@ -271,7 +280,8 @@ class _IntervalJoinState(OperatorState):
         self.left = _mark(_concat([self.left, new_left]), matched_left)
         self.right = _mark(everything_right, matched_right)
         # 3. Free what the watermark passed; emit the unmatched rows of the outer sides.
-        free_left = pc.less(pc.add(to_epoch_ms(self.left.column(spec.left_time)), upper), watermark_ms)
+        left_ms = to_epoch_ms(self.left.column(spec.left_time))
+        free_left = pc.fill_null(pc.less(self.operator.upper_ms_of(self.left, left_ms), watermark_ms), True)
         free_right = pc.less(pc.subtract(to_epoch_ms(self.right.column(spec.right_time)), lower), watermark_ms)
         if spec.how in ("left", "outer"):
             outputs.append(spec.left_only(self.left.filter(pc.and_(free_left, pc.invert(self.left[_MATCHED])))))
@@ -302,13 +312,19 @@ class _IntervalJoinState(OperatorState):
         right_ms = to_epoch_ms(pairs.column(spec.right_time))
         within = pc.and_(
             pc.greater_equal(right_ms, pc.add(left_ms, self.operator.lower_ms)),
-            pc.less_equal(right_ms, pc.add(left_ms, self.operator.upper_ms)),
+            pc.less_equal(right_ms, self.operator.upper_ms_of(pairs, left_ms)),
         )
         return pairs.filter(within)
 
     @property
     def num_rows(self) -> int:
         return self.left.num_rows + self.right.num_rows
+
+    def output_hold_ms(self) -> int | None:
+        if not self.operator.holds_output or self.left.num_rows == 0:
+            return None
+        oldest = pc.min(to_epoch_ms(self.left.column(self.spec.left_time))).as_py()
+        return None if oldest is None else int(oldest)
 
     def state_by_input(self) -> dict[str, Any]:
         return self.spec.state_by_input(self.left, self.right)

@@ -2,9 +2,11 @@
 
     python stream_join_job.py VIEWS CLICKS OUT CHECKPOINTS [--parallelism N] [--delay S]
 
-VIEWS and CLICKS are Parquet folders of events (ad, t, v). Each view is
-joined with the clicks on its ad from 1 s before it to 5 s after it, as an
-outer join, and written to OUT. Each batch is slowed down a little so that a
+VIEWS and CLICKS are Parquet folders of events (ad, t, v, until). Each view
+is joined with the clicks on its ad from its time to its ``until``, as an
+outer join (a bound that is a column: the join holds the watermark of the
+window after it back), and the joined rows are counted per ad and 10 s
+window into OUT. Each batch is slowed down a little so that a
 test can kill the process at a random moment in the middle of the run.
 """
 
@@ -19,7 +21,7 @@ import pyarrow as pa
 
 import raystream as rs
 
-SCHEMA = pa.schema([("ad", pa.int64()), ("t", pa.int64()), ("v", pa.int64())])
+SCHEMA = pa.schema([("ad", pa.int64()), ("t", pa.int64()), ("v", pa.int64()), ("until", pa.int64())])
 
 
 def slowed(delay_s: float) -> Callable[[pa.Table], pa.Table]:
@@ -35,7 +37,8 @@ def build(views: str, clicks: str, delay: float) -> rs.Stream:
         rs.read_parquet(path, time_column="t").map_batches(slowed(delay), schema=SCHEMA).with_watermark("t", "2s")
         for path in (views, clicks)
     )
-    return left.join(right, on="ad", between=("-1s", "5s"), how="outer")
+    joined = left.join(right, on="ad", between=("t", "until"), how="outer")
+    return joined.key_by("ad").window(rs.Tumbling("10s")).agg(n=rs.count(), clicks=rs.count("t_right"))
 
 
 def main() -> None:

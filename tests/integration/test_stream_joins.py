@@ -248,6 +248,32 @@ def test_an_asof_join_takes_the_right_row_read_last_of_a_time_and_waits_for_the_
     assert job.metrics()["state_by_input"]["join_asof"]["right_rows"] <= 1
 
 
+@pytest.mark.parametrize("how", ["inner", "left", "outer"])
+def test_an_interval_to_a_column_holds_the_next_windows_watermark_back_and_equals_duckdb(how: str) -> None:
+    rng = np.random.default_rng(4)
+    n, m = 400, 5_000
+    auctions = pd.DataFrame({"id": np.arange(n), "t": T0 + np.sort(rng.integers(0, 100_000, n))})
+    auctions["expires"] = auctions["t"] + rng.integers(0, 20_000, n)  # open up to 20 s: longer than a window
+    bids = pd.DataFrame({"auction": rng.integers(0, n, m), "t": T0 + np.sort(rng.integers(0, 120_000, m))})
+    joined = rs.from_pandas(auctions, time_column="t").join(
+        rs.from_pandas(bids, time_column="t"), left_on="id", right_on="auction", between=("t", "expires"), how=how
+    )
+    windows = joined.key_by("id").window(rs.Tumbling("10s")).agg(n=rs.count(), bids=rs.count("t_right"))
+    job = windows.start(rs.RunConfig(parallelism=2, max_batch_rows=100)).wait(120)
+    assert job.metrics()["late_rows"] == 0  # the join held the window's watermark back to its oldest auction
+    got = as_ms(job.results(), "window_start")
+    con = duckdb.connect()
+    con.register("a", auctions)
+    con.register("b", bids)
+    want = con.sql(  # with left_on and right_on, a bid without an auction has no id, as in SQL
+        "select a.id, coalesce(a.t, b.t) // 10000 * 10000 as window_start, "
+        f"count(*) as n, count(b.t) as bids from a {SQL_JOIN[how]} b "
+        "on a.id = b.auction and b.t between a.t and a.expires group by all"
+    ).df()
+    columns = ["id", "window_start", "n", "bids"]
+    pd.testing.assert_frame_equal(sorted_frame(got, columns), sorted_frame(want, columns), check_dtype=False)
+
+
 def test_left_on_and_right_on_keep_both_keys_and_a_right_only_row_has_no_left_key() -> None:
     left = pd.DataFrame({"user": [1, 2], "t": [T0, T0 + 1_000], "page": ["a", "b"]})
     right = pd.DataFrame({"uid": [1, 3], "ts": [T0 + 500, T0 + 900], "page": ["x", "y"]})
@@ -373,6 +399,14 @@ def test_the_state_of_an_interval_join_stays_within_what_the_interval_implies() 
             "adds the column 'window_start'",
         ),
         (lambda s: s.join(s, on="k", ttl="a while"), "is not a duration"),
+        (
+            lambda s: s.with_columns(u=pc.field("t")).join(s, on="k", between=("u", "1s")),
+            "a lower bound that is a column must be the stream's time column",
+        ),
+        (
+            lambda s: s.with_columns(u=pc.field("k")).join(s, on="k", between=("t", "u")),
+            "must hold times",
+        ),
         (lambda s: s.join_asof(rs.from_pandas(pd.DataFrame({"k": [1]})), by="k"), "join_asof: the right"),
         (lambda s: s.join_asof(s, by="k", how="outer"), "join_asof: how must be 'inner' or 'left'"),
         (lambda s: s.join_asof(s), "give the key columns"),
@@ -405,6 +439,7 @@ def join_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, count in (("views", 12_000), ("clicks", 6_000)):
         times = T0 + np.sort(rng.integers(0, 120_000, count))
         frame = pd.DataFrame({"ad": rng.integers(0, 30, count), "t": times, "v": np.arange(count)})
+        frame["until"] = frame["t"] + (frame["v"] % 9) * 1_000  # each view counts clicks for 0 to 8 s
         (folder / name).mkdir()
         for part in range(2):
             chunk = frame.iloc[part * count // 2 : (part + 1) * count // 2]
@@ -415,13 +450,15 @@ def join_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def expected_job_output(inputs: dict[str, Path]) -> pd.DataFrame:
     views, clicks = (f"{inputs[name]}/*.parquet" for name in ("views", "clicks"))
     return duckdb.sql(
-        f"select coalesce(l.ad, r.ad) as ad, coalesce(l.t, r.t) as t, l.v, r.t as t_right, r.v as v_right "
-        f"from '{views}' l full join '{clicks}' r on l.ad = r.ad and r.t between l.t - 1000 and l.t + 5000"
+        "select ad, t // 10000 * 10000 as window_start, count(*) as n, count(t_right) as clicks from ("
+        "select coalesce(l.ad, r.ad) as ad, coalesce(l.t, r.t) as t, r.t as t_right "
+        f"from '{views}' l full join '{clicks}' r on l.ad = r.ad and r.t between l.t and l.until"
+        ") group by all"
     ).df()
 
 
 def assert_job_output(out: Path, inputs: dict[str, Path]) -> None:
-    columns = ["ad", "t", "v", "t_right", "v_right"]
+    columns = ["ad", "window_start", "n", "clicks"]
     got = pq.read_table(out).to_pandas()
     pd.testing.assert_frame_equal(
         sorted_frame(got, columns), sorted_frame(expected_job_output(inputs), columns), check_dtype=False
