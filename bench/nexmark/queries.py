@@ -112,6 +112,18 @@ def _highest_bids(bid: rs.Stream) -> rs.Stream:
     return joined.select("auction", "price", "bidder", "date_time", "extra")
 
 
+def _average_winning_price(auction: rs.Stream, bid: rs.Stream) -> rs.Stream:
+    """q4: the average winning price per category, the winning price being an auction's highest bid while open.
+
+    An interval join of the auctions with their bids from ``date_time`` to
+    ``expires`` (a bound that is a column), partitioned by the auction; then
+    the maximum per auction, and the mean of those per category.
+    """
+    bids = auction.join(bid, left_on="id", right_on="auction", between=("date_time", "expires"))
+    winning = bids.key_by("id", "category").agg(final=rs.max("price"))
+    return winning.key_by("category").agg(average=rs.mean("final"))
+
+
 #: q3's states, and the category its auctions are in.
 LOCAL_STATES = ("OR", "ID", "CA")
 LOCAL_CATEGORY = 10
@@ -232,6 +244,21 @@ QUERIES: dict[str, Query] = {
                 ON auction % {SIDE_INPUT_KEYS} = s.key
             """,
             (("auction", "int"), ("bidder", "int"), ("price", "int"), ("date_time", "time"), ("value", "text")),
+        ),
+        Query(
+            "q4",
+            "average winning price per category: auctions joined with their bids while open",
+            {"auction": ("id", "category", "date_time", "expires"), "bid": ("auction", "price", "date_time")},
+            _average_winning_price,
+            """
+            SELECT category, avg(final) AS average FROM (
+                SELECT A.id, A.category, max(B.price) AS final
+                FROM auction AS A JOIN bid AS B ON A.id = B.auction
+                WHERE B.date_time BETWEEN A.date_time AND A.expires
+                GROUP BY A.id, A.category
+            ) GROUP BY category
+            """,
+            (("category", "int"), ("average", "float")),
         ),
         Query(
             "q7",

@@ -62,9 +62,14 @@ def test_query_equals_duckdb(name: str, data_dir: str, con: duckdb.DuckDBPyConne
     assert metrics["rows_read"] == events_read(query, EVENTS) + side_input
     assert metrics["late_rows"] == 0
     # Where the time went, per layer: the readers, then each keyed stage by name.
-    layers = {"w2": {"window"}, "q5": {"window", "top"}, "q8": {"join", "agg"}, "q7": {"window", "join"}}.get(
-        name, set()
-    )
+    stages = {
+        "w2": {"window"},
+        "q5": {"window", "top"},
+        "q4": {"join", "agg", "agg-2"},
+        "q7": {"window", "join"},
+        "q8": {"join", "agg"},
+    }
+    layers = stages.get(name, set())
     assert set(metrics["busy_seconds"]) == set(metrics["cpu_seconds"]) == {"readers", *layers}
     assert all(seconds > 0 for seconds in metrics["busy_seconds"].values())
 
