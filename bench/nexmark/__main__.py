@@ -84,6 +84,12 @@ def main() -> None:
     parser.add_argument("--queries", default="q0,q1,q2,q5,w1,w2,q13", help=f"comma-separated, of {', '.join(QUERIES)}")
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--max-batch-rows", type=int, help="rows per reader per epoch (default: the source's, 400k)")
+    parser.add_argument(
+        "--actor-cpus",
+        type=float,
+        default=0.1,
+        help="the CPUs Ray reserves per actor (a join query of five stages has 10 actors at --parallelism 2)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", help="the dataset folder (default: a cache folder in the temp dir)")
     parser.add_argument("--work", help="where outputs go while they are checked (default: a new temp dir)")
@@ -111,7 +117,7 @@ def main() -> None:
     started = time.perf_counter()
     ray.init(include_dashboard=False, logging_level=logging.ERROR)
     ray_seconds = time.perf_counter() - started
-    config = rs.RunConfig(parallelism=args.parallelism, max_batch_rows=args.max_batch_rows)
+    config = rs.RunConfig(parallelism=args.parallelism, max_batch_rows=args.max_batch_rows, actor_cpus=args.actor_cpus)
     con = duckdb.connect()
     input_views(con, str(data), kinds)
     work = Path(args.work or tempfile.mkdtemp(prefix="raystream-nexmark-"))

@@ -124,6 +124,17 @@ def _average_winning_price(auction: rs.Stream, bid: rs.Stream) -> rs.Stream:
     return winning.key_by("category").agg(average=rs.mean("final"))
 
 
+def _winning_bids(auction: rs.Stream, bid: rs.Stream) -> rs.Stream:
+    """q9: each auction's winning bid: its highest while open, the earliest of a price first (``ROW_NUMBER``).
+
+    q4's interval join, then ``top`` per auction without ties, which breaks
+    them by the columns that follow ``price``: the bid's time, then its bidder.
+    """
+    bids = auction.join(bid, left_on="id", right_on="auction", between=("date_time", "expires"))
+    ranked = bids.select("id", "price", "date_time_right", "bidder", "category")
+    return ranked.key_by("id").top("price", ties=False).select("id", "category", "price", "bidder", "date_time_right")
+
+
 #: q3's states, and the category its auctions are in.
 LOCAL_STATES = ("OR", "ID", "CA")
 LOCAL_CATEGORY = 10
@@ -259,6 +270,19 @@ QUERIES: dict[str, Query] = {
             ) GROUP BY category
             """,
             (("category", "int"), ("average", "float")),
+        ),
+        Query(
+            "q9",
+            "winning bids: each auction's highest bid while open",
+            {"auction": ("id", "category", "date_time", "expires"), "bid": ("auction", "bidder", "price", "date_time")},
+            _winning_bids,
+            """
+            SELECT A.id, A.category, B.price, B.bidder, B.date_time AS date_time_right
+            FROM auction AS A JOIN bid AS B ON A.id = B.auction
+            WHERE B.date_time BETWEEN A.date_time AND A.expires
+            QUALIFY row_number() OVER (PARTITION BY A.id ORDER BY B.price DESC, B.date_time, B.bidder) = 1
+            """,
+            (("id", "int"), ("category", "int"), ("price", "int"), ("bidder", "int"), ("date_time_right", "time")),
         ),
         Query(
             "q7",

@@ -217,6 +217,32 @@ class _StreamJoin(KeyedOperator):
         return Prepared(kept if kept.num_rows else None, late=late_rows, late_count=late)
 
 
+class _TwoSides(OperatorState):
+    """What the states of the stream joins share: the held rows of each side, ``left`` and ``right``."""
+
+    spec: StreamJoinSpec
+    left: pa.Table
+    right: pa.Table
+
+    def process(self, payloads: Sequence[Any], watermark_ms: int, end_of_input: bool) -> Emitted:
+        return self.process_inputs([list(payloads), []], watermark_ms, end_of_input)
+
+    @property
+    def num_rows(self) -> int:
+        return self.left.num_rows + self.right.num_rows
+
+    def state_by_input(self) -> dict[str, Any]:
+        return self.spec.state_by_input(self.left, self.right)
+
+    def keys_table(self) -> pa.Table:
+        keys = list(self.spec.left_on)
+        return _concat([self.left.select(keys), self.right.select(keys)])
+
+    def values(self) -> pa.Table:
+        """The rows held, each shaped as a row without a match (the bookkeeping columns left out)."""
+        return _concat([self.spec.left_only(self.left), self.spec.right_only(self.right)])
+
+
 # -- interval joins -------------------------------------------------------------------------------
 
 
@@ -247,7 +273,7 @@ class IntervalJoin(_StreamJoin):
         return _IntervalJoinState(self)
 
 
-class _IntervalJoinState(OperatorState):
+class _IntervalJoinState(_TwoSides):
     """One partition actor's held rows of both sides, each with a row id and whether it matched."""
 
     def __init__(self, operator: IntervalJoin) -> None:
@@ -256,9 +282,6 @@ class _IntervalJoinState(OperatorState):
         self.left = _held(self.spec.left_schema.empty_table(), 0)
         self.right = _held(self.spec.right_schema.empty_table(), 0)
         self.next_id = 0
-
-    def process(self, payloads: Sequence[Any], watermark_ms: int, end_of_input: bool) -> Emitted:
-        return self.process_inputs([list(payloads), []], watermark_ms, end_of_input)
 
     def process_inputs(self, payloads: Sequence[Sequence[Any]], watermark_ms: int, end_of_input: bool) -> Emitted:
         spec, lower = self.spec, self.operator.lower_ms
@@ -316,25 +339,11 @@ class _IntervalJoinState(OperatorState):
         )
         return pairs.filter(within)
 
-    @property
-    def num_rows(self) -> int:
-        return self.left.num_rows + self.right.num_rows
-
     def output_hold_ms(self) -> int | None:
         if not self.operator.holds_output or self.left.num_rows == 0:
             return None
         oldest = pc.min(to_epoch_ms(self.left.column(self.spec.left_time))).as_py()
         return None if oldest is None else int(oldest)
-
-    def state_by_input(self) -> dict[str, Any]:
-        return self.spec.state_by_input(self.left, self.right)
-
-    def keys_table(self) -> pa.Table:
-        keys = list(self.spec.left_on)
-        return _concat([self.left.select(keys), self.right.select(keys)])
-
-    def values(self) -> pa.Table:
-        return _concat([self.spec.left_only(self.left), self.spec.right_only(self.right)])
 
     def snapshot(self) -> dict[str, pa.Table]:
         return {LEFT: self.left.drop_columns([_ID]), RIGHT: self.right.drop_columns([_ID])}
@@ -400,7 +409,7 @@ class WindowJoin(_StreamJoin):
         return _WindowJoinState(self)
 
 
-class _WindowJoinState(OperatorState):
+class _WindowJoinState(_TwoSides):
     """One partition actor's held rows of both sides, each once per window it belongs to."""
 
     def __init__(self, operator: WindowJoin) -> None:
@@ -408,9 +417,6 @@ class _WindowJoinState(OperatorState):
         self.spec = operator.spec
         self.left = _in_windows(self.spec.left_schema.empty_table())
         self.right = _in_windows(self.spec.right_schema.empty_table())
-
-    def process(self, payloads: Sequence[Any], watermark_ms: int, end_of_input: bool) -> Emitted:
-        return self.process_inputs([list(payloads), []], watermark_ms, end_of_input)
 
     def process_inputs(self, payloads: Sequence[Sequence[Any]], watermark_ms: int, end_of_input: bool) -> Emitted:
         self.left = _concat([self.left, *(p for p in payloads[0] if p is not None and p.num_rows)])
@@ -458,24 +464,6 @@ class _WindowJoinState(OperatorState):
         columns += [_as_time(starts, time_type), _as_time(ends, time_type)]
         return pa.Table.from_arrays(columns, schema=schema)
 
-    @property
-    def num_rows(self) -> int:
-        return self.left.num_rows + self.right.num_rows
-
-    def state_by_input(self) -> dict[str, Any]:
-        return self.spec.state_by_input(self.left, self.right)
-
-    def keys_table(self) -> pa.Table:
-        keys = list(self.spec.left_on)
-        return _concat([self.left.select(keys), self.right.select(keys)])
-
-    def values(self) -> pa.Table:
-        held = [
-            self.spec.left_only(self.left.drop_columns([_WINDOW])),
-            self.spec.right_only(self.right.drop_columns([_WINDOW])),
-        ]
-        return _concat(held)
-
     def snapshot(self) -> dict[str, pa.Table]:
         return {LEFT: self.left, RIGHT: self.right}
 
@@ -501,7 +489,8 @@ class AsOfJoin(_StreamJoin):
     def __init__(self, spec: StreamJoinSpec, tolerance_ms: int | None) -> None:
         super().__init__(spec)
         self.tolerance_ms = tolerance_ms
-        # A left row leaves once the watermark passed it, so its time is at or after the watermark before.
+        # No output delay: a left row leaves in the first epoch whose watermark passed it, so its time is at or
+        # after the watermark of the epoch before, which is what the stages after it were given.
 
     def prepare_input(self, index: int, table: pa.Table, watermark_ms: int) -> Prepared:
         return self._on_time(index, table, watermark_ms)
@@ -510,7 +499,7 @@ class AsOfJoin(_StreamJoin):
         return _AsOfJoinState(self)
 
 
-class _AsOfJoinState(OperatorState):
+class _AsOfJoinState(_TwoSides):
     """The left rows that wait for the watermark, and the right rows that may still apply, in arrival order."""
 
     def __init__(self, operator: AsOfJoin) -> None:
@@ -519,9 +508,6 @@ class _AsOfJoinState(OperatorState):
         self.left = self.spec.left_schema.empty_table()
         self.right = _with_ids(self.spec.right_schema.empty_table(), 0)
         self.next_id = 0
-
-    def process(self, payloads: Sequence[Any], watermark_ms: int, end_of_input: bool) -> Emitted:
-        return self.process_inputs([list(payloads), []], watermark_ms, end_of_input)
 
     def process_inputs(self, payloads: Sequence[Sequence[Any]], watermark_ms: int, end_of_input: bool) -> Emitted:
         spec = self.spec
@@ -549,7 +535,7 @@ class _AsOfJoinState(OperatorState):
         keys = list(spec.left_on)
         right = self.right
         if right.num_rows == 0:
-            return spec.left_only(left) if spec.how == "left" else left.slice(0, 0)
+            return spec.left_only(left if spec.how == "left" else left.slice(0, 0))
         left_ms = np.asarray(to_epoch_ms(left.column(spec.left_time)).fill_null(0), dtype=np.int64)
         right_ms = np.asarray(to_epoch_ms(right.column(spec.right_time)).fill_null(0), dtype=np.int64)
         both = pa.table(
@@ -646,20 +632,6 @@ class _AsOfJoinState(OperatorState):
         return _compact(
             kept.set_column(kept.schema.get_field_index(_ID), _ID, pa.array(np.arange(kept.num_rows, dtype=np.int64)))
         )
-
-    @property
-    def num_rows(self) -> int:
-        return self.left.num_rows + self.right.num_rows
-
-    def state_by_input(self) -> dict[str, Any]:
-        return self.spec.state_by_input(self.left, self.right)
-
-    def keys_table(self) -> pa.Table:
-        keys = list(self.spec.left_on)
-        return _concat([self.left.select(keys), self.right.select(keys)])
-
-    def values(self) -> pa.Table:
-        return _concat([self.spec.left_only(self.left), self.spec.right_only(self.right)])
 
     def snapshot(self) -> dict[str, pa.Table]:
         return {LEFT: self.left, RIGHT: self.right}

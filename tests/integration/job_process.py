@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -45,3 +46,23 @@ def run_job_process(script: Path, args: list[str], kill_when: Callable[[], bool]
         # The local Ray the job started lives in its own temp dir: make sure none of it survives.
         subprocess.run(["pkill", "-9", "-f", str(ray_dir)], check=False)
         shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def kill_at_random_checkpoints(script: Path, args: list[str], checkpoints: Path, seed: int, kills: int = 3) -> None:
+    """Run ``script`` ``kills`` times, SIGKILLing it each time at a random moment in the middle of its run.
+
+    The moment is by checkpoint progress, not by time: one to three checkpoints after the last one, then a
+    random instant of up to 0.3 s after that one is committed.
+    """
+    rng = random.Random(seed)
+    for _ in range(kills):
+        target = last_commit(checkpoints) + rng.randint(1, 3)
+        pause = rng.uniform(0.0, 0.3)
+        ready_at: list[float] = []
+
+        def due(target: int = target, pause: float = pause, ready_at: list[float] = ready_at) -> bool:
+            if not ready_at and (checkpoints / "commits").exists() and last_commit(checkpoints) >= target:
+                ready_at.append(time.monotonic())
+            return bool(ready_at) and time.monotonic() - ready_at[0] >= pause
+
+        assert not run_job_process(script, args, kill_when=due), "the job ended before it could be killed"

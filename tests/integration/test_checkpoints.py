@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-from job_process import last_commit, run_job_process
+from job_process import kill_at_random_checkpoints, last_commit, run_job_process
 from windows_oracle import normalized, out_of_order_events, windows_sql
 
 import raystream as rs
@@ -54,20 +53,7 @@ def test_driver_killed_three_times_then_finished_gives_the_uninterrupted_output(
     expected = normalized(windows_sql(frame, rs.Tumbling("10s")))
     out, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
     args = [str(folder), str(out), str(checkpoints), "--delay", "0.1"]
-    rng = random.Random(5)
-    for _ in range(3):
-        # Kill at a random moment in the middle: after one to three more epochs were checkpointed,
-        # and a random instant after that.
-        target = last_commit(checkpoints) + rng.randint(1, 3)
-        pause = rng.uniform(0.0, 0.3)
-        ready_at: list[float] = []
-
-        def due(target: int = target, pause: float = pause, ready_at: list[float] = ready_at) -> bool:
-            if not ready_at and (checkpoints / "commits").exists() and last_commit(checkpoints) >= target:
-                ready_at.append(time.monotonic())
-            return bool(ready_at) and time.monotonic() - ready_at[0] >= pause
-
-        assert not run_job(args, kill_when=due), "the job ended before it could be killed"
+    kill_at_random_checkpoints(JOB, args, checkpoints, seed=5)
     assert last_commit(checkpoints) > 0
     assert run_job(args)
     pd.testing.assert_frame_equal(written(out), expected)

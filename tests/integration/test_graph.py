@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from datetime import datetime, timedelta
@@ -16,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from job_process import last_commit, run_job_process
+from job_process import kill_at_random_checkpoints, run_job_process
 
 import raystream as rs
 from raystream.testing import ListSink, TestSource
@@ -237,18 +236,7 @@ def test_a_two_source_join_job_killed_three_times_gives_each_output_exactly(
 ) -> None:
     args = graph_args(graph_inputs, tmp_path, "--delay", "0.1")
     checkpoints = tmp_path / "ck"
-    rng = random.Random(11)
-    for _ in range(3):
-        target = last_commit(checkpoints) + rng.randint(1, 3) if (checkpoints / "commits").exists() else 1
-        pause = rng.uniform(0.0, 0.3)
-        ready_at: list[float] = []
-
-        def due(target: int = target, pause: float = pause, ready_at: list[float] = ready_at) -> bool:
-            if not ready_at and (checkpoints / "commits").exists() and last_commit(checkpoints) >= target:
-                ready_at.append(time.monotonic())
-            return bool(ready_at) and time.monotonic() - ready_at[0] >= pause
-
-        assert not run_job_process(JOB, args, kill_when=due), "the job ended before it could be killed"
+    kill_at_random_checkpoints(JOB, args, checkpoints, seed=11)
     assert run_job_process(JOB, args)
     assert_exact(read_outputs(tmp_path / "windows", tmp_path / "alerts"), expected_outputs(graph_inputs))
 

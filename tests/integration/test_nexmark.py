@@ -66,6 +66,7 @@ def test_query_equals_duckdb(name: str, data_dir: str, con: duckdb.DuckDBPyConne
         "w2": {"window"},
         "q5": {"window", "top"},
         "q4": {"join", "agg", "agg-2"},
+        "q9": {"join", "top"},
         "q7": {"window", "join"},
         "q8": {"join", "agg"},
     }
