@@ -299,19 +299,21 @@ class _IntervalJoinState(_TwoSides):
                     outputs.append(pairs.select(spec.output_schema.names))
                     matched_left.append(pairs.column(_ID).combine_chunks())
                     matched_right.append(pairs.column(_RIGHT_ID).combine_chunks())
-        # 2. Hold the new rows; mark what matched.
-        self.left = _mark(_concat([self.left, new_left]), matched_left)
-        self.right = _mark(everything_right, matched_right)
+        # 2. Hold the new rows; mark what matched, on the sides whose unmatched rows are emitted.
+        keeps_left, keeps_right = spec.how in ("left", "outer"), spec.how in ("right", "outer")
+        self.left = _concat([self.left, new_left])
+        self.left = _mark(self.left, matched_left) if keeps_left else self.left
+        self.right = _mark(everything_right, matched_right) if keeps_right else everything_right
         # 3. Free what the watermark passed; emit the unmatched rows of the outer sides.
         left_ms = to_epoch_ms(self.left.column(spec.left_time))
         free_left = pc.fill_null(pc.less(self.operator.upper_ms_of(self.left, left_ms), watermark_ms), True)
         free_right = pc.less(pc.subtract(to_epoch_ms(self.right.column(spec.right_time)), lower), watermark_ms)
-        if spec.how in ("left", "outer"):
+        if keeps_left:
             outputs.append(spec.left_only(self.left.filter(pc.and_(free_left, pc.invert(self.left[_MATCHED])))))
-        if spec.how in ("right", "outer"):
+        if keeps_right:
             outputs.append(spec.right_only(self.right.filter(pc.and_(free_right, pc.invert(self.right[_MATCHED])))))
-        self.left = _compact(self.left.filter(pc.invert(free_left)))
-        self.right = _compact(self.right.filter(pc.invert(free_right)))
+        self.left = _free(self.left, free_left)
+        self.right = _free(self.right, free_right)
         return _emitted(outputs)
 
     def _take(self, payloads: Sequence[Any], schema: pa.Schema) -> pa.Table:
@@ -679,6 +681,13 @@ def _mark(rows: pa.Table, matched: list[pa.Array]) -> pa.Table:
     ids = pa.concat_arrays(matched)
     flags = pc.or_(rows.column(_MATCHED), pc.is_in(rows.column(_ID), value_set=ids))
     return rows.set_column(rows.schema.get_field_index(_MATCHED), _MATCHED, flags)
+
+
+def _free(rows: pa.Table, freed: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """``rows`` but the ``freed`` ones; the same table, not a copy, when none is (most epochs, for long intervals)."""
+    if rows.num_rows == 0 or not pc.any(freed).as_py():
+        return rows
+    return _compact(rows.filter(pc.invert(freed)))
 
 
 def _compact(rows: pa.Table) -> pa.Table:
