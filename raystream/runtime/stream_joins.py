@@ -178,7 +178,7 @@ class StreamJoinSpec:
 
 
 class _StreamJoin(KeyedOperator):
-    """What both kinds of stream join share as operators: two inputs, hash-partitioned by the key."""
+    """What the stream joins share as operators: two inputs, both hash-partitioned by the key."""
 
     num_inputs = 2
 
