@@ -87,7 +87,7 @@ BOUNDS = st.sampled_from(
 
 
 @pytest.mark.parametrize("how", HOWS)
-@settings(PROPERTY, max_examples=3)
+@settings(PROPERTY, max_examples=2)
 @given(
     data=st.data(),
     batch=st.sampled_from([1, 7, 1_000, 100_000]),
@@ -200,7 +200,7 @@ def expected_asof(left: pd.DataFrame, right: pd.DataFrame, how: str, tolerance_m
 
 
 @pytest.mark.parametrize("how", ["inner", "left"])
-@settings(PROPERTY, max_examples=3)
+@settings(PROPERTY, max_examples=2)
 @given(
     data=st.data(),
     batch=st.sampled_from([1, 7, 1_000, 100_000]),
