@@ -608,7 +608,9 @@ class Coordinator:
                 and self._broadcasts_settled()
                 and self.checkpointing.due(epoch, end_of_input)
             )
-            idle = logged is None and rows == 0 and not moved and not end_of_input and watermarks == before
+            # A floor that rose since the epoch began (an epoch before it completed) is news too: it may fire windows.
+            news = moved or end_of_input or watermarks != before or floors != self.floors
+            idle = logged is None and rows == 0 and not news
             if idle and not (checkpoint_due and unsaved):
                 # An idle epoch (step 2): nothing to run, log or commit; its number goes to the next one.
                 # Once a checkpoint falls due, one empty epoch saves what the epochs before it left unsaved.
