@@ -25,6 +25,7 @@ from raystream.sources.files._line_records import (
     _line_batches,
     _LineRecordReader,
     _StreamSource,
+    checked_errors,
 )
 from raystream.sources.files._listing import PartitionTime, _File
 from raystream.sources.files._rows import _decompressed
@@ -101,10 +102,8 @@ class CsvSource(_StreamSource):
     ) -> None:
         if not isinstance(delimiter, str) or len(delimiter) != 1:
             raise PlanError(f"{self.name}: delimiter must be a single character, got {delimiter!r}")
-        if errors not in ("dead_letter", "fail"):
-            raise PlanError(f"{self.name}: errors must be 'dead_letter' or 'fail', got {errors!r}")
         self._delimiter = delimiter
-        self.errors = errors
+        self.errors = checked_errors(self.name, errors)
         self.has_dead_letters = errors == "dead_letter"
         super().__init__(
             path,

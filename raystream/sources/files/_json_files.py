@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raystream._time import Duration
-from raystream.errors import PlanError
 from raystream.sources._json import Decoded, Unexpected, decode_records, explain, infer_schema
 from raystream.sources.base import Split, SplitReader
 from raystream.sources.files._line_records import (
@@ -18,6 +17,7 @@ from raystream.sources.files._line_records import (
     _line_batches,
     _LineRecordReader,
     _StreamSource,
+    checked_errors,
 )
 from raystream.sources.files._listing import PartitionTime, _File
 from raystream.sources.files._source import TimeBound
@@ -82,9 +82,7 @@ class JsonSource(_StreamSource):
         storage_options: dict[str, Any] | None = None,
         errors: Errors = "dead_letter",
     ) -> None:
-        if errors not in ("dead_letter", "fail"):
-            raise PlanError(f"{self.name}: errors must be 'dead_letter' or 'fail', got {errors!r}")
-        self.errors = errors
+        self.errors = checked_errors(self.name, errors)
         self.has_dead_letters = errors == "dead_letter"
         super().__init__(
             path,

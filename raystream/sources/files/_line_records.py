@@ -30,6 +30,17 @@ _INFER_BLOCK_BYTES = 1 << 20
 Errors: TypeAlias = 'Literal["dead_letter", "fail"]'
 
 
+def checked_errors(name: str, errors: Any) -> Errors:
+    """``errors=`` of a CSV or JSON source, checked: ``"dead_letter"`` or ``"fail"``.
+
+    Raises:
+        PlanError: naming the source and the two values it takes.
+    """
+    if errors not in ("dead_letter", "fail"):
+        raise PlanError(f"{name}: errors must be 'dead_letter' or 'fail', got {errors!r}")
+    return errors  # type: ignore[no-any-return]
+
+
 class _StreamSource(_FileSource):
     """A format parsed by a pyarrow streaming reader; one split per file."""
 
