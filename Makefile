@@ -39,7 +39,7 @@ lint: $(VENV)/.installed-dev
 # authentication on for your later Ray sessions. test_local_ray_binding and test_demo run with it on.
 test: lint
 	RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 \
-		$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15
+		$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

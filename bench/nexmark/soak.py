@@ -1,12 +1,15 @@
-"""Run W2 over many generated events and print the actors' memory over time, to show it stays flat.
+"""Run a Nexmark query over many generated events and print its memory and state over time, to show both stay flat.
 
-    python -m bench.nexmark.soak --events 200000000
+    python -m bench.nexmark.soak --query w2 --events 200000000
+    python -m bench.nexmark.soak --query q4 --events 200000000
 
-The bids come from ``rs.datagen.nexmark`` (no files), so the run can be as
-long as wanted. Every 2 s it sums the RSS of the reader actors and of the
-partition actors; a job whose memory follows its open windows keeps both
-flat however long it runs. ``ARROW_DEFAULT_MEMORY_POOL`` picks Arrow's
-allocator, to compare.
+The events come from ``rs.datagen.nexmark`` (no files), one stream per kind
+the query reads, so the run can be as long as wanted. Every 2 s it sums the
+RSS of the reader actors and of the partition actors, and reads the state
+rows each keyed stage holds (``Job.metrics()["state_rows"]``): a job whose
+state follows its open windows or join intervals keeps them flat however
+long it runs. ``ARROW_DEFAULT_MEMORY_POOL`` picks Arrow's allocator, to
+compare.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
+import time
 
 import psutil
 import ray
@@ -44,32 +47,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000_000)
     parser.add_argument("--parallelism", type=int, default=2)
+    parser.add_argument("--query", default="w2", choices=sorted(QUERIES), help="the query to run")
     args = parser.parse_args()
+    query = QUERIES[args.query]
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(include_dashboard=False, logging_level=logging.ERROR)
-    samples: list[dict[str, int]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(2.0):
-            samples.append(actor_rss_mib())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    bids = rs.datagen.nexmark(events=args.events, seed=1)
+    streams = {
+        kind: rs.datagen.nexmark(events=args.events, kind=kind, seed=1).select(*columns)  # type: ignore[arg-type]
+        for kind, columns in query.inputs.items()
+    }
     out = tempfile.mkdtemp(prefix="raystream-soak-")
-    metrics = QUERIES["w2"].build(bids).write_parquet(out, rs.RunConfig(parallelism=args.parallelism)).metrics()
-    done.set()
-    sampler.join()
+    job = query.build(**streams).write_parquet(out, rs.RunConfig(parallelism=args.parallelism), wait=False)
+    samples: list[tuple[dict[str, int], int]] = []
+    while job.status() == "running":
+        time.sleep(2.0)
+        samples.append((actor_rss_mib(), sum(job.metrics()["state_rows"].values())))
+    metrics = job.wait().metrics()
     shutil.rmtree(out, ignore_errors=True)
     pool = os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system (raystream's default)")
     print(
-        f"w2 over {args.events:,} generated events: {metrics['run_seconds']:.1f} s, "
-        f"{metrics['rows_read'] / metrics['run_seconds'] / 1e6:.2f}M bids/s; Arrow allocator {pool}"
+        f"{query.name} over {args.events:,} generated events ({metrics['rows_read']:,} read): "
+        f"{metrics['run_seconds']:.1f} s, {metrics['rows_read'] / metrics['run_seconds'] / 1e6:.2f}M events/s; "
+        f"Arrow allocator {pool}"
     )
-    print("RSS MiB of the readers / the partition actors, every 2 s:")
-    print("  " + "  ".join(f"{s['readers']}/{s['partitions']}" for s in samples))
+    print(f"peak state rows by stage: {metrics['peak_state_rows']}")
+    print("RSS MiB of the readers / the partition actors, and the state rows held, every 2 s:")
+    print("  " + "  ".join(f"{rss['readers']}/{rss['partitions']} {rows:,}" for rss, rows in samples))
     ray.shutdown()
 
 

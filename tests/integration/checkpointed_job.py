@@ -51,7 +51,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=args.ray_temp_dir)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=args.ray_temp_dir)
     schema = pa.schema([("t", pa.int64()), ("k", pa.int64()), ("v", pa.int64())])
     if args.kafka:
         stop = datetime.fromtimestamp(args.stop_ms / 1000, tz=timezone.utc)

@@ -21,7 +21,7 @@ def main() -> int:
 
     from raystream.cli import main as raystream
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=args.ray_temp_dir)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=args.ray_temp_dir)
     return raystream(["run", args.job, "--config", args.config])
 
 

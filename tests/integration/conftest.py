@@ -16,7 +16,7 @@ def ray_local() -> Iterator[None]:
     """A local Ray with 4 logical CPUs (on 2 real cores), shared by the tests of one module."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=True)
     yield
     # A job a failed test left running would lose Ray under its feet, which ends the whole process.
     stop_all()

@@ -52,7 +52,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=args.ray_temp_dir)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", _temp_dir=args.ray_temp_dir)
     config = rs.RunConfig(
         parallelism=args.parallelism, max_batch_rows=500, checkpoint_dir=args.checkpoints, checkpoint_every=1
     )
