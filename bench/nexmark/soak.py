@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000_000)
     parser.add_argument("--parallelism", type=int, default=2)
     parser.add_argument("--query", default="w2", choices=sorted(QUERIES), help="the query to run")
+    parser.add_argument("--actor-cpus", type=float, default=0.1, help="Ray CPUs per actor, as in bench.nexmark")
     args = parser.parse_args()
     query = QUERIES[args.query]
 
@@ -58,7 +59,9 @@ def main() -> None:
         for kind, columns in query.inputs.items()
     }
     out = tempfile.mkdtemp(prefix="raystream-soak-")
-    job = query.build(**streams).write_parquet(out, rs.RunConfig(parallelism=args.parallelism), wait=False)
+    job = query.build(**streams).write_parquet(
+        out, rs.RunConfig(parallelism=args.parallelism, actor_cpus=args.actor_cpus), wait=False
+    )
     samples: list[tuple[dict[str, int], int]] = []
     while job.status() == "running":
         time.sleep(2.0)
